@@ -2195,11 +2195,17 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
     http_response page = parser.error() ? self->bad_request() : self->route(parser.take_request(), ended_wait);
     auto bytes = serialize_response(page);
     co_await asio::async_write(*socket, asio::buffer(bytes), use_tuple);
+    if (ended_wait) self->finish();
+    // Closing with unread input would reset the connection and could destroy
+    // the page in flight: half-close, then drain what the client still sends.
     std::error_code ignored;
     socket->shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
-    socket->close(ignored);
+    for (;;) {
+      auto [ec, n] = co_await socket->async_read_some(asio::buffer(buffer), use_tuple);
+      if (ec) break;
+    }
     timer.cancel();
-    if (ended_wait) self->finish();
+    socket->close(ignored);
   }
 
   http_response bad_request() const {
@@ -2336,14 +2342,15 @@ class redirect_listener {
           if (port_ == 0) port_ = acceptor.local_endpoint().port();
           acceptors.push_back(std::move(acceptor));
         } else if (i > 0 && ep.address().is_v6() &&
-                   (ec == std::errc::address_family_not_supported || ec == std::errc::address_not_available)) {
+                   (ec == asio::error::address_family_not_supported || ec.value() == EADDRNOTAVAIL)) {
           ec.clear();  // a host without IPv6 still serves localhost on 127.0.0.1
         }
       }
       if (!ec) return;
       acceptors.clear();
-      if (ec == std::errc::address_in_use && port == 0) continue;
-      if (ec == std::errc::address_in_use)
+      // Asio's own system category does not compare equal to std::errc.
+      if (ec == asio::error::address_in_use && port == 0) continue;
+      if (ec == asio::error::address_in_use)
         detail::fail(errc::address_in_use, "port " + std::to_string(port) +
                                                " is already in use; stop the program using it or register a "
                                                "redirect URI with another port");
