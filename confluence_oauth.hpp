@@ -1125,13 +1125,14 @@ class http_parser {
   std::string body_;
 };
 
-/// The head of a request; the body is written after it without a copy.
+/// The head of a request to `u` (its target, not req.target); the body is
+/// written after it without a copy.
 inline std::string serialize_head(const http_request& req, const url& u) {
   std::string out;
-  out.reserve(256 + req.target.size());
+  out.reserve(256 + u.target.size());
   out += req.method;
   out += ' ';
-  out += req.target;
+  out += u.target;
   out += " HTTP/1.1\r\nHost: ";
   out += u.authority();
   out += "\r\n";
@@ -1361,7 +1362,8 @@ class http_client {
 
   const asio::any_io_executor& get_executor() const noexcept { return ex_; }
 
-  /// Sends a request and returns the whole response, whatever its status.
+  /// Sends `req` to `u` and returns the whole response, whatever its status.
+  /// The request line uses u.target; req.target is ignored.
   asio::awaitable<http_response> send(const url& u, const http_request& req, http_limits limits = {}) {
     if (!u.is_https() && !is_loopback(u.host))
       fail(errc::insecure_transport, "refusing plain http to " + u.authority());
@@ -2005,7 +2007,6 @@ class oauth_client {
                                            std::vector<const secret*> redact) const {
     http_request req;
     req.method = "POST";
-    req.target = token_url_.target;
     detail::wipe_on_exit wipe{req.body};
     if (config_->encoding == token_encoding::json) {
       nlohmann::json body = nlohmann::json::object();
@@ -2442,7 +2443,7 @@ inline asio::awaitable<void> open_browser(const std::string& url) {
 /// The whole interactive authorization: listen on the redirect URI, send the
 /// browser to the authorization URL, wait for the callback, trade the code.
 inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_opener open,
-                                            listener_options options = {}) {
+                                            listener_options options) {
   auto ex = co_await asio::this_coro::executor;
   redirect_listener listener(ex, client.config().redirect_uri, std::move(options));
   auto auth = client.begin_authorization(listener.redirect_uri());
@@ -2450,6 +2451,12 @@ inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_
   auto code = co_await listener.wait(auth);
   listener.close();
   co_return co_await client.exchange_code(code, auth);
+}
+
+// Not a default argument: GCC 12 destroys defaulted class-type arguments of a
+// coroutine twice.
+inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_opener open) {
+  return authorize(client, std::move(open), listener_options{});
 }
 
 }  // namespace confluence_oauth

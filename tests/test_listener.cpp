@@ -26,9 +26,9 @@ asio::awaitable<cfo::http_response> get(const cfo::oauth_client& client, const c
                                         std::string method = "GET") {
   auto u = cfo::parse_url(l.redirect_uri());
   u.host = std::move(host);
+  u.target = std::move(target);
   cfo::http_request req;
   req.method = std::move(method);
-  req.target = std::move(target);
   co_return co_await client.http().send(u, req);
 }
 

@@ -1,0 +1,116 @@
+// fake_atlassian.hpp — a fake Atlassian OAuth 2.0 (3LO) + Confluence v2 server for tests.
+//
+// It behaves as /work/shared/ATLASSIAN.md describes Atlassian: exact redirect_uri match,
+// single-use expiring codes, JSON or form token requests, rotating refresh tokens with
+// a reuse window and family revocation, accessible-resources, and paginated Confluence
+// v2 `pages` and `spaces` behind granular scopes. It listens on loopback over real TLS
+// with a CA generated in memory at construction (or plain HTTP), serves on its own
+// thread, and has switches for the faults a client must survive.
+//
+// This header is deliberately light (no Asio, OpenSSL or JSON): the implementation
+// lives behind a pimpl in fake_atlassian.cpp.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fake_atlassian {
+
+// ---------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------
+
+// One entry of GET /oauth/token/accessible-resources. `id` is the cloud id used in
+// /ex/confluence/{id}/... An empty `scopes` lists the token's granted scopes.
+struct site {
+  std::string id, name, url;
+  std::vector<std::string> scopes;
+  std::string avatar_url;
+};
+
+struct options {
+  std::string host = "127.0.0.1";  // bind address: an IPv4 or IPv6 literal ("::1" or "[::1]")
+  unsigned short port = 0;         // 0 = any free port
+  bool tls = true;                 // https with an in-memory CA; false = plain http
+  std::vector<std::string> cert_hosts = {"localhost", "127.0.0.1", "::1"};  // leaf SANs (DNS or IP)
+  std::string client_id = "test-client-id";
+  std::string client_secret = "test-client-secret";
+  std::vector<std::string> redirect_uris = {"http://localhost:3000/callback"};  // exact match
+  std::chrono::seconds access_token_lifetime{3600};
+  std::chrono::seconds code_lifetime{600};         // also bounds how long a consent page stays valid
+  std::chrono::seconds refresh_reuse_window{600};  // a superseded refresh token still works this long
+  bool auto_approve = false;         // GET /authorize redirects at once instead of showing the consent page
+  bool echo_state_on_deny = true;    // the access_denied redirect carries `state`
+  bool omit_refresh_token_on_refresh = false;  // refresh responses lack refresh_token; no rotation then
+  std::vector<site> sites;  // empty = one default site (id a1b2c3d4-0000-4000-8000-000000000001)
+  int page_count = 12;      // Confluence pages per site
+  int space_count = 3;      // Confluence spaces per site; page n lives in space ((n-1) % space_count) + 1
+};
+
+// Cumulative since start. A request answered by an injected fault still counts in
+// `requests` and in `token_requests` / `api_requests` (by path), not in the others.
+struct counters {
+  std::uint64_t connections = 0;                // accepted TCP connections
+  std::uint64_t requests = 0;                   // requests answered (or stalled), protocol errors included
+  std::uint64_t authorize_pages = 0;            // GET /authorize handled (consent page, redirect or error page)
+  std::uint64_t authorize_decisions = 0;        // valid Allow/Deny submissions
+  std::uint64_t token_requests = 0;             // requests to /oauth/token
+  std::uint64_t authorization_code_grants = 0;  // successful code exchanges
+  std::uint64_t refresh_grants = 0;             // successful refreshes (reuse-window ones included)
+  std::uint64_t token_errors = 0;               // error answers from /oauth/token
+  std::uint64_t api_requests = 0;               // accessible-resources and /ex/... requests
+  std::uint64_t api_unauthorized = 0;           // 401s from those (bad token or scope mismatch)
+  std::uint64_t families_revoked = 0;           // by refresh-token reuse after the window, or revoke_all()
+};
+
+// ---------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------
+
+class server {
+ public:
+  // Generates the CA and leaf certificate, binds, listens and starts serving on its own
+  // thread and io_context. Throws on failure (e.g. the port is in use).
+  explicit server(options = {});
+  ~server();  // stops every connection and joins the thread
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  // All member functions are thread-safe.
+  unsigned short port() const;
+  std::string base_url() const;  // "https://127.0.0.1:PORT", "http://...", "https://[::1]:PORT"
+  std::string ca_pem() const;    // the CA certificate clients should trust; empty without TLS
+  void write_ca_pem(const std::string& path) const;  // throws std::runtime_error on failure
+  counters stats() const;
+
+  // Test clock: the server's "now" is the real time plus the sum of all advances. Every
+  // expiry (codes, access tokens, refresh reuse window, 90/365-day limits) uses it; the
+  // TLS certificate validity does not.
+  void advance_clock(std::chrono::seconds);
+
+  // Fault injection. Each call queues one fault; each request whose path (without the
+  // query) starts with path_prefix consumes the oldest matching fault, after the request
+  // has been read completely, instead of the normal answer.
+  // Write these exact bytes; then close the connection if close_after (or if the client asked).
+  void push_raw_response(std::string path_prefix, std::string raw_bytes, bool close_after = true);
+  // Never answer: hold the connection open until the client closes it or the server stops.
+  void push_stall(std::string path_prefix);
+  // Answer `status` with this JSON body and extra headers (e.g. 429 + Retry-After).
+  void push_status(std::string path_prefix, int status, std::string json_body,
+                   std::vector<std::pair<std::string, std::string>> headers = {});
+
+  // A valid code, as if the user had consented (no PKCE challenge). redirect_uri is not
+  // checked against the registered ones, so tests can also make mismatching codes.
+  std::string issue_code(const std::string& redirect_uri, const std::string& scope);
+  void revoke_all();  // revoke every token family (refresh and access tokens)
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace fake_atlassian

@@ -1,0 +1,344 @@
+// The authorization-code flow end to end against the fake Atlassian server:
+// listener, consent page, redirect, exchange and storage, in process with a
+// simulated browser, and as the confluence-cli program a user runs.
+#include <doctest/doctest.h>
+
+#include "confluence_oauth.hpp"
+#include "fake_atlassian.hpp"
+#include "test_browser.hpp"
+#include "test_util.hpp"
+
+#include <sys/stat.h>
+
+namespace cfo = confluence_oauth;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* scopes = "read:page:confluence read:space:confluence offline_access";
+
+std::string redirect_for(unsigned short port) { return "http://localhost:" + std::to_string(port) + "/callback"; }
+
+struct flow_fixture {
+  unsigned short port = test_util::free_port();
+  std::string redirect = redirect_for(port);
+  fake_atlassian::server srv;
+
+  explicit flow_fixture(fake_atlassian::options o = {}) : srv(with_redirect(std::move(o), redirect_for(port))) {}
+
+  static fake_atlassian::options with_redirect(fake_atlassian::options o, std::string uri) {
+    o.redirect_uris = {std::move(uri)};
+    return o;
+  }
+
+  cfo::client_config config() const {
+    cfo::client_config c;
+    c.client_id = "test-client-id";
+    c.client_secret = cfo::secret("test-client-secret");
+    c.redirect_uri = redirect;
+    c.authorize_url = srv.base_url() + "/authorize";
+    c.token_url = srv.base_url() + "/oauth/token";
+    c.api_url = srv.base_url();
+    c.tls.ca_pem = srv.ca_pem();
+    return c;
+  }
+};
+
+/// A browser_opener that runs the simulated browser in the background, as a
+/// real browser would run beside the application.
+cfo::browser_opener simulated_browser(const cfo::client_config& cfg, test_browser::decision d,
+                                      std::shared_ptr<test_browser::visit> seen) {
+  return [cfg, d, seen](const std::string& url) -> asio::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto http = std::make_shared<cfo::detail::http_client>(ex, cfg.tls, cfg.timeout);
+    asio::co_spawn(ex, [http, url, d, seen]() -> asio::awaitable<void> {
+      *seen = co_await test_browser::browse(*http, url, d);
+    }, asio::detached);
+  };
+}
+
+cfo::token_set run_authorize(const cfo::client_config& cfg, test_browser::decision d,
+                             std::shared_ptr<test_browser::visit> seen, cfo::listener_options o = {}) {
+  return test_util::run([&](auto ex) -> asio::awaitable<cfo::token_set> {
+    cfo::oauth_client client(ex, cfg);
+    co_return co_await cfo::authorize(client, simulated_browser(cfg, d, seen), o);
+  });
+}
+
+}  // namespace
+
+TEST_SUITE("flow") {
+
+TEST_CASE("consent with Allow ends in a saved token set") {
+  flow_fixture f;
+  auto seen = std::make_shared<test_browser::visit>();
+  auto tokens = run_authorize(f.config(), test_browser::decision::allow, seen);
+  CHECK_FALSE(tokens.access_token.empty());
+  CHECK(tokens.has_refresh_token());
+  CHECK(seen->status == 200);
+  CHECK(seen->body.find("Authorization complete") != std::string::npos);
+  CHECK(seen->url.rfind(f.redirect + "?", 0) == 0);
+  auto s = f.srv.stats();
+  CHECK(s.authorize_pages == 1);
+  CHECK(s.authorize_decisions == 1);
+  CHECK(s.authorization_code_grants == 1);
+
+  test_util::temp_dir dir;
+  cfo::file_token_store store(dir / "nested/tokens.json");
+  auto loaded = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> {
+    co_await store.save(tokens);
+    co_return co_await store.load();
+  });
+  REQUIRE(loaded);
+  CHECK(loaded->access_token == tokens.access_token);
+  CHECK(loaded->refresh_token == tokens.refresh_token);
+  struct stat st {};
+  REQUIRE(::stat((dir / "nested/tokens.json").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  REQUIRE(::stat((dir / "nested").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+}
+
+TEST_CASE("consent with Deny ends with authorization_denied and no token request") {
+  flow_fixture f;
+  auto seen = std::make_shared<test_browser::visit>();
+  CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+          cfo::oauth_client client(ex, f.config());
+          co_await cfo::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen));
+        }) == cfo::errc::authorization_denied);
+  CHECK(seen->status == 403);
+  CHECK(seen->body.find("Authorization denied") != std::string::npos);
+  CHECK(f.srv.stats().token_requests == 0);
+}
+
+TEST_CASE("a denial that does not echo the state is still a denial") {
+  fake_atlassian::options o;
+  o.echo_state_on_deny = false;
+  flow_fixture f(o);
+  auto seen = std::make_shared<test_browser::visit>();
+  CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+          cfo::oauth_client client(ex, f.config());
+          co_await cfo::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen));
+        }) == cfo::errc::authorization_denied);
+}
+
+TEST_CASE("auto-approve and PKCE with form encoding") {
+  fake_atlassian::options o;
+  o.auto_approve = true;
+  flow_fixture f(o);
+  auto cfg = f.config();
+  cfg.use_pkce = true;
+  cfg.encoding = cfo::token_encoding::form;
+  auto seen = std::make_shared<test_browser::visit>();
+  auto tokens = run_authorize(cfg, test_browser::decision::allow, seen);
+  CHECK_FALSE(tokens.access_token.empty());
+  CHECK(f.srv.stats().authorize_decisions == 0);
+  CHECK(f.srv.stats().authorization_code_grants == 1);
+}
+
+TEST_CASE("an unregistered redirect URI never reaches the listener") {
+  flow_fixture f;
+  auto cfg = f.config();
+  cfg.redirect_uri = redirect_for(test_util::free_port());  // not the registered one
+  auto seen = std::make_shared<test_browser::visit>();
+  cfo::listener_options o;
+  o.timeout = 1s;
+  CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+          cfo::oauth_client client(ex, cfg);
+          co_await cfo::authorize(client, simulated_browser(cfg, test_browser::decision::allow, seen), o);
+        }) == cfo::errc::listener_timeout);
+  CHECK(seen->status == 400);
+  CHECK(seen->body.find("unauthorized_client") != std::string::npos);
+  CHECK(f.srv.stats().token_requests == 0);
+}
+
+TEST_CASE("a browser that cannot start is a typed error and releases the port") {
+  flow_fixture f;
+  CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+          cfo::oauth_client client(ex, f.config());
+          std::vector<std::string> missing_browser;
+          missing_browser.emplace_back("/nonexistent/browser");
+          co_await cfo::authorize(client, cfo::browser_command(missing_browser));
+        }) == cfo::errc::browser_launch_failed);
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::redirect_listener again(ex, f.redirect);  // the port is free again
+    CHECK(again.port() == f.port);
+    co_return;
+  });
+}
+
+TEST_CASE("the file store replaces atomically and reports corruption") {
+  test_util::temp_dir dir;
+  auto path = dir / "tokens.json";
+  cfo::file_token_store store(path);
+  cfo::token_set t;
+  t.access_token = cfo::secret("a1");
+  t.refresh_token = cfo::secret("r1");
+  test_util::run([&](auto) -> asio::awaitable<void> {
+    auto nothing = co_await store.load();
+    CHECK_FALSE(nothing.has_value());
+    co_await store.save(t);
+    t.refresh_token = cfo::secret("r2");
+    co_await store.save(t);
+    auto back = co_await store.load();
+    CHECK(back->refresh_token.reveal() == "r2");
+    co_await store.clear();
+    auto cleared = co_await store.load();
+    CHECK_FALSE(cleared.has_value());
+    co_await store.clear();  // clearing nothing is fine
+  });
+  std::size_t files = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir.path())) ++files;
+  CHECK(files == 0);  // no temporary files left behind
+  { std::ofstream(path) << "{not json"; }
+  CHECK(test_util::error_of([&](auto) -> asio::awaitable<void> { co_await store.load(); }) == cfo::errc::store_error);
+  { std::ofstream(path) << R"({"refresh_token":"x"})"; }
+  CHECK(test_util::error_of([&](auto) -> asio::awaitable<void> { co_await store.load(); }) == cfo::errc::store_error);
+  cfo::file_token_store unwritable("/proc/cfo-cannot-write/tokens.json");
+  CHECK(test_util::error_of([&](auto) -> asio::awaitable<void> { co_await unwritable.save(t); }) == cfo::errc::store_error);
+}
+
+}  // TEST_SUITE
+
+#if defined(CFO_CLI_PATH) && defined(CFO_FAKE_BROWSER_PATH)
+
+namespace {
+
+struct cli_fixture : flow_fixture {
+  test_util::temp_dir dir;
+  std::string ca = dir / "ca.pem";
+  std::string token_file = dir / "config/tokens.json";
+
+  cli_fixture() { srv.write_ca_pem(ca); }
+
+  std::vector<std::string> base_args() const {
+    return {CFO_CLI_PATH,
+            "--client-id", "test-client-id",
+            "--client-secret", "test-client-secret",
+            "--redirect-uri", redirect,
+            "--authorize-url", srv.base_url() + "/authorize",
+            "--token-url", srv.base_url() + "/oauth/token",
+            "--api-url", srv.base_url(),
+            "--ca-file", ca,
+            "--token-file", token_file};
+  }
+
+  test_util::process_result cli(std::vector<std::string> extra) const {
+    auto args = base_args();
+    args.insert(args.end(), extra.begin(), extra.end());
+    return test_util::run_process(args, 60s);
+  }
+
+  std::string browser(bool deny = false) const {
+    return std::string(CFO_FAKE_BROWSER_PATH) + " --ca-file " + ca + (deny ? " --deny" : "");
+  }
+
+  cfo::token_set saved() const {
+    return cfo::token_set::from_json(nlohmann::json::parse(test_util::read_text(token_file)));
+  }
+};
+
+void check_no_secrets(const test_util::process_result& r, const cfo::token_set& t) {
+  for (const auto* s : {&t.access_token, &t.refresh_token}) {
+    if (s->empty()) continue;
+    CHECK(r.err.find(s->reveal()) == std::string::npos);
+  }
+  CHECK(r.out.find("test-client-secret") == std::string::npos);
+  CHECK(r.err.find("test-client-secret") == std::string::npos);
+}
+
+}  // namespace
+
+TEST_SUITE("cli") {
+
+TEST_CASE("confluence-cli login, token and token --refresh") {
+  cli_fixture f;
+  auto login = f.cli({"--browser", f.browser(), "--timeout", "30", "login"});
+  CAPTURE(login.err);
+  REQUIRE(login.exit_code == 0);
+  auto first = f.saved();
+  check_no_secrets(login, first);
+  CHECK(login.out.find(first.access_token.reveal()) == std::string::npos);
+  CHECK(login.out.find("Logged in") != std::string::npos);
+  struct stat st {};
+  REQUIRE(::stat(f.token_file.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+
+  auto token = f.cli({"token"});
+  CHECK(token.exit_code == 0);
+  CHECK(token.out == first.access_token.reveal() + "\n");
+  CHECK(f.srv.stats().refresh_grants == 0);
+
+  auto refreshed = f.cli({"token", "--refresh"});
+  CHECK(refreshed.exit_code == 0);
+  auto second = f.saved();
+  CHECK(refreshed.out == second.access_token.reveal() + "\n");
+  CHECK_FALSE(second.refresh_token == first.refresh_token);  // the rotated token was saved
+  CHECK(f.srv.stats().refresh_grants == 1);
+}
+
+TEST_CASE("confluence-cli refreshes an expiring token by itself") {
+  cli_fixture f;
+  auto login = f.cli({"--browser", f.browser(), "login"});
+  REQUIRE(login.exit_code == 0);
+  auto before = f.saved();  // now make it expire within the 60 s skew
+  before.expires_at = std::chrono::system_clock::now() + 10s;
+  { std::ofstream(f.token_file) << before.to_json().dump(); }
+  auto token = f.cli({"token"});
+  CHECK(token.exit_code == 0);
+  CHECK(f.srv.stats().refresh_grants == 1);
+  CHECK(token.out == f.saved().access_token.reveal() + "\n");
+}
+
+TEST_CASE("confluence-cli exit codes") {
+  cli_fixture f;
+  SUBCASE("not logged in is 4") { CHECK(f.cli({"token"}).exit_code == 4); }
+  SUBCASE("usage errors are 2") {
+    CHECK(f.cli({"--bogus", "login"}).exit_code == 2);
+    CHECK(f.cli({"frobnicate"}).exit_code == 2);
+    CHECK(f.cli({"--timeout", "soon", "login"}).exit_code == 2);
+    CHECK(test_util::run_process({CFO_CLI_PATH, "login"}, 30s, {"ATLASSIAN_CLIENT_ID=", "ATLASSIAN_CLIENT_SECRET="}).exit_code == 2);
+    CHECK(f.cli({"--token-url", "http://auth.example.com/token", "login"}).exit_code == 2);
+  }
+  SUBCASE("help is 0") {
+    auto help = test_util::run_process({CFO_CLI_PATH, "--help"});
+    CHECK(help.exit_code == 0);
+    for (const char* opt : {"--client-id", "--client-secret", "--redirect-uri", "--scope", "--token-file",
+                            "--authorize-url", "--token-url", "--api-url", "--ca-file", "--token-encoding", "--pkce",
+                            "--audience", "--prompt", "--browser", "--no-browser", "--timeout"}) {
+      CAPTURE(opt);
+      CHECK(help.out.find(opt) != std::string::npos);
+    }
+  }
+  SUBCASE("denied consent is 3") {
+    auto r = f.cli({"--browser", f.browser(true), "login"});
+    CHECK(r.exit_code == 3);
+    CHECK_FALSE(std::filesystem::exists(f.token_file));
+  }
+  SUBCASE("nobody coming back is 3") {
+    auto start = std::chrono::steady_clock::now();
+    auto r = f.cli({"--no-browser", "--timeout", "1", "login"});
+    CHECK(r.exit_code == 3);
+    CHECK(std::chrono::steady_clock::now() - start < 20s);
+    CHECK(r.err.find("/authorize?") != std::string::npos);  // the URL was shown to the user
+  }
+  SUBCASE("a revoked grant is 4") {
+    REQUIRE(f.cli({"--browser", f.browser(), "login"}).exit_code == 0);
+    f.srv.revoke_all();
+    auto r = f.cli({"token", "--refresh"});
+    CHECK(r.exit_code == 4);
+    check_no_secrets(r, f.saved());
+  }
+  SUBCASE("a wrong client secret is 2 and never printed") {
+    auto args = f.base_args();
+    args[4] = "wrong-secret-value";
+    args.insert(args.end(), {"--browser", f.browser(), "login"});
+    auto r = test_util::run_process(args, 60s);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("wrong-secret-value") == std::string::npos);
+  }
+}
+
+}  // TEST_SUITE
+
+#endif
