@@ -129,6 +129,7 @@ enum class errc {
   address_in_use,             // the redirect listener's port is taken
   browser_launch_failed,      // the browser command could not be started
   store_error,                // a token store failed to read or write
+  store_corrupt,              // a token store holds something that is not a token set
 };
 
 enum class condition {
@@ -169,6 +170,7 @@ inline const char* errc_message(errc e) noexcept {
     case errc::address_in_use: return "redirect listener address already in use";
     case errc::browser_launch_failed: return "could not start the browser";
     case errc::store_error: return "token store failed";
+    case errc::store_corrupt: return "stored token set is unreadable: sign in again";
   }
   return "unknown confluence_oauth error";
 }
@@ -181,6 +183,7 @@ inline std::optional<condition> condition_of(errc e) noexcept {
     case errc::authorization_failed:
     case errc::state_mismatch:
     case errc::listener_timeout:
+    case errc::store_corrupt:
       return condition::reauthenticate;
     case errc::resolve_failed:
     case errc::connect_failed:
@@ -1482,7 +1485,7 @@ struct token_set {
 
   /// Reads the storage form; throws oauth_error(store_error) naming what is wrong.
   static token_set from_json(const nlohmann::json& j) {
-    auto bad = [](const char* what) -> token_set { detail::fail(errc::store_error, std::string("stored token set: ") + what); };
+    auto bad = [](const char* what) -> token_set { detail::fail(errc::store_corrupt, std::string("stored token set: ") + what); };
     if (!j.is_object()) return bad("not a JSON object");
     token_set t;
     auto access = j.find("access_token");
@@ -1494,7 +1497,9 @@ struct token_set {
       t.refresh_token = secret(r->get<std::string>());
     }
     if (auto e = j.find("expires_at"); e != j.end()) {
-      if (!e->is_number_integer()) return bad("expires_at is not an integer");
+      // Up to the year 9999: anything larger would overflow the clock's duration.
+      if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > 253402300799)
+        return bad("expires_at is not a time");
       t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
     }
     if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
@@ -1602,11 +1607,11 @@ inline std::optional<std::string> read_file(const std::filesystem::path& path, s
 /// Replaces `path` atomically: a crash leaves either the old or the new file.
 inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
   auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
-  std::error_code ec;
-  if (!std::filesystem::exists(dir, ec)) {
-    std::filesystem::create_directories(dir, ec);
-    if (ec) fail(errc::store_error, "cannot create " + dir.string() + ": " + ec.message());
-    ::chmod(dir.c_str(), 0700);
+  // Folders we create are private from the start (0700), parents included.
+  std::filesystem::path partial;
+  for (const auto& part : dir) {
+    partial /= part;
+    if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) fail_errno("cannot create " + partial.string());
   }
   auto tmp = path;
   tmp += ".tmp-" + random_token(6);
@@ -1640,7 +1645,7 @@ class file_token_store final : public token_store {
     if (!text) co_return std::nullopt;
     auto j = nlohmann::json::parse(*text, nullptr, false);
     OPENSSL_cleanse(text->data(), text->size());
-    if (j.is_discarded()) detail::fail(errc::store_error, path_.string() + " is not valid JSON");
+    if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
     co_return token_set::from_json(j);
   }
 
@@ -2419,24 +2424,34 @@ inline browser_opener browser_command(std::vector<std::string> argv) {
   };
 }
 
-/// The system's opener: $BROWSER if set, else `open` on macOS, else `xdg-open`.
+/// The system's opener: the first command of $BROWSER (colon-separated, `%s`
+/// standing for the URL) if set, else `open` on macOS, else `xdg-open`.
 inline asio::awaitable<void> open_browser(const std::string& url) {
   std::vector<std::string> argv;
+  bool url_placed = false;
   if (const char* b = std::getenv("BROWSER"); b && *b) {
     std::string_view cmd = b;
+    cmd = cmd.substr(0, cmd.find(':'));
     while (!cmd.empty()) {
       auto sp = cmd.find(' ');
-      if (sp != 0) argv.emplace_back(cmd.substr(0, sp));
+      if (sp != 0) {
+        std::string arg(cmd.substr(0, sp));
+        if (auto at = arg.find("%s"); at != std::string::npos) {
+          arg.replace(at, 2, url);
+          url_placed = true;
+        }
+        argv.push_back(std::move(arg));
+      }
       if (sp == std::string_view::npos) break;
       cmd.remove_prefix(sp + 1);
     }
   }
 #if defined(__APPLE__)
-  if (argv.empty()) argv = {"open"};
+  if (argv.empty()) argv.emplace_back("open");
 #else
-  if (argv.empty()) argv = {"xdg-open"};
+  if (argv.empty()) argv.emplace_back("xdg-open");
 #endif
-  argv.push_back(url);
+  if (!url_placed) argv.push_back(url);
   co_await detail::spawn_detached(std::move(argv));
 }
 

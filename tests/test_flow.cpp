@@ -190,10 +190,13 @@ TEST_CASE("the file store replaces atomically and reports corruption") {
   std::size_t files = 0;
   for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(dir.path())) ++files;
   CHECK(files == 0);  // no temporary files left behind
-  { std::ofstream(path) << "{not json"; }
-  CHECK(test_util::error_of([&](auto) -> asio::awaitable<void> { co_await store.load(); }) == cfo::errc::store_error);
-  { std::ofstream(path) << R"({"refresh_token":"x"})"; }
-  CHECK(test_util::error_of([&](auto) -> asio::awaitable<void> { co_await store.load(); }) == cfo::errc::store_error);
+  for (const char* corrupt : {"{not json", R"({"refresh_token":"x"})", R"({"access_token":"a","expires_at":9223372036854775807})"}) {
+    CAPTURE(corrupt);
+    { std::ofstream(path) << corrupt; }
+    auto ec = test_util::error_of([&](auto) -> asio::awaitable<void> { co_await store.load(); });
+    CHECK(ec == cfo::errc::store_corrupt);
+    CHECK(ec == cfo::condition::reauthenticate);
+  }
   cfo::file_token_store unwritable("/proc/cfo-cannot-write/tokens.json");
   CHECK(test_util::error_of([&](auto) -> asio::awaitable<void> { co_await unwritable.save(t); }) == cfo::errc::store_error);
 }

@@ -191,7 +191,7 @@ TEST_CASE("error codes map to conditions") {
   CHECK(std::error_code(cfo::errc::certificate_rejected) == cfo::condition::fix_configuration);
   CHECK(std::error_code(cfo::errc::authorization_denied) == cfo::condition::reauthenticate);
   CHECK(grant.category().name() == std::string("confluence_oauth"));
-  for (int e = 1; e <= static_cast<int>(cfo::errc::store_error); ++e)
+  for (int e = 1; e <= static_cast<int>(cfo::errc::store_corrupt); ++e)
     CHECK(cfo::error_category().message(e).find("unknown") == std::string::npos);
 }
 
@@ -313,8 +313,11 @@ TEST_CASE("token sets round-trip through their storage form") {
   os << t;
   CHECK(os.str().find("\"at\"") == std::string::npos);
   CHECK(os.str().find("rt,") == std::string::npos);
-  CHECK(errc_of([] { cfo::token_set::from_json(nlohmann::json::array()); }) == cfo::errc::store_error);
-  CHECK(errc_of([] { cfo::token_set::from_json({{"refresh_token", "x"}}); }) == cfo::errc::store_error);
+  CHECK(errc_of([] { cfo::token_set::from_json(nlohmann::json::array()); }) == cfo::errc::store_corrupt);
+  CHECK(errc_of([] { cfo::token_set::from_json({{"refresh_token", "x"}}); }) == cfo::errc::store_corrupt);
+  for (auto when : {nlohmann::json(-1), nlohmann::json(9223372036854775807LL), nlohmann::json(18446744073709551615ULL),
+                    nlohmann::json(1.5), nlohmann::json("soon")})
+    CHECK(errc_of([&] { cfo::token_set::from_json({{"access_token", "a"}, {"expires_at", when}}); }) == cfo::errc::store_corrupt);
   CHECK(t.expires_within(60s, t.expires_at - 30s));
   CHECK_FALSE(t.expires_within(60s, t.expires_at - 120s));
 }
