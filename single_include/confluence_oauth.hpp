@@ -1,0 +1,2477 @@
+// confluence_oauth.hpp — Atlassian OAuth 2.0 (3LO) for Confluence Cloud, as C++20
+// coroutines on your own Asio executor.
+//
+// One header. Sections, top to bottom; each uses only what is above it:
+//   1. Version, includes, Asio compatibility
+//   2. Errors
+//   3. Text and crypto helpers
+//   4. secret
+//   5. URLs
+//   6. HTTP/1.1 messages and parser
+//   7. Transport: TCP/TLS connections with deadlines, keep-alive pool
+//   8. Tokens and stores
+//   9. The OAuth client
+//  10. The redirect listener and the browser
+//
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The confluence_oauth authors
+#pragma once
+
+// ============================================================================
+// 1. Version, includes, Asio compatibility
+//    Everything the header needs from outside. Asio 1.22 only knows clang's
+//    coroutines TS, so C++20 coroutines are switched on here for clang.
+// ============================================================================
+
+#define CONFLUENCE_OAUTH_VERSION_MAJOR 0
+#define CONFLUENCE_OAUTH_VERSION_MINOR 1
+#define CONFLUENCE_OAUTH_VERSION_PATCH 0
+#define CONFLUENCE_OAUTH_VERSION "0.1.0"
+
+#if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#define ASIO_HAS_STD_COROUTINE 1
+#endif
+
+#include <asio.hpp>
+#include <asio/ssl.hpp>
+#include <asio/version.hpp>
+#include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ostream>
+#include <span>
+#include <spawn.h>
+#include <string>
+#include <string_view>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <system_error>
+#include <unistd.h>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#if ASIO_VERSION < 102200
+#error "confluence_oauth needs Asio 1.22 or newer"
+#endif
+#if ASIO_VERSION >= 102300
+#include <asio/as_tuple.hpp>
+#else
+#include <asio/experimental/as_tuple.hpp>
+#endif
+
+extern char** environ;
+
+namespace confluence_oauth {
+namespace detail {
+#if ASIO_VERSION >= 102300
+using asio::as_tuple;
+#else
+using asio::experimental::as_tuple;
+#endif
+inline constexpr auto use_tuple = as_tuple(asio::use_awaitable);
+}  // namespace detail
+
+// ============================================================================
+// 2. Errors
+//    Every failure is an `oauth_error` (a std::system_error) whose code is in
+//    `confluence_oauth::errc` or is Asio's operation_aborted for cancellation.
+//    Compare a code with `condition` to know what to do about it: ask the user
+//    to consent again, retry later, or fix the configuration.
+// ============================================================================
+
+enum class errc {
+  invalid_config = 1,         // client_config or an argument is malformed
+  insecure_transport,         // http:// to a host that is not loopback
+  invalid_url,                // a URL that cannot be parsed
+  resolve_failed,             // DNS lookup failed
+  connect_failed,             // TCP connect failed
+  tls_handshake_failed,       // TLS failed for a reason other than the certificate
+  certificate_rejected,       // the peer's certificate is untrusted or names another host
+  timeout,                    // a deadline passed
+  connection_closed,          // the peer closed the connection before the message ended
+  network_error,              // any other socket error
+  protocol_error,             // malformed HTTP
+  header_too_large,           // HTTP head over its limit
+  body_too_large,             // HTTP body over its limit
+  invalid_token_response,     // token endpoint answer is not JSON or lacks access_token
+  invalid_grant,              // refresh token or code rejected: consent again
+  invalid_request,            // the token endpoint refused the request (Atlassian: code expired or reused)
+  invalid_client,             // client id or secret rejected
+  oauth_error_response,       // any other OAuth error from the token endpoint
+  server_unavailable,         // 5xx or temporarily_unavailable
+  rate_limited,               // 429
+  http_error,                 // an unexpected HTTP status
+  authorization_denied,       // the user declined (error=access_denied)
+  authorization_failed,       // the authorization server redirected back with another error
+  state_mismatch,             // a callback whose state belongs to no pending authorization
+  listener_timeout,           // nobody came back to the redirect listener in time
+  address_in_use,             // the redirect listener's port is taken
+  browser_launch_failed,      // the browser command could not be started
+  store_error,                // a token store failed to read or write
+  store_corrupt,              // a token store holds something that is not a token set
+};
+
+enum class condition {
+  reauthenticate = 1,  // the grant is gone: run the authorization again
+  retry_later,         // transient: the same call may succeed later
+  fix_configuration,   // wrong settings: retrying will not help
+};
+
+namespace detail {
+
+inline const char* errc_message(errc e) noexcept {
+  switch (e) {
+    case errc::invalid_config: return "invalid configuration";
+    case errc::insecure_transport: return "plain http is only allowed to loopback hosts";
+    case errc::invalid_url: return "invalid URL";
+    case errc::resolve_failed: return "host name lookup failed";
+    case errc::connect_failed: return "connection failed";
+    case errc::tls_handshake_failed: return "TLS handshake failed";
+    case errc::certificate_rejected: return "server certificate rejected";
+    case errc::timeout: return "deadline exceeded";
+    case errc::connection_closed: return "connection closed by peer";
+    case errc::network_error: return "network error";
+    case errc::protocol_error: return "malformed HTTP message";
+    case errc::header_too_large: return "HTTP header too large";
+    case errc::body_too_large: return "HTTP body too large";
+    case errc::invalid_token_response: return "invalid token response";
+    case errc::invalid_grant: return "grant is invalid, expired or revoked: consent again";
+    case errc::invalid_request: return "token request rejected";
+    case errc::invalid_client: return "client authentication failed";
+    case errc::oauth_error_response: return "authorization server returned an error";
+    case errc::server_unavailable: return "server unavailable";
+    case errc::rate_limited: return "rate limited";
+    case errc::http_error: return "unexpected HTTP status";
+    case errc::authorization_denied: return "authorization denied by the user";
+    case errc::authorization_failed: return "authorization failed";
+    case errc::state_mismatch: return "authorization response does not match the request (state mismatch)";
+    case errc::listener_timeout: return "timed out waiting for the authorization redirect";
+    case errc::address_in_use: return "redirect listener address already in use";
+    case errc::browser_launch_failed: return "could not start the browser";
+    case errc::store_error: return "token store failed";
+    case errc::store_corrupt: return "stored token set is unreadable: sign in again";
+  }
+  return "unknown confluence_oauth error";
+}
+
+inline std::optional<condition> condition_of(errc e) noexcept {
+  switch (e) {
+    case errc::invalid_grant:
+    case errc::invalid_request:
+    case errc::authorization_denied:
+    case errc::authorization_failed:
+    case errc::state_mismatch:
+    case errc::listener_timeout:
+    case errc::store_corrupt:
+      return condition::reauthenticate;
+    case errc::resolve_failed:
+    case errc::connect_failed:
+    case errc::tls_handshake_failed:
+    case errc::timeout:
+    case errc::connection_closed:
+    case errc::network_error:
+    case errc::protocol_error:
+    case errc::server_unavailable:
+    case errc::rate_limited:
+    case errc::store_error:
+      return condition::retry_later;
+    case errc::invalid_config:
+    case errc::insecure_transport:
+    case errc::invalid_url:
+    case errc::certificate_rejected:
+    case errc::invalid_client:
+    case errc::oauth_error_response:
+    case errc::address_in_use:
+    case errc::browser_launch_failed:
+      return condition::fix_configuration;
+    default:
+      return std::nullopt;
+  }
+}
+
+class errc_category_impl final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "confluence_oauth"; }
+  std::string message(int ev) const override { return errc_message(static_cast<errc>(ev)); }
+  bool equivalent(int ev, const std::error_condition& cond) const noexcept override;
+};
+
+class condition_category_impl final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "confluence_oauth.condition"; }
+  std::string message(int ev) const override {
+    switch (static_cast<condition>(ev)) {
+      case condition::reauthenticate: return "the user must authorize again";
+      case condition::retry_later: return "transient failure: retry later";
+      case condition::fix_configuration: return "configuration error";
+    }
+    return "unknown condition";
+  }
+};
+
+}  // namespace detail
+
+/// The category of `errc` codes.
+inline const std::error_category& error_category() noexcept {
+  static const detail::errc_category_impl category;
+  return category;
+}
+
+/// The category of `condition`s.
+inline const std::error_category& condition_category() noexcept {
+  static const detail::condition_category_impl category;
+  return category;
+}
+
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
+inline std::error_condition make_error_condition(condition c) noexcept {
+  return {static_cast<int>(c), condition_category()};
+}
+
+inline bool detail::errc_category_impl::equivalent(int ev, const std::error_condition& cond) const noexcept {
+  if (cond.category() != condition_category()) return false;
+  auto c = condition_of(static_cast<errc>(ev));
+  return c && static_cast<int>(*c) == cond.value();
+}
+
+}  // namespace confluence_oauth
+
+template <>
+struct std::is_error_code_enum<confluence_oauth::errc> : std::true_type {};
+template <>
+struct std::is_error_condition_enum<confluence_oauth::condition> : std::true_type {};
+
+namespace confluence_oauth {
+
+/// What a server said about a failure, as far as it said anything.
+struct error_details {
+  std::string error;              // RFC 6749 `error`
+  std::string error_description;  // RFC 6749 `error_description` (secrets redacted)
+  std::string error_uri;          // RFC 6749 `error_uri`
+  int http_status = 0;            // 0 when no HTTP response was involved
+  std::string www_authenticate;
+  std::optional<std::chrono::seconds> retry_after;
+};
+
+/// The one exception type: a std::system_error with the server's details.
+class oauth_error : public std::system_error {
+ public:
+  oauth_error(std::error_code ec, const std::string& context, error_details details = {})
+      : std::system_error(ec, compose(context, details)), details_(std::move(details)) {}
+
+  const error_details& details() const noexcept { return details_; }
+  const std::string& error() const noexcept { return details_.error; }
+  const std::string& error_description() const noexcept { return details_.error_description; }
+  const std::string& error_uri() const noexcept { return details_.error_uri; }
+  int http_status() const noexcept { return details_.http_status; }
+  const std::string& www_authenticate() const noexcept { return details_.www_authenticate; }
+  std::optional<std::chrono::seconds> retry_after() const noexcept { return details_.retry_after; }
+
+ private:
+  static std::string compose(const std::string& context, const error_details& d) {
+    std::string text = context;
+    if (d.http_status == 0 && d.error.empty()) return text;
+    text += " (";
+    if (d.http_status != 0) text += "HTTP " + std::to_string(d.http_status);
+    if (!d.error.empty()) {
+      if (d.http_status != 0) text += "; ";
+      text += d.error;
+      if (!d.error_description.empty()) text += ": " + d.error_description;
+    }
+    text += ')';
+    return text;
+  }
+
+  error_details details_;
+};
+
+namespace detail {
+[[noreturn]] inline void fail(errc e, const std::string& context, error_details details = {}) {
+  throw oauth_error(make_error_code(e), context, std::move(details));
+}
+}  // namespace detail
+
+// ============================================================================
+// 3. Text and crypto helpers
+//    Percent-encoding, query strings, base64url, HTML escaping, and the few
+//    OpenSSL primitives the library needs: random bytes, SHA-256, AES-256-GCM.
+// ============================================================================
+
+namespace detail {
+
+inline bool iequals(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return (x >= 'A' && x <= 'Z' ? x + 32 : x) == (y >= 'A' && y <= 'Z' ? y + 32 : y);
+         });
+}
+
+inline std::string_view trim(std::string_view s) noexcept {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+inline bool is_unreserved(unsigned char c) noexcept {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+inline void percent_encode_to(std::string& out, std::string_view in) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  for (unsigned char c : in) {
+    if (is_unreserved(c)) {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+}
+
+inline std::string percent_encode(std::string_view in) {
+  std::string out;
+  out.reserve(in.size() * 3);
+  percent_encode_to(out, in);
+  return out;
+}
+
+inline int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// Decodes %XX (and '+' as space, as forms and query strings use it).
+/// Malformed escapes are kept literally rather than rejected, as browsers do.
+inline std::string percent_decode(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '+') {
+      out += ' ';
+    } else if (c == '%' && i + 2 < in.size() && hex_value(in[i + 1]) >= 0 && hex_value(in[i + 2]) >= 0) {
+      out += static_cast<char>(hex_value(in[i + 1]) * 16 + hex_value(in[i + 2]));
+      i += 2;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+using param_list = std::vector<std::pair<std::string, std::string>>;
+
+/// Splits `a=1&b=2` into decoded pairs, in order; empty segments are skipped.
+inline param_list parse_query(std::string_view query) {
+  param_list out;
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto part = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (part.empty()) continue;
+    auto eq = part.find('=');
+    if (eq == std::string_view::npos)
+      out.emplace_back(percent_decode(part), std::string{});
+    else
+      out.emplace_back(percent_decode(part.substr(0, eq)), percent_decode(part.substr(eq + 1)));
+  }
+  return out;
+}
+
+/// `application/x-www-form-urlencoded` (and query string) composition.
+inline void append_param(std::string& out, std::string_view name, std::string_view value) {
+  if (!out.empty()) out += '&';
+  percent_encode_to(out, name);
+  out += '=';
+  percent_encode_to(out, value);
+}
+
+inline std::string base64url_encode(const unsigned char* data, std::size_t size) {
+  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  out.reserve((size * 4 + 2) / 3);
+  std::size_t i = 0;
+  for (; i + 3 <= size; i += 3) {
+    std::uint32_t n = (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8) | data[i + 2];
+    out += alphabet[(n >> 18) & 63];
+    out += alphabet[(n >> 12) & 63];
+    out += alphabet[(n >> 6) & 63];
+    out += alphabet[n & 63];
+  }
+  if (size - i == 1) {
+    std::uint32_t n = std::uint32_t{data[i]} << 16;
+    out += alphabet[(n >> 18) & 63];
+    out += alphabet[(n >> 12) & 63];
+  } else if (size - i == 2) {
+    std::uint32_t n = (std::uint32_t{data[i]} << 16) | (std::uint32_t{data[i + 1]} << 8);
+    out += alphabet[(n >> 18) & 63];
+    out += alphabet[(n >> 12) & 63];
+    out += alphabet[(n >> 6) & 63];
+  }
+  return out;
+}
+
+inline std::string base64url_encode(std::string_view data) {
+  return base64url_encode(reinterpret_cast<const unsigned char*>(data.data()), data.size());
+}
+
+/// Decodes base64url or standard base64, padding optional; nullopt when malformed.
+inline std::optional<std::string> base64_decode(std::string_view in) {
+  while (!in.empty() && in.back() == '=') in.remove_suffix(1);
+  std::string out;
+  out.reserve(in.size() * 3 / 4);
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    int v;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9') v = c - '0' + 52;
+    else if (c == '-' || c == '+') v = 62;
+    else if (c == '_' || c == '/') v = 63;
+    else return std::nullopt;
+    acc = (acc << 6) | static_cast<std::uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((acc >> bits) & 0xFF);
+    }
+  }
+  if (bits >= 6) return std::nullopt;
+  return out;
+}
+
+inline std::string html_escape(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (char c : in) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+/// Keeps server-supplied text printable and short before it goes into a message.
+inline std::string sanitize_text(std::string_view in, std::size_t max = 300) {
+  std::string out;
+  for (char c : in.substr(0, max)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? ' ' : c;
+  if (in.size() > max) out += "...";
+  return out;
+}
+
+inline void random_bytes(unsigned char* out, std::size_t n) {
+  if (RAND_bytes(out, static_cast<int>(n)) != 1) fail(errc::network_error, "RAND_bytes failed");
+}
+
+/// A random string of `n` bytes of entropy, base64url encoded.
+inline std::string random_token(std::size_t n = 32) {
+  std::vector<unsigned char> buf(n);
+  random_bytes(buf.data(), n);
+  auto out = base64url_encode(buf.data(), n);
+  OPENSSL_cleanse(buf.data(), n);
+  return out;
+}
+
+inline std::array<unsigned char, 32> sha256(std::string_view data) {
+  std::array<unsigned char, 32> digest{};
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), digest.data(), &len, EVP_sha256(), nullptr) != 1)
+    fail(errc::network_error, "SHA-256 failed");
+  return digest;
+}
+
+inline bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+struct evp_cipher_ctx_deleter {
+  void operator()(EVP_CIPHER_CTX* p) const noexcept { EVP_CIPHER_CTX_free(p); }
+};
+
+/// AES-256-GCM: returns nonce (12) || ciphertext || tag (16).
+inline std::string aes256gcm_seal(std::string_view key, std::string_view plaintext, std::string_view aad = {}) {
+  if (key.size() != 32) fail(errc::invalid_config, "AES-256-GCM key must be 32 bytes");
+  std::string out(12 + plaintext.size() + 16, '\0');
+  auto* o = reinterpret_cast<unsigned char*>(out.data());
+  random_bytes(o, 12);
+  std::unique_ptr<EVP_CIPHER_CTX, evp_cipher_ctx_deleter> ctx(EVP_CIPHER_CTX_new());
+  int len = 0;
+  const auto* k = reinterpret_cast<const unsigned char*>(key.data());
+  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, k, o) != 1 ||
+      (!aad.empty() && EVP_EncryptUpdate(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(aad.data()),
+                                         static_cast<int>(aad.size())) != 1) ||
+      EVP_EncryptUpdate(ctx.get(), o + 12, &len, reinterpret_cast<const unsigned char*>(plaintext.data()),
+                        static_cast<int>(plaintext.size())) != 1 ||
+      EVP_EncryptFinal_ex(ctx.get(), o + 12 + len, &len) != 1 ||
+      EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, 16, o + 12 + plaintext.size()) != 1)
+    fail(errc::store_error, "AES-256-GCM encryption failed");
+  return out;
+}
+
+/// Inverse of aes256gcm_seal; nullopt when the key is wrong or the data was altered.
+inline std::optional<std::string> aes256gcm_open(std::string_view key, std::string_view sealed,
+                                                 std::string_view aad = {}) {
+  if (key.size() != 32) fail(errc::invalid_config, "AES-256-GCM key must be 32 bytes");
+  if (sealed.size() < 28) return std::nullopt;
+  const auto* in = reinterpret_cast<const unsigned char*>(sealed.data());
+  const std::size_t n = sealed.size() - 28;
+  std::string out(n, '\0');
+  std::unique_ptr<EVP_CIPHER_CTX, evp_cipher_ctx_deleter> ctx(EVP_CIPHER_CTX_new());
+  int len = 0;
+  std::array<unsigned char, 16> tag{};
+  std::memcpy(tag.data(), in + 12 + n, 16);
+  bool ok = ctx && EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr,
+                                      reinterpret_cast<const unsigned char*>(key.data()), in) == 1 &&
+            (aad.empty() || EVP_DecryptUpdate(ctx.get(), nullptr, &len,
+                                              reinterpret_cast<const unsigned char*>(aad.data()),
+                                              static_cast<int>(aad.size())) == 1) &&
+            EVP_DecryptUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len, in + 12,
+                              static_cast<int>(n)) == 1 &&
+            EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, 16, tag.data()) == 1 &&
+            EVP_DecryptFinal_ex(ctx.get(), reinterpret_cast<unsigned char*>(out.data()) + len, &len) == 1;
+  if (!ok) {
+    OPENSSL_cleanse(out.data(), out.size());
+    return std::nullopt;
+  }
+  return out;
+}
+
+/// Parses a whole string as a non-negative decimal integer.
+template <typename Int>
+inline std::optional<Int> parse_uint(std::string_view s) noexcept {
+  Int v{};
+  if (s.empty() || s.front() == '-' || s.front() == '+') return std::nullopt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+}  // namespace detail
+
+// ============================================================================
+// 4. secret
+//    A string that never prints: streams show a short SHA-256 fingerprint.
+//    Compares in constant time; wipes its storage when it goes away.
+// ============================================================================
+
+class secret {
+ public:
+  secret() = default;
+  explicit secret(std::string value) : value_(std::move(value)) {}
+  explicit secret(std::string_view value) : value_(value) {}
+  explicit secret(const char* value) : value_(value) {}
+  secret(const secret& other) : value_(other.value_) {}
+  secret(secret&& other) noexcept : value_(std::move(other.value_)) { other.wipe(); }
+  secret& operator=(const secret& other) {
+    if (this != &other) {
+      wipe();
+      value_ = other.value_;
+    }
+    return *this;
+  }
+  secret& operator=(secret&& other) noexcept {
+    if (this != &other) {
+      wipe();
+      value_ = std::move(other.value_);
+      other.wipe();
+    }
+    return *this;
+  }
+  ~secret() { wipe(); }
+
+  /// The plain value. Every call site of this is a place a secret leaves the vault.
+  const std::string& reveal() const noexcept { return value_; }
+  bool empty() const noexcept { return value_.empty(); }
+
+  /// "sha256:1a2b3c4d": enough to tell two secrets apart in a log, useless to an attacker.
+  std::string fingerprint() const {
+    if (value_.empty()) return "empty";
+    auto d = detail::sha256(value_);
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out = "sha256:";
+    for (int i = 0; i < 4; ++i) {
+      out += hex[d[i] >> 4];
+      out += hex[d[i] & 15];
+    }
+    return out;
+  }
+
+  friend bool operator==(const secret& a, const secret& b) noexcept {
+    return detail::constant_time_equal(a.value_, b.value_);
+  }
+  friend std::ostream& operator<<(std::ostream& os, const secret& s) {
+    return os << "secret(" << s.fingerprint() << ')';
+  }
+
+ private:
+  // Resizing to capacity zero-fills the short-string buffer too, so no byte of
+  // the old value survives a move or destruction.
+  void wipe() noexcept {
+    value_.resize(value_.capacity());
+    OPENSSL_cleanse(value_.data(), value_.size());
+    value_.clear();
+  }
+
+  std::string value_;
+};
+
+namespace detail {
+/// Replaces every occurrence of the given secrets in server-supplied text.
+inline std::string redact(std::string text, std::span<const secret* const> secrets) {
+  for (const secret* s : secrets) {
+    if (!s || s->reveal().size() < 4) continue;
+    for (auto pos = text.find(s->reveal()); pos != std::string::npos; pos = text.find(s->reveal(), pos))
+      text.replace(pos, s->reveal().size(), "[redacted]");
+  }
+  return text;
+}
+}  // namespace detail
+
+// ============================================================================
+// 5. URLs
+//    Just what OAuth needs: http and https URLs with host, port and target,
+//    composed back to text, and relative references resolved against a base.
+// ============================================================================
+
+struct url {
+  std::string scheme;       // "http" or "https", lower case
+  std::string host;         // name or address; IPv6 without brackets
+  std::uint16_t port = 0;   // explicit or the scheme's default
+  std::string target = "/"; // path and query, never empty
+
+  bool is_https() const noexcept { return scheme == "https"; }
+  std::string_view path() const noexcept { return std::string_view(target).substr(0, target.find('?')); }
+  std::string_view query() const noexcept {
+    auto q = target.find('?');
+    return q == std::string::npos ? std::string_view{} : std::string_view(target).substr(q + 1);
+  }
+  /// Host as it goes into a Host header or a URL: brackets around IPv6, port unless default.
+  std::string authority() const {
+    std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+    if (port != (is_https() ? 443 : 80)) out += ":" + std::to_string(port);
+    return out;
+  }
+  std::string origin() const { return scheme + "://" + authority(); }
+  std::string str() const { return origin() + target; }
+};
+
+/// Parses an absolute http(s) URL. Userinfo and fragments are refused: neither
+/// belongs in an OAuth endpoint or redirect URI.
+inline url parse_url(std::string_view text) {
+  auto bad = [&](const char* why) -> url { detail::fail(errc::invalid_url, std::string(why) + ": " + detail::sanitize_text(text, 200)); };
+  url u;
+  auto colon = text.find("://");
+  if (colon == std::string_view::npos) return bad("missing scheme");
+  for (char c : text.substr(0, colon)) u.scheme += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  if (u.scheme != "http" && u.scheme != "https") return bad("scheme must be http or https");
+  auto rest = text.substr(colon + 3);
+  if (rest.find('#') != std::string_view::npos) return bad("fragments are not allowed");
+  auto slash = rest.find_first_of("/?");
+  auto authority = rest.substr(0, slash);
+  u.target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
+  if (u.target.front() == '?') u.target.insert(0, "/");
+  if (authority.find('@') != std::string_view::npos) return bad("user information is not allowed");
+  std::string_view port_text;
+  if (!authority.empty() && authority.front() == '[') {
+    auto close = authority.find(']');
+    if (close == std::string_view::npos) return bad("unterminated IPv6 literal");
+    u.host = std::string(authority.substr(1, close - 1));
+    auto after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') return bad("junk after IPv6 literal");
+      port_text = after.substr(1);
+    }
+  } else {
+    auto c = authority.rfind(':');
+    u.host = std::string(authority.substr(0, c));
+    if (c != std::string_view::npos) port_text = authority.substr(c + 1);
+  }
+  if (u.host.empty()) return bad("missing host");
+  for (char& c : u.host) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+    if (static_cast<unsigned char>(c) <= 0x20 || c == '/' || c == '\\' || c == '%') return bad("invalid host");
+  }
+  for (char c : u.target)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return bad("invalid character in path");
+  if (!port_text.empty()) {
+    auto p = detail::parse_uint<std::uint16_t>(port_text);
+    if (!p) return bad("invalid port");
+    u.port = *p;
+  } else {
+    u.port = u.is_https() ? 443 : 80;
+  }
+  return u;
+}
+
+/// True for "localhost", 127.0.0.0/8 and ::1 (with or without brackets).
+inline bool is_loopback(std::string_view host) noexcept {
+  if (detail::iequals(host, "localhost")) return true;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  std::error_code ec;
+  auto addr = asio::ip::make_address(std::string(host), ec);
+  return !ec && addr.is_loopback();
+}
+
+/// Resolves an absolute URL, an absolute path ("/wiki/...") or a path relative
+/// to a prefix, as pagination links from the Atlassian gateway need.
+inline url resolve_reference(const url& base, std::string_view ref) {
+  if (ref.find("://") != std::string_view::npos) return parse_url(ref);
+  url out = base;
+  if (ref.empty()) return out;
+  if (ref.substr(0, 2) == "//") return parse_url(base.scheme + ":" + std::string(ref));
+  if (ref.front() == '/') {
+    out.target = std::string(ref);
+  } else if (ref.front() == '?') {
+    out.target = std::string(base.path()) + std::string(ref);
+  } else {
+    auto dir = base.path().substr(0, base.path().rfind('/') + 1);
+    out.target = std::string(dir) + std::string(ref);
+  }
+  return out;
+}
+
+// ============================================================================
+// 6. HTTP/1.1 messages and parser
+//    One incremental parser for requests and responses: Content-Length,
+//    chunked (trailers discarded), close-delimited bodies, 1xx skipped, and
+//    hard limits on head and body sizes. Tolerates bare LF line endings.
+// ============================================================================
+
+struct http_header {
+  std::string name;
+  std::string value;
+};
+
+class http_headers {
+ public:
+  void add(std::string name, std::string value) { items_.push_back({std::move(name), std::move(value)}); }
+  /// Sets a header, replacing every earlier one of the same name.
+  void set(std::string_view name, std::string value) {
+    erase(name);
+    items_.push_back({std::string(name), std::move(value)});
+  }
+  void erase(std::string_view name) {
+    std::erase_if(items_, [&](const http_header& h) { return detail::iequals(h.name, name); });
+  }
+  /// The first value of a header, case-insensitive; nullopt if absent.
+  std::optional<std::string_view> get(std::string_view name) const noexcept {
+    for (const auto& h : items_)
+      if (detail::iequals(h.name, name)) return std::string_view(h.value);
+    return std::nullopt;
+  }
+  std::size_t count(std::string_view name) const noexcept {
+    return static_cast<std::size_t>(
+        std::count_if(items_.begin(), items_.end(), [&](const http_header& h) { return detail::iequals(h.name, name); }));
+  }
+  auto begin() const noexcept { return items_.begin(); }
+  auto end() const noexcept { return items_.end(); }
+  std::size_t size() const noexcept { return items_.size(); }
+  void clear() noexcept { items_.clear(); }
+
+ private:
+  std::vector<http_header> items_;
+};
+
+struct http_request {
+  std::string method = "GET";
+  std::string target = "/";
+  http_headers headers;
+  std::string body;
+};
+
+struct http_response {
+  int status = 0;
+  std::string reason;
+  http_headers headers;
+  std::string body;
+};
+
+struct http_limits {
+  std::size_t max_head_bytes = 64 * 1024;   // start line plus headers
+  std::size_t max_header_count = 128;
+  std::size_t max_body_bytes = 8 * 1024 * 1024;
+};
+
+namespace detail {
+
+/// True when a comma-separated header value holds `token` (case-insensitive).
+inline bool header_has_token(std::string_view value, std::string_view token) noexcept {
+  while (!value.empty()) {
+    auto comma = value.find(',');
+    if (iequals(trim(value.substr(0, comma)), token)) return true;
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+class http_parser {
+ public:
+  enum class kind { request, response };
+
+  http_parser(kind k, const http_limits& limits) : kind_(k), limits_(limits) {}
+
+  /// Consumes bytes; returns how many were used. Stops at the end of one
+  /// message; the rest belongs to whatever follows on the connection.
+  std::size_t feed(std::string_view data) {
+    std::size_t used = 0;
+    if (!data.empty()) started_ = true;
+    while (used < data.size() && !done() && !ec_) used += step(data.substr(used));
+    return used;
+  }
+
+  /// The peer closed the connection.
+  void on_eof() {
+    if (done() || ec_) return;
+    if (state_ == state::close_body) {
+      state_ = state::done;
+    } else {
+      ec_ = make_error_code(errc::connection_closed);
+      error_text_ = started_ ? "connection closed before the message was complete" : "connection closed before any response";
+    }
+  }
+
+  /// The response answers a HEAD request: no body whatever the headers say.
+  void expect_no_body() noexcept { no_body_ = true; }
+
+  bool done() const noexcept { return state_ == state::done; }
+  bool started() const noexcept { return started_; }
+  std::error_code error() const noexcept { return ec_; }
+  const std::string& error_text() const noexcept { return error_text_; }
+  bool keep_alive() const noexcept { return keep_alive_ && state_ == state::done; }
+
+  http_request take_request() { return {std::move(method_), std::move(target_), std::move(headers_), std::move(body_)}; }
+  http_response take_response() { return {status_, std::move(reason_), std::move(headers_), std::move(body_)}; }
+  int status() const noexcept { return status_; }
+  const http_headers& headers() const noexcept { return headers_; }
+
+ private:
+  enum class state { head, length_body, chunk_size, chunk_data, chunk_data_end, trailers, close_body, done };
+
+  std::size_t error(errc e, std::string text) {
+    ec_ = make_error_code(e);
+    error_text_ = std::move(text);
+    return 0;
+  }
+
+  // Appends bytes to line_ up to and including '\n'; returns bytes used and
+  // whether a whole line is there.
+  std::pair<std::size_t, bool> take_line(std::string_view data, std::size_t limit) {
+    auto nl = data.find('\n');
+    std::size_t n = nl == std::string_view::npos ? data.size() : nl + 1;
+    if (line_.size() + n > limit) return {n, false};
+    line_.append(data.substr(0, n));
+    return {n, nl != std::string_view::npos};
+  }
+
+  static std::string_view chomp(std::string_view line) noexcept {
+    if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    return line;
+  }
+
+  std::size_t step(std::string_view data) {
+    switch (state_) {
+      case state::head: return step_head(data);
+      case state::length_body: {
+        auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, data.size()));
+        body_.append(data.substr(0, n));
+        remaining_ -= n;
+        if (remaining_ == 0) state_ = state::done;
+        return n;
+      }
+      case state::chunk_size: {
+        auto [n, whole] = take_line(data, 1024);
+        if (!whole && line_.size() + n > 1024) return error(errc::protocol_error, "chunk size line too long");
+        if (!whole) return n;
+        auto text = chomp(line_);
+        text = trim(text.substr(0, text.find(';')));
+        std::uint64_t size = 0;
+        auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), size, 16);
+        if (text.empty() || ec != std::errc{} || p != text.data() + text.size())
+          return error(errc::protocol_error, "invalid chunk size");
+        line_.clear();
+        if (size > limits_.max_body_bytes - body_.size())
+          return error(errc::body_too_large, "body exceeds " + std::to_string(limits_.max_body_bytes) + " bytes");
+        remaining_ = size;
+        state_ = size == 0 ? state::trailers : state::chunk_data;
+        return n;
+      }
+      case state::chunk_data: {
+        auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, data.size()));
+        body_.append(data.substr(0, n));
+        remaining_ -= n;
+        if (remaining_ == 0) state_ = state::chunk_data_end;
+        return n;
+      }
+      case state::chunk_data_end: {
+        auto [n, whole] = take_line(data, 2);
+        if (!whole && line_.size() + n > 2) return error(errc::protocol_error, "chunk not followed by CRLF");
+        if (!whole) return n;
+        if (!chomp(line_).empty()) return error(errc::protocol_error, "chunk not followed by CRLF");
+        line_.clear();
+        state_ = state::chunk_size;
+        return n;
+      }
+      case state::trailers: {
+        auto [n, whole] = take_line(data, limits_.max_head_bytes);
+        if (!whole && line_.size() + n > limits_.max_head_bytes) return error(errc::header_too_large, "trailers too large");
+        if (!whole) return n;
+        trailer_bytes_ += line_.size();
+        if (trailer_bytes_ > limits_.max_head_bytes) return error(errc::header_too_large, "trailers too large");
+        bool last = chomp(line_).empty();
+        line_.clear();
+        if (last) state_ = state::done;
+        return n;
+      }
+      case state::close_body: {
+        if (data.size() > limits_.max_body_bytes - body_.size())
+          return error(errc::body_too_large, "body exceeds " + std::to_string(limits_.max_body_bytes) + " bytes");
+        body_.append(data);
+        return data.size();
+      }
+      case state::done: return 0;
+    }
+    return 0;
+  }
+
+  std::size_t step_head(std::string_view data) {
+    // Find the blank line that ends the head, scanning each byte once.
+    std::size_t used = 0;
+    while (used < data.size()) {
+      auto nl = data.find('\n', used);
+      std::size_t end = nl == std::string_view::npos ? data.size() : nl + 1;
+      if (head_.size() + (end - used) > limits_.max_head_bytes)
+        return error(errc::header_too_large, "HTTP head exceeds " + std::to_string(limits_.max_head_bytes) + " bytes");
+      head_.append(data.substr(used, end - used));
+      used = end;
+      if (nl == std::string_view::npos) break;
+      std::string_view last_line(head_);
+      last_line = last_line.substr(line_start_);
+      line_start_ = head_.size();
+      if (chomp(last_line).empty()) {
+        if (head_.size() == last_line.size()) {  // blank lines before a message are skipped
+          head_.clear();
+          line_start_ = 0;
+          continue;
+        }
+        if (!parse_head()) return used;
+        head_.clear();
+        line_start_ = 0;
+        if (state_ == state::head) continue;  // a 1xx interim response: the real one follows
+        break;
+      }
+    }
+    return used;
+  }
+
+  bool parse_head() {
+    std::string_view head(head_);
+    auto line_end = head.find('\n');
+    auto start = chomp(head.substr(0, line_end + 1));
+    head.remove_prefix(line_end + 1);
+    if (!(kind_ == kind::response ? parse_status_line(start) : parse_request_line(start))) return false;
+    headers_.clear();
+    while (!head.empty()) {
+      auto nl = head.find('\n');
+      auto line = chomp(head.substr(0, nl + 1));
+      head.remove_prefix(nl + 1);
+      if (line.empty()) break;
+      if (line.front() == ' ' || line.front() == '\t') return error(errc::protocol_error, "obsolete header folding"), false;
+      auto colon = line.find(':');
+      if (colon == std::string_view::npos || colon == 0) return error(errc::protocol_error, "malformed header line"), false;
+      auto name = line.substr(0, colon);
+      for (char c : name)
+        if (c <= ' ' || c == '"' || c == '(' || c == ')' || c == ',' || c == '/' || c == ':' || c == ';' ||
+            c == '<' || c == '=' || c == '>' || c == '?' || c == '@' || c == '[' || c == '\\' || c == ']' ||
+            c == '{' || c == '}' || static_cast<unsigned char>(c) >= 0x7f)
+          return error(errc::protocol_error, "invalid header name"), false;
+      if (headers_.size() >= limits_.max_header_count) return error(errc::header_too_large, "too many headers"), false;
+      headers_.add(std::string(name), std::string(trim(line.substr(colon + 1))));
+    }
+    return choose_framing();
+  }
+
+  bool parse_version(std::string_view v) {
+    if (v == "HTTP/1.1") {
+      keep_alive_ = true;
+      return true;
+    }
+    if (v == "HTTP/1.0") {
+      keep_alive_ = false;
+      return true;
+    }
+    return false;
+  }
+
+  bool parse_status_line(std::string_view line) {
+    auto sp = line.find(' ');
+    if (sp == std::string_view::npos || !parse_version(line.substr(0, sp)))
+      return error(errc::protocol_error, "bad status line"), false;
+    auto rest = line.substr(sp + 1);
+    auto code = parse_uint<int>(rest.substr(0, 3));
+    if (!code || *code < 100 || *code > 599 || (rest.size() > 3 && rest[3] != ' '))
+      return error(errc::protocol_error, "bad status line"), false;
+    status_ = *code;
+    reason_ = std::string(rest.size() > 4 ? rest.substr(4) : std::string_view{});
+    return true;
+  }
+
+  bool parse_request_line(std::string_view line) {
+    auto sp1 = line.find(' ');
+    auto sp2 = line.rfind(' ');
+    if (sp1 == std::string_view::npos || sp1 == sp2 || !parse_version(line.substr(sp2 + 1)))
+      return error(errc::protocol_error, "bad request line"), false;
+    method_ = std::string(line.substr(0, sp1));
+    target_ = std::string(line.substr(sp1 + 1, sp2 - sp1 - 1));
+    if (method_.empty() || target_.empty() || target_.find(' ') != std::string::npos)
+      return error(errc::protocol_error, "bad request line"), false;
+    return true;
+  }
+
+  bool choose_framing() {
+    if (auto c = headers_.get("Connection")) {
+      if (header_has_token(*c, "close")) keep_alive_ = false;
+      else if (header_has_token(*c, "keep-alive")) keep_alive_ = true;
+    }
+    if (kind_ == kind::response && status_ >= 100 && status_ < 200 && status_ != 101) {
+      headers_.clear();
+      return true;  // stay in state::head
+    }
+    auto te = headers_.get("Transfer-Encoding");
+    auto cl_count = headers_.count("Content-Length");
+    if (te && cl_count) return error(errc::protocol_error, "both Transfer-Encoding and Content-Length"), false;
+    bool bodiless = kind_ == kind::response &&
+                    (no_body_ || status_ == 204 || status_ == 304 || status_ == 101);
+    if (bodiless) {
+      state_ = state::done;
+      return true;
+    }
+    if (te) {
+      if (!iequals(trim(*te), "chunked")) return error(errc::protocol_error, "unsupported Transfer-Encoding"), false;
+      state_ = state::chunk_size;
+      return true;
+    }
+    if (cl_count) {
+      std::optional<std::uint64_t> length;
+      for (const auto& h : headers_) {
+        if (!iequals(h.name, "Content-Length")) continue;
+        auto v = parse_uint<std::uint64_t>(trim(h.value));
+        if (!v || (length && *length != *v)) return error(errc::protocol_error, "invalid Content-Length"), false;
+        length = v;
+      }
+      if (*length > limits_.max_body_bytes)
+        return error(errc::body_too_large, "body of " + std::to_string(*length) + " bytes exceeds " +
+                                               std::to_string(limits_.max_body_bytes)),
+               false;
+      body_.reserve(static_cast<std::size_t>(*length));
+      remaining_ = *length;
+      state_ = remaining_ == 0 ? state::done : state::length_body;
+      return true;
+    }
+    if (kind_ == kind::request) {
+      state_ = state::done;
+    } else {
+      keep_alive_ = false;
+      state_ = state::close_body;
+    }
+    return true;
+  }
+
+  kind kind_;
+  http_limits limits_;
+  state state_ = state::head;
+  std::error_code ec_;
+  std::string error_text_;
+  bool started_ = false;
+  bool no_body_ = false;
+  bool keep_alive_ = false;
+  std::string head_;
+  std::size_t line_start_ = 0;
+  std::string line_;
+  std::size_t trailer_bytes_ = 0;
+  std::uint64_t remaining_ = 0;
+  int status_ = 0;
+  std::string reason_, method_, target_;
+  http_headers headers_;
+  std::string body_;
+};
+
+/// The head of a request to `u` (its target, not req.target); the body is
+/// written after it without a copy.
+inline std::string serialize_head(const http_request& req, const url& u) {
+  std::string out;
+  out.reserve(256 + u.target.size());
+  out += req.method;
+  out += ' ';
+  out += u.target;
+  out += " HTTP/1.1\r\nHost: ";
+  out += u.authority();
+  out += "\r\n";
+  for (const auto& h : req.headers) {
+    out += h.name;
+    out += ": ";
+    out += h.value;
+    out += "\r\n";
+  }
+  if (!req.body.empty() || req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
+    out += "Content-Length: ";
+    out += std::to_string(req.body.size());
+    out += "\r\n";
+  }
+  out += "\r\n";
+  return out;
+}
+
+inline std::string serialize_response(const http_response& res) {
+  std::string out = "HTTP/1.1 " + std::to_string(res.status) + ' ' + res.reason + "\r\n";
+  for (const auto& h : res.headers) out += h.name + ": " + h.value + "\r\n";
+  out += "Content-Length: " + std::to_string(res.body.size()) + "\r\n\r\n";
+  out += res.body;
+  return out;
+}
+
+}  // namespace detail
+
+// ============================================================================
+// 7. Transport
+//    HTTP/1.1 over TCP or TLS. Each exchange runs on its connection's strand
+//    under one deadline that covers resolve, connect, handshake, write and
+//    read. TLS 1.2+, peer verification with host-name (or IP) checking and SNI
+//    always on; trust is the system store plus an optional extra CA. Plain
+//    http only to loopback. Idle connections are kept per origin and reused;
+//    a reused one that fails before any response byte is retried once fresh.
+// ============================================================================
+
+struct tls_options {
+  std::string ca_file;            // extra trusted CA certificates, PEM file
+  std::string ca_pem;             // extra trusted CA certificates, PEM text
+  bool use_system_trust = true;   // the system's default trust store
+};
+
+struct timeouts {
+  std::chrono::milliseconds request{std::chrono::seconds(30)};  // one HTTP exchange, connect included
+  std::chrono::milliseconds idle{std::chrono::seconds(30)};     // a pooled connection unused this long is dropped
+};
+
+namespace detail {
+
+inline std::shared_ptr<asio::ssl::context> make_tls_context(const tls_options& options) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+  SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression);
+  ctx->set_verify_mode(asio::ssl::verify_peer);
+  std::error_code ec;
+  if (options.use_system_trust) ctx->set_default_verify_paths(ec);
+  if (ec) fail(errc::invalid_config, "cannot load the system trust store: " + ec.message());
+  if (!options.ca_file.empty()) {
+    ctx->load_verify_file(options.ca_file, ec);
+    if (ec) fail(errc::invalid_config, "cannot load CA file " + sanitize_text(options.ca_file) + ": " + ec.message());
+  }
+  if (!options.ca_pem.empty()) {
+    ctx->add_certificate_authority(asio::buffer(options.ca_pem), ec);
+    if (ec) fail(errc::invalid_config, "cannot load CA certificate from PEM: " + ec.message());
+  }
+  return ctx;
+}
+
+class connection : public std::enable_shared_from_this<connection> {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  struct result {
+    std::error_code ec;
+    std::string error_text;
+    bool response_started = false;
+    bool keep_alive = false;
+    http_response response;
+  };
+
+  connection(const asio::any_io_executor& ex, const std::shared_ptr<asio::ssl::context>& tls, bool use_tls)
+      : strand_(asio::make_strand(ex)), tls_ctx_(tls), stream_(strand_, *tls), deadline_(strand_),
+        resolver_(strand_), use_tls_(use_tls) {}
+
+  const asio::strand<asio::any_io_executor>& strand() const noexcept { return strand_; }
+  clock::time_point last_used() const noexcept { return last_used_; }
+
+  /// One request and its response. Runs on strand(); never throws.
+  asio::awaitable<result> exchange(const url& u, const std::string& head, const std::string& body,
+                                   http_limits limits, std::chrono::milliseconds timeout, bool head_request) {
+    timed_out_ = false;
+    deadline_.expires_after(timeout);
+    deadline_.async_wait([weak = weak_from_this()](std::error_code ec) {
+      if (ec) return;
+      if (auto self = weak.lock()) self->on_deadline();
+    });
+    result r = co_await run(u, head, body, limits, head_request);
+    deadline_.cancel();
+    if (r.ec && timed_out_) {
+      r.ec = make_error_code(errc::timeout);
+      r.error_text = "no complete response within " + std::to_string(timeout.count()) + " ms";
+    }
+    if (r.ec) close();
+    last_used_ = clock::now();
+    co_return r;
+  }
+
+  void close() noexcept {
+    std::error_code ignored;
+    stream_.next_layer().close(ignored);
+    connected_ = false;
+  }
+
+ private:
+  void on_deadline() {
+    timed_out_ = true;
+    resolver_.cancel();
+    close();
+  }
+
+  static result failure(std::error_code ec, std::string text) {
+    result r;
+    r.ec = ec;
+    r.error_text = std::move(text);
+    return r;
+  }
+
+  asio::awaitable<result> connect(const url& u) {
+    auto [rec, endpoints] = co_await resolver_.async_resolve(u.host, std::to_string(u.port), use_tuple);
+    if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
+    if (rec) co_return failure(make_error_code(errc::resolve_failed), "cannot resolve " + u.host + ": " + rec.message());
+    auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, use_tuple);
+    if (cec == asio::error::operation_aborted) co_return failure(cec, "cancelled");
+    if (cec)
+      co_return failure(make_error_code(errc::connect_failed), "cannot connect to " + u.authority() + ": " + cec.message());
+    std::error_code ignored;
+    stream_.next_layer().set_option(asio::ip::tcp::no_delay(true), ignored);
+    if (use_tls_) {
+      SSL* ssl = stream_.native_handle();
+      std::error_code aec;
+      asio::ip::make_address(u.host, aec);
+      if (aec) {  // a name: SNI and host-name verification
+        SSL_set_tlsext_host_name(ssl, u.host.c_str());
+        SSL_set1_host(ssl, u.host.c_str());
+      } else {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str());
+      }
+      auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, use_tuple);
+      if (hec == asio::error::operation_aborted) co_return failure(hec, "cancelled");
+      if (hec) {
+        long verify = SSL_get_verify_result(ssl);
+        if (verify != X509_V_OK)
+          co_return failure(make_error_code(errc::certificate_rejected),
+                            "certificate of " + u.authority() + " rejected: " + X509_verify_cert_error_string(verify));
+        co_return failure(make_error_code(errc::tls_handshake_failed),
+                          "TLS handshake with " + u.authority() + " failed: " + hec.message());
+      }
+    }
+    connected_ = true;
+    co_return result{};
+  }
+
+  asio::awaitable<result> run(const url& u, const std::string& head, const std::string& body,
+                              http_limits limits, bool head_request) {
+    if (!connected_) {
+      auto c = co_await connect(u);
+      if (c.ec) co_return c;
+    }
+    std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(body)};
+    auto [wec, written] = use_tls_ ? co_await asio::async_write(stream_, out, use_tuple)
+                                   : co_await asio::async_write(stream_.next_layer(), out, use_tuple);
+    (void)written;
+    if (wec == asio::error::operation_aborted) co_return failure(wec, "cancelled");
+    if (wec) co_return failure(make_error_code(errc::network_error), "write failed: " + wec.message());
+
+    http_parser parser(http_parser::kind::response, limits);
+    if (head_request) parser.expect_no_body();
+    result r;
+    for (;;) {
+      auto [rec, n] = use_tls_ ? co_await stream_.async_read_some(asio::buffer(buffer_), use_tuple)
+                               : co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), use_tuple);
+      r.response_started = parser.started() || n > 0;
+      if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
+      if (rec == asio::error::eof || rec == asio::ssl::error::stream_truncated) {
+        parser.on_eof();
+      } else if (rec) {
+        auto f = failure(make_error_code(errc::network_error), "read failed: " + rec.message());
+        f.response_started = r.response_started;
+        co_return f;
+      } else {
+        std::size_t used = parser.feed(std::string_view(buffer_.data(), n));
+        if (parser.done() && used < n) leftover_ = true;
+      }
+      if (parser.error()) {
+        auto f = failure(parser.error(), parser.error_text());
+        f.response_started = r.response_started;
+        co_return f;
+      }
+      if (parser.done()) break;
+    }
+    r.keep_alive = parser.keep_alive() && !leftover_;
+    r.response = parser.take_response();
+    if (!r.keep_alive) close();
+    co_return r;
+  }
+
+  asio::strand<asio::any_io_executor> strand_;
+  std::shared_ptr<asio::ssl::context> tls_ctx_;  // outlives stream_
+  asio::ssl::stream<asio::ip::tcp::socket> stream_;
+  asio::steady_timer deadline_;
+  asio::ip::tcp::resolver resolver_;
+  std::array<char, 16 * 1024> buffer_{};
+  clock::time_point last_used_ = clock::now();
+  bool use_tls_;
+  bool connected_ = false;
+  bool timed_out_ = false;
+  bool leftover_ = false;
+};
+
+/// HTTP client with a keep-alive pool per origin. Thread-safe.
+class http_client {
+ public:
+  http_client(asio::any_io_executor ex, const tls_options& tls, timeouts t)
+      : ex_(std::move(ex)), tls_(make_tls_context(tls)), timeouts_(t) {}
+
+  const asio::any_io_executor& get_executor() const noexcept { return ex_; }
+
+  /// Sends `req` to `u` and returns the whole response, whatever its status.
+  /// The request line uses u.target; req.target is ignored.
+  asio::awaitable<http_response> send(const url& u, const http_request& req, http_limits limits = {}) {
+    if (!u.is_https() && !is_loopback(u.host))
+      fail(errc::insecure_transport, "refusing plain http to " + u.authority());
+    const std::string context = req.method + " " + u.origin() + std::string(u.path());
+    const std::string head = serialize_head(req, u);
+    for (int attempt = 0;; ++attempt) {
+      bool reused = false;
+      auto conn = acquire(u, reused);
+      auto r = co_await asio::co_spawn(
+          conn->strand(),
+          conn->exchange(u, head, req.body, limits, timeouts_.request, req.method == "HEAD"),
+          asio::use_awaitable);
+      if (!r.ec) {
+        if (r.keep_alive) release(u, std::move(conn));
+        co_return std::move(r.response);
+      }
+      if (r.ec == asio::error::operation_aborted) throw oauth_error(r.ec, context + ": cancelled");
+      // A pooled connection the server already closed fails before any response
+      // byte; the request never reached the application, so send it again.
+      bool stale = reused && !r.response_started && r.ec != make_error_code(errc::timeout);
+      if (stale && attempt == 0) continue;
+      throw oauth_error(r.ec, context + ": " + r.error_text);
+    }
+  }
+
+  std::size_t idle_connections() const {
+    std::lock_guard lock(mutex_);
+    std::size_t n = 0;
+    for (const auto& [origin, conns] : idle_) n += conns.size();
+    return n;
+  }
+  std::uint64_t connections_opened() const {
+    std::lock_guard lock(mutex_);
+    return opened_;
+  }
+  void close_idle() {
+    std::lock_guard lock(mutex_);
+    idle_.clear();
+  }
+
+ private:
+  static constexpr std::size_t max_idle_per_origin = 8;
+
+  std::shared_ptr<connection> acquire(const url& u, bool& reused) {
+    std::lock_guard lock(mutex_);
+    auto it = idle_.find(u.origin());
+    if (it != idle_.end()) {
+      auto& conns = it->second;
+      const auto now = connection::clock::now();
+      while (!conns.empty()) {
+        auto c = std::move(conns.back());
+        conns.pop_back();
+        if (now - c->last_used() < timeouts_.idle) {
+          reused = true;
+          return c;
+        }
+      }
+    }
+    ++opened_;
+    return std::make_shared<connection>(ex_, tls_, u.is_https());
+  }
+
+  void release(const url& u, std::shared_ptr<connection> c) {
+    std::lock_guard lock(mutex_);
+    auto& conns = idle_[u.origin()];
+    if (conns.size() < max_idle_per_origin) conns.push_back(std::move(c));
+  }
+
+  asio::any_io_executor ex_;
+  std::shared_ptr<asio::ssl::context> tls_;
+  timeouts timeouts_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, std::vector<std::shared_ptr<connection>>> idle_;
+  std::uint64_t opened_ = 0;
+};
+
+}  // namespace detail
+
+// ============================================================================
+// 8. Tokens and stores
+//    `token_set` is what the token endpoint grants; a `token_store` keeps it
+//    between runs. The file store writes atomically (temporary file, fsync,
+//    rename, fsync of the folder) with mode 0600, so a crash never leaves a
+//    half-written file and a rotated refresh token is never lost.
+// ============================================================================
+
+struct token_set {
+  using clock = std::chrono::system_clock;
+
+  secret access_token;
+  secret refresh_token;                              // empty without offline_access
+  clock::time_point expires_at = clock::time_point::max();  // max(): the server gave no lifetime
+  std::string scope;                                 // space separated, as granted
+  std::string token_type = "Bearer";
+
+  bool has_refresh_token() const noexcept { return !refresh_token.empty(); }
+
+  /// True when the access token is gone or will be within `skew`.
+  bool expires_within(std::chrono::seconds skew, clock::time_point now = clock::now()) const noexcept {
+    if (access_token.empty()) return true;
+    if (expires_at == clock::time_point::max()) return false;
+    return expires_at - now <= skew;
+  }
+
+  /// The storage form, secrets included: only for token stores.
+  nlohmann::json to_json() const {
+    nlohmann::json j = {{"version", 1},
+                        {"access_token", access_token.reveal()},
+                        {"token_type", token_type},
+                        {"scope", scope}};
+    if (has_refresh_token()) j["refresh_token"] = refresh_token.reveal();
+    if (expires_at != clock::time_point::max())
+      j["expires_at"] = std::chrono::duration_cast<std::chrono::seconds>(expires_at.time_since_epoch()).count();
+    return j;
+  }
+
+  /// Reads the storage form; throws oauth_error(store_error) naming what is wrong.
+  static token_set from_json(const nlohmann::json& j) {
+    auto bad = [](const char* what) -> token_set { detail::fail(errc::store_corrupt, std::string("stored token set: ") + what); };
+    if (!j.is_object()) return bad("not a JSON object");
+    token_set t;
+    auto access = j.find("access_token");
+    if (access == j.end() || !access->is_string() || access->get_ref<const std::string&>().empty())
+      return bad("missing access_token");
+    t.access_token = secret(access->get<std::string>());
+    if (auto r = j.find("refresh_token"); r != j.end()) {
+      if (!r->is_string()) return bad("refresh_token is not a string");
+      t.refresh_token = secret(r->get<std::string>());
+    }
+    if (auto e = j.find("expires_at"); e != j.end()) {
+      // Up to the year 9999: anything larger would overflow the clock's duration.
+      if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > 253402300799)
+        return bad("expires_at is not a time");
+      t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
+    }
+    if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
+    if (auto s = j.find("token_type"); s != j.end() && s->is_string()) t.token_type = s->get<std::string>();
+    return t;
+  }
+
+  friend std::ostream& operator<<(std::ostream& os, const token_set& t) {
+    os << "token_set{access_token=" << t.access_token << ", refresh_token=" << t.refresh_token << ", expires_at=";
+    if (t.expires_at == clock::time_point::max())
+      os << "unknown";
+    else
+      os << std::chrono::duration_cast<std::chrono::seconds>(t.expires_at.time_since_epoch()).count();
+    return os << ", scope=\"" << t.scope << "\", token_type=" << t.token_type << '}';
+  }
+};
+
+/// Where a grant lives between runs. Implementations may be asynchronous
+/// (a database) or not (a file); `save` must be durable when it completes.
+class token_store {
+ public:
+  virtual ~token_store() = default;
+  virtual asio::awaitable<std::optional<token_set>> load() = 0;
+  virtual asio::awaitable<void> save(const token_set& tokens) = 0;
+  virtual asio::awaitable<void> clear() = 0;
+};
+
+class memory_token_store final : public token_store {
+ public:
+  asio::awaitable<std::optional<token_set>> load() override {
+    std::lock_guard lock(mutex_);
+    co_return tokens_;
+  }
+  asio::awaitable<void> save(const token_set& tokens) override {
+    std::lock_guard lock(mutex_);
+    tokens_ = tokens;
+    co_return;
+  }
+  asio::awaitable<void> clear() override {
+    std::lock_guard lock(mutex_);
+    tokens_.reset();
+    co_return;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::optional<token_set> tokens_;
+};
+
+namespace detail {
+
+class unique_fd {
+ public:
+  explicit unique_fd(int fd = -1) noexcept : fd_(fd) {}
+  unique_fd(unique_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  unique_fd& operator=(unique_fd&& o) noexcept {
+    reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  ~unique_fd() { reset(); }
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  void reset(int fd = -1) noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_;
+};
+
+[[noreturn]] inline void fail_errno(const std::string& what) {
+  fail(errc::store_error, what + ": " + std::generic_category().message(errno));
+}
+
+inline void write_all(int fd, std::string_view data, const std::string& what) {
+  while (!data.empty()) {
+    auto n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_errno(what);
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+/// Reads a whole file of at most `limit` bytes; nullopt if it does not exist.
+inline std::optional<std::string> read_file(const std::filesystem::path& path, std::size_t limit) {
+  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOENT) return std::nullopt;
+    fail_errno("cannot open " + path.string());
+  }
+  std::string out;
+  std::array<char, 4096> buf;
+  for (;;) {
+    auto n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_errno("cannot read " + path.string());
+    if (n == 0) break;
+    if (out.size() + static_cast<std::size_t>(n) > limit) fail(errc::store_error, path.string() + " is too large");
+    out.append(buf.data(), static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+/// Replaces `path` atomically: a crash leaves either the old or the new file.
+inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
+  auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  // Folders we create are private from the start (0700), parents included.
+  std::filesystem::path partial;
+  for (const auto& part : dir) {
+    partial /= part;
+    if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) fail_errno("cannot create " + partial.string());
+  }
+  auto tmp = path;
+  tmp += ".tmp-" + random_token(6);
+  unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd) fail_errno("cannot create " + tmp.string());
+  try {
+    write_all(fd.get(), data, "cannot write " + tmp.string());
+    if (::fsync(fd.get()) != 0) fail_errno("cannot sync " + tmp.string());
+    fd.reset();
+    if (::rename(tmp.c_str(), path.c_str()) != 0) fail_errno("cannot replace " + path.string());
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  unique_fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dfd && ::fsync(dfd.get()) != 0) fail_errno("cannot sync " + dir.string());
+}
+
+}  // namespace detail
+
+/// Keeps the token set in one JSON file, mode 0600, replaced atomically.
+/// Its file work is synchronous: a few small writes and an fsync per save.
+class file_token_store final : public token_store {
+ public:
+  explicit file_token_store(std::filesystem::path path) : path_(std::move(path)) {}
+
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+  asio::awaitable<std::optional<token_set>> load() override {
+    auto text = detail::read_file(path_, 1024 * 1024);
+    if (!text) co_return std::nullopt;
+    auto j = nlohmann::json::parse(*text, nullptr, false);
+    OPENSSL_cleanse(text->data(), text->size());
+    if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
+    co_return token_set::from_json(j);
+  }
+
+  asio::awaitable<void> save(const token_set& tokens) override {
+    std::string text = tokens.to_json().dump(2) + "\n";
+    try {
+      detail::write_file_atomically(path_, text);
+    } catch (...) {
+      OPENSSL_cleanse(text.data(), text.size());
+      throw;
+    }
+    OPENSSL_cleanse(text.data(), text.size());
+    co_return;
+  }
+
+  asio::awaitable<void> clear() override {
+    if (::unlink(path_.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + path_.string());
+    co_return;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// ============================================================================
+// 9. The OAuth client
+//    Configuration, the authorization URL (state, optional PKCE S256), and the
+//    two token requests — code exchange and refresh — as JSON (Atlassian) or
+//    form-encoded (RFC 6749). Every answer is checked: an error body is an
+//    error whatever the status, and a grant must hold an access token.
+// ============================================================================
+
+enum class token_encoding { json, form };
+
+struct client_config {
+  std::string client_id;
+  secret client_secret;
+  std::string redirect_uri = "http://localhost:3000/callback";
+  std::vector<std::string> scopes = {"read:page:confluence", "read:space:confluence", "offline_access"};
+  std::string audience = "api.atlassian.com";  // empty: parameter left out
+  std::string prompt = "consent";              // empty: parameter left out
+  std::string authorize_url = "https://auth.atlassian.com/authorize";
+  std::string token_url = "https://auth.atlassian.com/oauth/token";
+  std::string api_url = "https://api.atlassian.com";
+  token_encoding encoding = token_encoding::json;
+  bool use_pkce = false;  // Atlassian does not document PKCE; standard servers use it
+  std::vector<std::pair<std::string, std::string>> extra_authorize_params;
+  tls_options tls;
+  timeouts timeout;
+  std::size_t max_token_response_bytes = 1024 * 1024;
+  std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;
+
+  /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
+  void validate() const {
+    auto bad = [](const std::string& why) { detail::fail(errc::invalid_config, why); };
+    auto printable = [](std::string_view s) {
+      return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x20 && c != 0x7f; });
+    };
+    if (client_id.empty()) bad("client_id is empty");
+    if (!printable(client_id)) bad("client_id contains spaces or control characters");
+    if (client_secret.empty() && !use_pkce) bad("client_secret is empty (Atlassian apps are confidential clients)");
+    if (scopes.empty()) bad("no scopes requested");
+    for (const auto& s : scopes)
+      if (s.empty() || !printable(s)) bad("scope \"" + detail::sanitize_text(s, 60) + "\" is empty or contains spaces");
+    for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
+      auto u = parse_url(*endpoint);
+      if (!u.is_https() && !is_loopback(u.host))
+        detail::fail(errc::insecure_transport, "endpoint " + u.origin() + " must use https");
+    }
+    auto r = parse_url(redirect_uri);
+    if (!r.is_https() && !is_loopback(r.host))
+      detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
+    if (timeout.request.count() <= 0) bad("request timeout must be positive");
+  }
+};
+
+/// One authorization attempt: send the user to `url`, keep the rest for the callback.
+struct authorization {
+  std::string url;
+  secret state;          // 256 bits, single use
+  secret code_verifier;  // PKCE; empty when not used
+  std::string redirect_uri;
+};
+
+/// The query of a redirect back from the authorization server.
+struct callback_params {
+  secret code;
+  std::optional<secret> state;
+  std::string error;
+  std::string error_description;
+  std::string error_uri;
+};
+
+/// Parses a callback target ("/callback?code=...&state=..."), a full URL, or a bare query.
+inline callback_params parse_callback(std::string_view target) {
+  if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(q + 1);
+  else if (target.find('=') == std::string_view::npos) target = {};
+  if (auto h = target.find('#'); h != std::string_view::npos) target = target.substr(0, h);
+  callback_params p;
+  for (auto& [name, value] : detail::parse_query(target)) {
+    if (name == "code" && p.code.empty()) p.code = secret(std::move(value));
+    else if (name == "state" && !p.state) p.state = secret(std::move(value));
+    else if (name == "error" && p.error.empty()) p.error = std::move(value);
+    else if (name == "error_description" && p.error_description.empty()) p.error_description = std::move(value);
+    else if (name == "error_uri" && p.error_uri.empty()) p.error_uri = std::move(value);
+    OPENSSL_cleanse(value.data(), value.size());
+  }
+  return p;
+}
+
+/// How a callback relates to the authorization it may answer.
+enum class callback_match { code, denied, failed, state_mismatch, incomplete };
+
+/// Classifies a callback without throwing: a matching state with a code, an
+/// error (whose state, when echoed, must match), or something to ignore.
+inline callback_match match_callback(const callback_params& p, const authorization& auth) {
+  bool state_ok = p.state && *p.state == auth.state;
+  if (!p.error.empty()) {
+    if (p.state && !state_ok) return callback_match::state_mismatch;
+    return p.error == "access_denied" ? callback_match::denied : callback_match::failed;
+  }
+  if (!p.state) return callback_match::incomplete;
+  if (!state_ok) return callback_match::state_mismatch;
+  return p.code.empty() ? callback_match::incomplete : callback_match::code;
+}
+
+/// Returns the code of a callback that answers `auth`, or throws the typed error.
+inline secret verify_callback(const callback_params& p, const authorization& auth) {
+  error_details d{p.error, detail::sanitize_text(p.error_description), detail::sanitize_text(p.error_uri), 0, {}, {}};
+  switch (match_callback(p, auth)) {
+    case callback_match::code: return p.code;
+    case callback_match::denied: detail::fail(errc::authorization_denied, "the user declined the authorization", d);
+    case callback_match::failed: detail::fail(errc::authorization_failed, "the authorization server returned an error", d);
+    case callback_match::state_mismatch: detail::fail(errc::state_mismatch, "callback state does not match");
+    case callback_match::incomplete: break;
+  }
+  detail::fail(errc::authorization_failed, "callback carries neither a code with its state nor an error");
+}
+
+namespace detail {
+
+/// Refuses nesting deeper than `max_depth` before nlohmann::json sees it.
+inline nlohmann::json parse_json(std::string_view text, int max_depth = 64) {
+  int depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return nlohmann::json(nlohmann::json::value_t::discarded);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return nlohmann::json::parse(text, nullptr, false);
+}
+
+inline std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+/// Retry-After as delta-seconds or an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+inline std::optional<std::chrono::seconds> parse_retry_after(std::string_view v,
+                                                             std::chrono::system_clock::time_point now) {
+  v = trim(v);
+  if (auto secs = parse_uint<std::uint32_t>(v)) return std::chrono::seconds(*secs);
+  static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  if (v.size() != 29 || v[3] != ',' || v.substr(25) != " GMT") return std::nullopt;
+  auto day = parse_uint<unsigned>(v.substr(5, 2));
+  auto year = parse_uint<unsigned>(v.substr(12, 4));
+  auto hh = parse_uint<unsigned>(v.substr(17, 2));
+  auto mm = parse_uint<unsigned>(v.substr(20, 2));
+  auto ss = parse_uint<unsigned>(v.substr(23, 2));
+  auto month = std::find(std::begin(months), std::end(months), v.substr(8, 3));
+  if (!day || !year || !hh || !mm || !ss || month == std::end(months) || *day < 1 || *day > 31 || *hh > 23 ||
+      *mm > 59 || *ss > 60)
+    return std::nullopt;
+  auto m = static_cast<unsigned>(month - std::begin(months)) + 1;
+  std::chrono::system_clock::time_point when(std::chrono::seconds(days_from_civil(*year, m, *day) * 86400 +
+                                                                  *hh * 3600 + *mm * 60 + *ss));
+  if (when <= now) return std::chrono::seconds(0);
+  return std::chrono::duration_cast<std::chrono::seconds>(when - now);
+}
+
+inline errc errc_for_oauth_error(std::string_view error, int status) noexcept {
+  if (status == 429) return errc::rate_limited;
+  if (error == "invalid_grant") return errc::invalid_grant;
+  if (error == "invalid_request") return errc::invalid_request;
+  if (error == "invalid_client" || error == "unauthorized_client" || error == "access_denied") return errc::invalid_client;
+  if (error == "temporarily_unavailable" || error == "server_error") return errc::server_unavailable;
+  if (error == "slow_down") return errc::rate_limited;
+  return errc::oauth_error_response;
+}
+
+inline errc errc_for_status(int status) noexcept {
+  if (status == 429) return errc::rate_limited;
+  if (status == 502 || status == 503 || status == 504 || status == 500) return errc::server_unavailable;
+  return errc::http_error;
+}
+
+inline error_details response_details(const http_response& res) {
+  error_details d;
+  d.http_status = res.status;
+  if (auto w = res.headers.get("WWW-Authenticate")) d.www_authenticate = sanitize_text(*w);
+  if (auto r = res.headers.get("Retry-After")) d.retry_after = parse_retry_after(*r, std::chrono::system_clock::now());
+  return d;
+}
+
+/// Turns a token endpoint answer into a token_set or the precise oauth_error.
+/// `redact` lists the secrets that were sent, so an echo of one never reaches a message.
+inline token_set parse_token_response(const http_response& res, std::span<const secret* const> redact) {
+  auto details = response_details(res);
+  auto j = parse_json(res.body);
+  const bool success = res.status >= 200 && res.status < 300;
+  if (j.is_object() && j.contains("error")) {
+    auto text = [&](const char* key) {
+      auto it = j.find(key);
+      return it != j.end() && it->is_string() ? detail::redact(sanitize_text(it->get<std::string>()), redact) : std::string{};
+    };
+    details.error = text("error");
+    details.error_description = text("error_description");
+    details.error_uri = text("error_uri");
+    fail(errc_for_oauth_error(details.error, res.status),
+         success ? "token endpoint returned an error with a success status" : "token request failed", details);
+  }
+  if (!success) {
+    fail(errc_for_status(res.status) == errc::http_error ? errc::invalid_token_response : errc_for_status(res.status),
+         "token endpoint answered without an OAuth error body", details);
+  }
+  if (j.is_discarded()) fail(errc::invalid_token_response, "token response is not JSON", details);
+  if (!j.is_object()) fail(errc::invalid_token_response, "token response is not a JSON object", details);
+  auto access = j.find("access_token");
+  if (access == j.end() || !access->is_string() || access->get_ref<const std::string&>().empty())
+    fail(errc::invalid_token_response, "token response has no access_token", details);
+  token_set t;
+  t.access_token = secret(access->get_ref<const std::string&>());
+  if (auto type = j.find("token_type"); type != j.end()) {
+    if (!type->is_string() || !iequals(type->get_ref<const std::string&>(), "Bearer"))
+      fail(errc::invalid_token_response, "token_type is not Bearer", details);
+  }
+  if (auto r = j.find("refresh_token"); r != j.end() && !r->is_null()) {
+    if (!r->is_string()) fail(errc::invalid_token_response, "refresh_token is not a string", details);
+    t.refresh_token = secret(r->get_ref<const std::string&>());
+  }
+  if (auto e = j.find("expires_in"); e != j.end() && !e->is_null()) {
+    std::optional<std::int64_t> secs;
+    if (e->is_number_integer() || e->is_number_unsigned()) secs = e->get<std::int64_t>();
+    else if (e->is_number_float()) secs = static_cast<std::int64_t>(e->get<double>());
+    else if (e->is_string()) secs = parse_uint<std::int64_t>(e->get_ref<const std::string&>());
+    if (!secs || *secs < 0 || *secs > 10LL * 365 * 86400)
+      fail(errc::invalid_token_response, "expires_in is not a valid number of seconds", details);
+    t.expires_at = token_set::clock::now() + std::chrono::seconds(*secs);
+  }
+  if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
+  return t;
+}
+
+/// Overwrites a string's bytes before it is freed.
+struct wipe_on_exit {
+  std::string& s;
+  ~wipe_on_exit() { OPENSSL_cleanse(s.data(), s.size()); }
+};
+
+}  // namespace detail
+
+class oauth_client {
+ public:
+  /// Validates the configuration and prepares TLS; throws oauth_error.
+  oauth_client(asio::any_io_executor ex, client_config config)
+      : config_(std::make_shared<const client_config>(validated(std::move(config)))),
+        http_(std::make_shared<detail::http_client>(std::move(ex), config_->tls, config_->timeout)),
+        token_url_(parse_url(config_->token_url)) {}
+
+  const client_config& config() const noexcept { return *config_; }
+  detail::http_client& http() const noexcept { return *http_; }
+
+  /// A new authorization: the URL to send the user to, a fresh 256-bit state
+  /// and, with PKCE, a verifier. `redirect_uri` overrides the configured one
+  /// (a listener on port 0 reports the port it got).
+  authorization begin_authorization(std::string_view redirect_uri = {}) const {
+    authorization a;
+    a.redirect_uri = redirect_uri.empty() ? config_->redirect_uri : std::string(redirect_uri);
+    parse_url(a.redirect_uri);
+    a.state = secret(detail::random_token(32));
+    std::string scope;
+    for (const auto& s : config_->scopes) scope += (scope.empty() ? "" : " ") + s;
+    std::string query;
+    if (!config_->audience.empty()) detail::append_param(query, "audience", config_->audience);
+    detail::append_param(query, "client_id", config_->client_id);
+    detail::append_param(query, "scope", scope);
+    detail::append_param(query, "redirect_uri", a.redirect_uri);
+    detail::append_param(query, "state", a.state.reveal());
+    detail::append_param(query, "response_type", "code");
+    if (!config_->prompt.empty()) detail::append_param(query, "prompt", config_->prompt);
+    if (config_->use_pkce) {
+      a.code_verifier = secret(detail::random_token(32));
+      auto digest = detail::sha256(a.code_verifier.reveal());
+      detail::append_param(query, "code_challenge", detail::base64url_encode(digest.data(), digest.size()));
+      detail::append_param(query, "code_challenge_method", "S256");
+    }
+    for (const auto& [name, value] : config_->extra_authorize_params)
+      if (!value.empty()) detail::append_param(query, name, value);
+    a.url = config_->authorize_url + (config_->authorize_url.find('?') == std::string::npos ? "?" : "&") + query;
+    return a;
+  }
+
+  /// Trades an authorization code for tokens.
+  asio::awaitable<token_set> exchange_code(const secret& code, const authorization& auth) const {
+    if (code.empty()) detail::fail(errc::invalid_config, "authorization code is empty");
+    // Filled one by one: GCC 12 rejects some braced lists in coroutines ("array used as initializer").
+    std::vector<std::pair<std::string_view, std::string_view>> fields;
+    fields.emplace_back("grant_type", "authorization_code");
+    fields.emplace_back("client_id", config_->client_id);
+    fields.emplace_back("code", code.reveal());
+    fields.emplace_back("redirect_uri", auth.redirect_uri);
+    if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
+    if (!auth.code_verifier.empty()) fields.emplace_back("code_verifier", auth.code_verifier.reveal());
+    co_return co_await token_request(fields, redact_list(&code, &auth.code_verifier));
+  }
+
+  /// Trades the refresh token of `current` for a new token set. When the
+  /// server rotates, the new refresh token is in the result; when it sends
+  /// none, the current one is kept.
+  asio::awaitable<token_set> refresh(const token_set& current) const {
+    if (!current.has_refresh_token())
+      detail::fail(errc::invalid_grant, "no refresh token: the grant lacks offline_access");
+    std::vector<std::pair<std::string_view, std::string_view>> fields;
+    fields.emplace_back("grant_type", "refresh_token");
+    fields.emplace_back("client_id", config_->client_id);
+    fields.emplace_back("refresh_token", current.refresh_token.reveal());
+    if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
+    auto next = co_await token_request(fields, redact_list(&current.refresh_token, nullptr));
+    if (!next.has_refresh_token()) next.refresh_token = current.refresh_token;
+    if (next.scope.empty()) next.scope = current.scope;
+    co_return next;
+  }
+
+ private:
+  /// The secrets a token request carries, so that an echo of one is redacted.
+  std::vector<const secret*> redact_list(const secret* a, const secret* b) const {
+    std::vector<const secret*> out;
+    out.push_back(&config_->client_secret);
+    out.push_back(a);
+    out.push_back(b);
+    return out;
+  }
+
+  static client_config validated(client_config c) {
+    c.validate();
+    return c;
+  }
+
+  asio::awaitable<token_set> token_request(const std::vector<std::pair<std::string_view, std::string_view>>& fields,
+                                           std::vector<const secret*> redact) const {
+    http_request req;
+    req.method = "POST";
+    detail::wipe_on_exit wipe{req.body};
+    if (config_->encoding == token_encoding::json) {
+      nlohmann::json body = nlohmann::json::object();
+      for (const auto& [name, value] : fields) body[std::string(name)] = value;
+      req.body = body.dump();
+      auto& s = body["client_secret"].get_ref<std::string&>();
+      OPENSSL_cleanse(s.data(), s.size());
+      req.headers.add("Content-Type", "application/json");
+    } else {
+      for (const auto& [name, value] : fields) detail::append_param(req.body, name, value);
+      req.headers.add("Content-Type", "application/x-www-form-urlencoded");
+    }
+    req.headers.add("Accept", "application/json");
+    req.headers.add("User-Agent", config_->user_agent);
+    http_limits limits;
+    limits.max_body_bytes = config_->max_token_response_bytes;
+    auto res = co_await http_->send(token_url_, req, limits);
+    detail::wipe_on_exit wipe_response{res.body};
+    co_return detail::parse_token_response(res, redact);
+  }
+
+  std::shared_ptr<const client_config> config_;
+  std::shared_ptr<detail::http_client> http_;
+  url token_url_;
+};
+
+// ============================================================================
+// 10. The redirect listener and the browser
+//     A loopback HTTP listener for the authorization redirect. It binds what
+//     redirect_uri names (localhost: 127.0.0.1 and ::1; port 0: any free port,
+//     reported back), serves many connections at once with a read deadline
+//     each, answers only the callback path, keeps waiting through callbacks
+//     for other states, and stops at the first code or error for its own
+//     state, or at its overall deadline. Its pages never carry the code.
+// ============================================================================
+
+struct listener_options {
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};        // whole wait for the redirect
+  std::chrono::milliseconds read_timeout{std::chrono::seconds(10)};  // one connection: request in, page out
+  std::size_t max_connections = 32;                                  // more are closed at once
+  std::string app_name = "confluence_oauth";                         // shown on the pages
+};
+
+namespace detail {
+
+inline std::string html_page(std::string_view app, std::string_view title, std::string_view message) {
+  std::string out = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>";
+  out += html_escape(title);
+  out += " - ";
+  out += html_escape(app);
+  out += "</title><style>body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em}"
+         "</style></head><body><h1>";
+  out += html_escape(title);
+  out += "</h1><p>";
+  out += html_escape(message);
+  out += "</p></body></html>\n";
+  return out;
+}
+
+inline http_response page_response(int status, std::string reason, std::string body) {
+  http_response res;
+  res.status = status;
+  res.reason = std::move(reason);
+  res.headers.add("Content-Type", "text/html; charset=utf-8");
+  res.headers.add("Cache-Control", "no-store");
+  res.headers.add("Connection", "close");
+  res.headers.add("Referrer-Policy", "no-referrer");
+  res.headers.add("X-Content-Type-Options", "nosniff");
+  res.headers.add("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+  res.body = std::move(body);
+  return res;
+}
+
+class listener_state : public std::enable_shared_from_this<listener_state> {
+ public:
+  listener_state(const asio::any_io_executor& ex, listener_options options)
+      : strand_(asio::make_strand(ex)), options_(std::move(options)), done_(strand_), deadline_(strand_) {}
+
+  asio::strand<asio::any_io_executor>& strand() noexcept { return strand_; }
+  std::vector<asio::ip::tcp::acceptor>& acceptors() noexcept { return acceptors_; }
+  void set_callback_path(std::string path) { callback_path_ = std::move(path); }
+
+  /// One wait for the callback that answers `auth`; runs on the strand.
+  asio::awaitable<secret> run(const authorization& auth) {
+    if (waiting_) fail(errc::invalid_config, "redirect_listener: a wait is already in progress");
+    if (acceptors_.empty()) fail(errc::invalid_config, "redirect_listener is closed");
+    waiting_ = true;
+    finished_ = false;
+    timed_out_ = false;
+    code_.reset();
+    failure_ = nullptr;
+    auth_ = &auth;
+    auto self = shared_from_this();
+    deadline_.expires_after(options_.timeout);
+    deadline_.async_wait([self](std::error_code ec) {
+      if (ec || self->finished_) return;
+      self->timed_out_ = true;
+      self->finish();
+    });
+    for (auto& acceptor : acceptors_) asio::co_spawn(strand_, accept_loop(self, acceptor), asio::detached);
+    done_.expires_at(asio::steady_timer::time_point::max());
+    co_await done_.async_wait(use_tuple);
+    finished_ = true;
+    end_wait();
+    if (code_) co_return std::move(*code_);
+    if (failure_) std::rethrow_exception(failure_);
+    if (timed_out_)
+      fail(errc::listener_timeout, "no authorization redirect within " +
+                                       std::to_string(options_.timeout.count() / 1000) + " s");
+    throw oauth_error(asio::error::operation_aborted, "waiting for the authorization redirect was cancelled");
+  }
+
+  void close() {
+    std::error_code ignored;
+    for (auto& a : acceptors_) a.close(ignored);
+    acceptors_.clear();
+    close_connections();
+    finish();
+  }
+
+ private:
+  void finish() {
+    finished_ = true;
+    done_.cancel();
+  }
+
+  void end_wait() {
+    waiting_ = false;
+    auth_ = nullptr;
+    deadline_.cancel();
+    std::error_code ignored;
+    for (auto& a : acceptors_) a.cancel(ignored);
+    close_connections();
+  }
+
+  void close_connections() {
+    for (auto& weak : connections_)
+      if (auto s = weak.lock()) {
+        std::error_code ignored;
+        s->close(ignored);
+      }
+    connections_.clear();
+  }
+
+  static asio::awaitable<void> accept_loop(std::shared_ptr<listener_state> self, asio::ip::tcp::acceptor& acceptor) {
+    asio::steady_timer backoff(self->strand_);
+    while (!self->finished_ && acceptor.is_open()) {
+      auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+      if (self->finished_ || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) co_return;
+      if (ec) {  // out of descriptors and the like: breathe, then go on
+        backoff.expires_after(std::chrono::milliseconds(50));
+        co_await backoff.async_wait(use_tuple);
+        continue;
+      }
+      std::erase_if(self->connections_, [](const auto& w) { return w.expired(); });
+      if (self->connections_.size() >= self->options_.max_connections) continue;  // socket closes here
+      auto conn = std::make_shared<asio::ip::tcp::socket>(std::move(socket));
+      self->connections_.push_back(conn);
+      asio::co_spawn(self->strand_, serve(self, std::move(conn)), asio::detached);
+    }
+  }
+
+  static asio::awaitable<void> serve(std::shared_ptr<listener_state> self, std::shared_ptr<asio::ip::tcp::socket> socket) {
+    asio::steady_timer timer(self->strand_);
+    timer.expires_after(self->options_.read_timeout);
+    timer.async_wait([weak = std::weak_ptr(socket)](std::error_code ec) {
+      if (ec) return;
+      if (auto s = weak.lock()) {
+        std::error_code ignored;
+        s->close(ignored);
+      }
+    });
+    http_limits limits;
+    limits.max_head_bytes = 16 * 1024;
+    limits.max_header_count = 64;
+    limits.max_body_bytes = 16 * 1024;
+    http_parser parser(http_parser::kind::request, limits);
+    std::array<char, 4096> buffer;
+    while (!parser.done() && !parser.error()) {
+      auto [ec, n] = co_await socket->async_read_some(asio::buffer(buffer), use_tuple);
+      if (ec == asio::error::eof) parser.on_eof();
+      else if (ec) co_return;  // closed by the read deadline, or reset
+      else parser.feed(std::string_view(buffer.data(), n));
+    }
+    if (parser.error() == make_error_code(errc::connection_closed) || self->finished_) co_return;
+    bool ended_wait = false;
+    http_response page = parser.error() ? self->bad_request() : self->route(parser.take_request(), ended_wait);
+    auto bytes = serialize_response(page);
+    co_await asio::async_write(*socket, asio::buffer(bytes), use_tuple);
+    if (ended_wait) self->finish();
+    // Closing with unread input would reset the connection and could destroy
+    // the page in flight: half-close, then drain what the client still sends.
+    std::error_code ignored;
+    socket->shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+    for (;;) {
+      auto [ec, n] = co_await socket->async_read_some(asio::buffer(buffer), use_tuple);
+      if (ec) break;
+    }
+    timer.cancel();
+    socket->close(ignored);
+  }
+
+  http_response bad_request() const {
+    return page_response(400, "Bad Request",
+                         html_page(options_.app_name, "Bad request", "This request could not be understood."));
+  }
+
+  // Decides the answer to one request; sets ended_wait when it ends the wait
+  // (the wait is woken only after the page is written, so the browser gets it).
+  http_response route(http_request req, bool& ended_wait) {
+    const auto& app = options_.app_name;
+    auto path = std::string_view(req.target).substr(0, req.target.find('?'));
+    if (path != callback_path_)
+      return page_response(404, "Not Found", html_page(app, "Not found", "There is nothing here."));
+    if (req.method != "GET")
+      return page_response(405, "Method Not Allowed", html_page(app, "Method not allowed", "Use GET."));
+    if (finished_ || !auth_)
+      return page_response(400, "Bad Request", html_page(app, "Authorization already handled", "This sign-in has already finished. You can close this tab."));
+    auto params = parse_callback(req.target);
+    OPENSSL_cleanse(req.target.data(), req.target.size());
+    switch (match_callback(params, *auth_)) {
+      case callback_match::code:
+        code_ = params.code;
+        finished_ = ended_wait = true;
+        return page_response(200, "OK", html_page(app, "Authorization complete",
+                                                  "You can close this tab and return to the application."));
+      case callback_match::denied:
+      case callback_match::failed: {
+        bool denied = params.error == "access_denied";
+        try {
+          verify_callback(params, *auth_);
+        } catch (...) {
+          failure_ = std::current_exception();
+        }
+        finished_ = ended_wait = true;
+        std::string message = denied ? "Access was not granted, so the application cannot continue."
+                                     : "The authorization server reported an error: " + sanitize_text(params.error, 60) + ".";
+        if (!params.error_description.empty()) message += " " + sanitize_text(params.error_description, 200);
+        return page_response(denied ? 403 : 400, denied ? "Forbidden" : "Bad Request",
+                             html_page(app, denied ? "Authorization denied" : "Authorization failed", message));
+      }
+      case callback_match::state_mismatch:
+        return page_response(400, "Bad Request",
+                             html_page(app, "Authorization mismatch",
+                                       "This response does not belong to the sign-in in progress. Start the "
+                                       "sign-in again from the application."));
+      case callback_match::incomplete: break;
+    }
+    return page_response(400, "Bad Request",
+                         html_page(app, "Incomplete authorization response", "The response lacks a code or a state."));
+  }
+
+  asio::strand<asio::any_io_executor> strand_;
+  listener_options options_;
+  std::vector<asio::ip::tcp::acceptor> acceptors_;
+  std::vector<std::weak_ptr<asio::ip::tcp::socket>> connections_;
+  std::string callback_path_;
+  asio::steady_timer done_;
+  asio::steady_timer deadline_;
+  const authorization* auth_ = nullptr;
+  std::optional<secret> code_;
+  std::exception_ptr failure_;
+  bool waiting_ = false;
+  bool finished_ = false;
+  bool timed_out_ = false;
+};
+
+}  // namespace detail
+
+/// The loopback listener for the authorization redirect. Binds in the
+/// constructor, so a taken port is reported before the browser opens.
+class redirect_listener {
+ public:
+  redirect_listener(const asio::any_io_executor& ex, std::string_view redirect_uri, listener_options options = {})
+      : state_(std::make_shared<detail::listener_state>(ex, std::move(options))) {
+    url u = parse_url(redirect_uri);
+    if (u.is_https() || !is_loopback(u.host))
+      detail::fail(errc::invalid_config, "the redirect listener needs an http:// loopback redirect_uri, not " + u.origin());
+    state_->set_callback_path(std::string(u.path()));
+    std::vector<asio::ip::address> addresses;
+    if (detail::iequals(u.host, "localhost"))
+      addresses = {asio::ip::make_address("127.0.0.1"), asio::ip::make_address("::1")};
+    else
+      addresses = {asio::ip::make_address(u.host)};
+    bind_all(addresses, u.port);
+    if (u.port != 0) {
+      redirect_uri_ = std::string(redirect_uri);  // exactly as registered
+    } else {
+      u.port = port_;
+      redirect_uri_ = u.str();
+    }
+  }
+
+  redirect_listener(const redirect_listener&) = delete;
+  redirect_listener& operator=(const redirect_listener&) = delete;
+  ~redirect_listener() { close(); }
+
+  /// The redirect URI with the port actually bound (differs when asked for port 0).
+  const std::string& redirect_uri() const noexcept { return redirect_uri_; }
+  std::uint16_t port() const noexcept { return port_; }
+
+  /// Waits for the callback answering `auth` and returns its code. Throws
+  /// authorization_denied, authorization_failed, listener_timeout, or
+  /// operation_aborted when cancelled. Callbacks for other states are
+  /// answered with a 400 page and the wait goes on.
+  asio::awaitable<secret> wait(const authorization& auth) {
+    co_return co_await asio::co_spawn(state_->strand(), state_->run(auth), asio::use_awaitable);
+  }
+
+  /// Stops listening; a pending wait ends with operation_aborted.
+  void close() {
+    if (!state_) return;
+    asio::dispatch(state_->strand(), [state = state_] { state->close(); });
+  }
+
+ private:
+  void bind_all(const std::vector<asio::ip::address>& addresses, std::uint16_t port) {
+    // With port 0 the first address picks the port and the others must get the
+    // same one; if another program holds it there, start over.
+    auto& acceptors = state_->acceptors();
+    for (int attempt = 0; attempt < (port == 0 ? 8 : 1); ++attempt) {
+      acceptors.clear();
+      port_ = port;
+      std::error_code ec;
+      for (std::size_t i = 0; i < addresses.size() && !ec; ++i) {
+        asio::ip::tcp::acceptor acceptor(state_->strand());
+        asio::ip::tcp::endpoint ep(addresses[i], port_);
+        acceptor.open(ep.protocol(), ec);
+        if (!ec && ep.address().is_v6()) acceptor.set_option(asio::ip::v6_only(true), ec);
+        if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+        if (!ec) acceptor.bind(ep, ec);
+        if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+        if (!ec) {
+          if (port_ == 0) port_ = acceptor.local_endpoint().port();
+          acceptors.push_back(std::move(acceptor));
+        } else if (i > 0 && ep.address().is_v6() &&
+                   (ec == asio::error::address_family_not_supported || ec.value() == EADDRNOTAVAIL)) {
+          ec.clear();  // a host without IPv6 still serves localhost on 127.0.0.1
+        }
+      }
+      if (!ec) return;
+      acceptors.clear();
+      // Asio's own system category does not compare equal to std::errc.
+      if (ec == asio::error::address_in_use && port == 0) continue;
+      if (ec == asio::error::address_in_use)
+        detail::fail(errc::address_in_use, "port " + std::to_string(port) +
+                                               " is already in use; stop the program using it or register a "
+                                               "redirect URI with another port");
+      detail::fail(errc::invalid_config, "cannot listen for the redirect: " + ec.message());
+    }
+    detail::fail(errc::address_in_use, "could not get one free port on every loopback address");
+  }
+
+  std::shared_ptr<detail::listener_state> state_;
+  std::string redirect_uri_;
+  std::uint16_t port_ = 0;
+};
+
+/// Opens a URL in a browser. Must not wait for the browser to close.
+using browser_opener = std::function<asio::awaitable<void>(const std::string& url)>;
+
+namespace detail {
+
+inline bool command_exists(const std::string& name) {
+  if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0;
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (!dirs.empty()) {
+    auto colon = dirs.find(':');
+    std::string dir(dirs.substr(0, colon));
+    if (!dir.empty() && ::access((dir + "/" + name).c_str(), X_OK) == 0) return true;
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  return false;
+}
+
+/// Starts argv in the background through `sh -c '"$@" &'` (the URL is an
+/// argument, never shell text), so the browser is not our child, and reaps
+/// the short-lived shell without blocking the executor.
+inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
+  if (argv.empty() || !command_exists(argv.front()))
+    fail(errc::browser_launch_failed, "browser command not found: " + (argv.empty() ? std::string("(empty)") : sanitize_text(argv.front(), 100)));
+  std::vector<std::string> args = {"sh", "-c", "\"$@\" </dev/null >/dev/null 2>&1 &", "sh"};
+  args.insert(args.end(), argv.begin(), argv.end());
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
+  cargs.push_back(nullptr);
+  pid_t pid = 0;
+  if (int err = ::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, cargs.data(), environ); err != 0)
+    fail(errc::browser_launch_failed, "cannot start /bin/sh: " + std::generic_category().message(err));
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  for (int i = 0; i < 400; ++i) {
+    int status = 0;
+    pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid || (r < 0 && errno != EINTR)) co_return;
+    timer.expires_after(std::chrono::milliseconds(5));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+}
+
+}  // namespace detail
+
+/// A browser_opener that runs `argv` with the URL as its last argument.
+inline browser_opener browser_command(std::vector<std::string> argv) {
+  return [argv = std::move(argv)](const std::string& url) -> asio::awaitable<void> {
+    auto args = argv;
+    args.push_back(url);
+    co_await detail::spawn_detached(std::move(args));
+  };
+}
+
+/// The system's opener: the first command of $BROWSER (colon-separated, `%s`
+/// standing for the URL) if set, else `open` on macOS, else `xdg-open`.
+inline asio::awaitable<void> open_browser(const std::string& url) {
+  std::vector<std::string> argv;
+  bool url_placed = false;
+  if (const char* b = std::getenv("BROWSER"); b && *b) {
+    std::string_view cmd = b;
+    cmd = cmd.substr(0, cmd.find(':'));
+    while (!cmd.empty()) {
+      auto sp = cmd.find(' ');
+      if (sp != 0) {
+        std::string arg(cmd.substr(0, sp));
+        if (auto at = arg.find("%s"); at != std::string::npos) {
+          arg.replace(at, 2, url);
+          url_placed = true;
+        }
+        argv.push_back(std::move(arg));
+      }
+      if (sp == std::string_view::npos) break;
+      cmd.remove_prefix(sp + 1);
+    }
+  }
+#if defined(__APPLE__)
+  if (argv.empty()) argv.emplace_back("open");
+#else
+  if (argv.empty()) argv.emplace_back("xdg-open");
+#endif
+  if (!url_placed) argv.push_back(url);
+  co_await detail::spawn_detached(std::move(argv));
+}
+
+/// The whole interactive authorization: listen on the redirect URI, send the
+/// browser to the authorization URL, wait for the callback, trade the code.
+inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_opener open,
+                                            listener_options options) {
+  auto ex = co_await asio::this_coro::executor;
+  redirect_listener listener(ex, client.config().redirect_uri, std::move(options));
+  auto auth = client.begin_authorization(listener.redirect_uri());
+  co_await open(auth.url);
+  auto code = co_await listener.wait(auth);
+  listener.close();
+  co_return co_await client.exchange_code(code, auth);
+}
+
+// Not a default argument: GCC 12 destroys defaulted class-type arguments of a
+// coroutine twice.
+inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_opener open) {
+  return authorize(client, std::move(open), listener_options{});
+}
+
+}  // namespace confluence_oauth
