@@ -33,16 +33,8 @@
 #define ASIO_HAS_STD_COROUTINE 1
 #endif
 
-#include <asio.hpp>
-#include <asio/ssl.hpp>
-#include <asio/version.hpp>
-#include <nlohmann/json.hpp>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-
+// Standard headers first: Asio picks its allocation functions from macros
+// the standard library defines, and must see the same ones in every unit.
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -70,6 +62,16 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <asio.hpp>
+#include <asio/ssl.hpp>
+#include <asio/version.hpp>
+#include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #if ASIO_VERSION < 102200
 #error "confluence_oauth needs Asio 1.22 or newer"
@@ -1229,12 +1231,16 @@ class connection : public std::enable_shared_from_this<connection> {
   asio::awaitable<result> exchange(const url& u, const std::string& head, const std::string& body,
                                    http_limits limits, std::chrono::milliseconds timeout, bool head_request) {
     timed_out_ = false;
+    const auto generation = ++generation_;
     deadline_.expires_after(timeout);
-    deadline_.async_wait([weak = weak_from_this()](std::error_code ec) {
+    deadline_.async_wait([weak = weak_from_this(), generation](std::error_code ec) {
       if (ec) return;
-      if (auto self = weak.lock()) self->on_deadline();
+      // A handler already queued when the exchange ended must not touch the
+      // connection, which may be back in the pool by now.
+      if (auto self = weak.lock(); self && self->generation_ == generation) self->on_deadline();
     });
     result r = co_await run(u, head, body, limits, head_request);
+    ++generation_;
     deadline_.cancel();
     if (r.ec && timed_out_) {
       r.ec = make_error_code(errc::timeout);
@@ -1265,11 +1271,16 @@ class connection : public std::enable_shared_from_this<connection> {
     return r;
   }
 
+  // Each step re-checks the deadline: when it fires while a completion is
+  // already queued, cancelling finds nothing, and the next step would reopen
+  // the socket (async_connect) with no deadline left to stop it.
   asio::awaitable<result> connect(const url& u) {
     auto [rec, endpoints] = co_await resolver_.async_resolve(u.host, std::to_string(u.port), use_tuple);
+    if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
     if (rec) co_return failure(make_error_code(errc::resolve_failed), "cannot resolve " + u.host + ": " + rec.message());
     auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, use_tuple);
+    if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (cec == asio::error::operation_aborted) co_return failure(cec, "cancelled");
     if (cec)
       co_return failure(make_error_code(errc::connect_failed), "cannot connect to " + u.authority() + ": " + cec.message());
@@ -1286,6 +1297,7 @@ class connection : public std::enable_shared_from_this<connection> {
         X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str());
       }
       auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, use_tuple);
+      if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (hec == asio::error::operation_aborted) co_return failure(hec, "cancelled");
       if (hec) {
         long verify = SSL_get_verify_result(ssl);
@@ -1310,6 +1322,7 @@ class connection : public std::enable_shared_from_this<connection> {
     auto [wec, written] = use_tls_ ? co_await asio::async_write(stream_, out, use_tuple)
                                    : co_await asio::async_write(stream_.next_layer(), out, use_tuple);
     (void)written;
+    if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (wec == asio::error::operation_aborted) co_return failure(wec, "cancelled");
     if (wec) co_return failure(make_error_code(errc::network_error), "write failed: " + wec.message());
 
@@ -1320,6 +1333,7 @@ class connection : public std::enable_shared_from_this<connection> {
       auto [rec, n] = use_tls_ ? co_await stream_.async_read_some(asio::buffer(buffer_), use_tuple)
                                : co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), use_tuple);
       r.response_started = parser.started() || n > 0;
+      if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
       if (rec == asio::error::eof || rec == asio::ssl::error::stream_truncated) {
         parser.on_eof();
@@ -1350,6 +1364,7 @@ class connection : public std::enable_shared_from_this<connection> {
   asio::steady_timer deadline_;
   asio::ip::tcp::resolver resolver_;
   std::array<char, 16 * 1024> buffer_{};
+  std::uint64_t generation_ = 0;
   clock::time_point last_used_ = clock::now();
   bool use_tls_;
   bool connected_ = false;
@@ -1374,7 +1389,7 @@ class http_client {
     const std::string head = serialize_head(req, u);
     for (int attempt = 0;; ++attempt) {
       bool reused = false;
-      auto conn = acquire(u, reused);
+      auto conn = acquire(u, reused, /*pooled=*/attempt == 0);
       auto r = co_await asio::co_spawn(
           conn->strand(),
           conn->exchange(u, head, req.body, limits, timeouts_.request, req.method == "HEAD"),
@@ -1387,7 +1402,10 @@ class http_client {
       // A pooled connection the server already closed fails before any response
       // byte; the request never reached the application, so send it again.
       bool stale = reused && !r.response_started && r.ec != make_error_code(errc::timeout);
-      if (stale && attempt == 0) continue;
+      if (stale && attempt == 0) {
+        drop_idle(u);  // its siblings are likely dead too (server restart, idle cut-off)
+        continue;
+      }
       throw oauth_error(r.ec, context + ": " + r.error_text);
     }
   }
@@ -1410,9 +1428,9 @@ class http_client {
  private:
   static constexpr std::size_t max_idle_per_origin = 8;
 
-  std::shared_ptr<connection> acquire(const url& u, bool& reused) {
+  std::shared_ptr<connection> acquire(const url& u, bool& reused, bool pooled) {
     std::lock_guard lock(mutex_);
-    auto it = idle_.find(u.origin());
+    auto it = pooled ? idle_.find(u.origin()) : idle_.end();
     if (it != idle_.end()) {
       auto& conns = it->second;
       const auto now = connection::clock::now();
@@ -1427,6 +1445,11 @@ class http_client {
     }
     ++opened_;
     return std::make_shared<connection>(ex_, tls_, u.is_https());
+  }
+
+  void drop_idle(const url& u) {
+    std::lock_guard lock(mutex_);
+    idle_.erase(u.origin());
   }
 
   void release(const url& u, std::shared_ptr<connection> c) {
