@@ -48,7 +48,14 @@ cleanup() {
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
   fi
-  rm -rf "$tmp"
+  # Chromium's helper processes may outlive --dump-dom for a moment and keep
+  # writing to the profile: stop them, then remove the folder.
+  pkill -f -- "--user-data-dir=$tmp/chrome" 2>/dev/null || true
+  for _ in 1 2 3 4 5; do
+    rm -rf "$tmp" 2>/dev/null && break
+    sleep 0.2
+  done
+  return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT
