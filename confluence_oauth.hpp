@@ -653,8 +653,10 @@ namespace detail {
 inline std::string redact(std::string text, std::span<const secret* const> secrets) {
   for (const secret* s : secrets) {
     if (!s || s->reveal().size() < 4) continue;
-    for (auto pos = text.find(s->reveal()); pos != std::string::npos; pos = text.find(s->reveal(), pos))
-      text.replace(pos, s->reveal().size(), "[redacted]");
+    static constexpr std::string_view mark = "[redacted]";
+    // Search on after the mark, which may itself contain a short secret.
+    for (auto pos = text.find(s->reveal()); pos != std::string::npos; pos = text.find(s->reveal(), pos + mark.size()))
+      text.replace(pos, s->reveal().size(), mark);
   }
   return text;
 }
@@ -1189,6 +1191,34 @@ struct timeouts {
 
 namespace detail {
 
+/// Runs `op` on `strand` and returns its result. The caller's cancellation is
+/// posted to the strand instead of being emitted from the caller's thread (as
+/// Asio 1.22's co_spawn would), so the child's cancellation slots are only
+/// ever touched on the child's own strand.
+template <typename T>
+asio::awaitable<T> on_strand(asio::strand<asio::any_io_executor> strand, asio::awaitable<T> op) {
+  auto signal = std::make_shared<asio::cancellation_signal>();
+  asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
+  asio::cancellation_slot slot = state.slot();
+  if (slot.is_connected())
+    slot.assign([signal, strand](asio::cancellation_type type) {
+      asio::post(strand, [signal, type] { signal->emit(type); });
+    });
+  struct clear_slot {
+    asio::cancellation_slot& slot;
+    ~clear_slot() {
+      if (slot.is_connected()) slot.clear();
+    }
+  } guard{slot};
+  co_return co_await asio::co_spawn(strand, std::move(op), asio::bind_cancellation_slot(signal->slot(), asio::use_awaitable));
+}
+
+/// Keeps a socket out of programs we start (the browser): Asio opens sockets
+/// without close-on-exec, and an inherited listener would hold its port.
+inline void set_cloexec(int fd) noexcept {
+  if (fd >= 0) ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC);
+}
+
 inline std::shared_ptr<asio::ssl::context> make_tls_context(const tls_options& options) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
   SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
@@ -1222,7 +1252,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
   connection(const asio::any_io_executor& ex, const std::shared_ptr<asio::ssl::context>& tls, bool use_tls)
       : strand_(asio::make_strand(ex)), tls_ctx_(tls), stream_(strand_, *tls), deadline_(strand_),
-        resolver_(strand_), use_tls_(use_tls) {}
+        resolved_(strand_), resolver_(strand_), use_tls_(use_tls) {}
 
   const asio::strand<asio::any_io_executor>& strand() const noexcept { return strand_; }
   clock::time_point last_used() const noexcept { return last_used_; }
@@ -1230,6 +1260,7 @@ class connection : public std::enable_shared_from_this<connection> {
   /// One request and its response. Runs on strand(); never throws.
   asio::awaitable<result> exchange(const url& u, const std::string& head, const std::string& body,
                                    http_limits limits, std::chrono::milliseconds timeout, bool head_request) {
+    co_await asio::this_coro::throw_if_cancelled(false);  // cancellation arrives as error codes, handled below
     timed_out_ = false;
     const auto generation = ++generation_;
     deadline_.expires_after(timeout);
@@ -1260,7 +1291,7 @@ class connection : public std::enable_shared_from_this<connection> {
  private:
   void on_deadline() {
     timed_out_ = true;
-    resolver_.cancel();
+    resolved_.cancel();
     close();
   }
 
@@ -1275,15 +1306,33 @@ class connection : public std::enable_shared_from_this<connection> {
   // already queued, cancelling finds nothing, and the next step would reopen
   // the socket (async_connect) with no deadline left to stop it.
   asio::awaitable<result> connect(const url& u) {
-    auto [rec, endpoints] = co_await resolver_.async_resolve(u.host, std::to_string(u.port), use_tuple);
+    // getaddrinfo runs in Asio's resolver thread and cannot be interrupted, so
+    // the lookup is not awaited directly: its result arrives through shared
+    // state, and the deadline or a cancellation abandons the wait for it.
+    struct lookup {
+      std::error_code ec;
+      asio::ip::tcp::resolver::results_type endpoints;
+      bool done = false;
+    };
+    auto found = std::make_shared<lookup>();
+    resolved_.expires_at(asio::steady_timer::time_point::max());
+    resolver_.async_resolve(u.host, std::to_string(u.port),
+                            [found, weak = weak_from_this()](std::error_code ec, asio::ip::tcp::resolver::results_type r) {
+                              *found = {ec, std::move(r), true};
+                              if (auto self = weak.lock()) self->resolved_.cancel();
+                            });
+    co_await resolved_.async_wait(use_tuple);
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
-    if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
+    if (!found->done) co_return failure(asio::error::operation_aborted, "cancelled");
+    const std::error_code rec = found->ec;
+    const auto endpoints = std::move(found->endpoints);
     if (rec) co_return failure(make_error_code(errc::resolve_failed), "cannot resolve " + u.host + ": " + rec.message());
     auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, use_tuple);
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (cec == asio::error::operation_aborted) co_return failure(cec, "cancelled");
     if (cec)
       co_return failure(make_error_code(errc::connect_failed), "cannot connect to " + u.authority() + ": " + cec.message());
+    set_cloexec(stream_.next_layer().native_handle());
     std::error_code ignored;
     stream_.next_layer().set_option(asio::ip::tcp::no_delay(true), ignored);
     if (use_tls_) {
@@ -1362,6 +1411,7 @@ class connection : public std::enable_shared_from_this<connection> {
   std::shared_ptr<asio::ssl::context> tls_ctx_;  // outlives stream_
   asio::ssl::stream<asio::ip::tcp::socket> stream_;
   asio::steady_timer deadline_;
+  asio::steady_timer resolved_;
   asio::ip::tcp::resolver resolver_;
   std::array<char, 16 * 1024> buffer_{};
   std::uint64_t generation_ = 0;
@@ -1390,10 +1440,8 @@ class http_client {
     for (int attempt = 0;; ++attempt) {
       bool reused = false;
       auto conn = acquire(u, reused, /*pooled=*/attempt == 0);
-      auto r = co_await asio::co_spawn(
-          conn->strand(),
-          conn->exchange(u, head, req.body, limits, timeouts_.request, req.method == "HEAD"),
-          asio::use_awaitable);
+      auto r = co_await on_strand(conn->strand(),
+                                  conn->exchange(u, head, req.body, limits, timeouts_.request, req.method == "HEAD"));
       if (!r.ec) {
         if (r.keep_alive) release(u, std::move(conn));
         co_return std::move(r.response);
@@ -1896,7 +1944,8 @@ inline token_set parse_token_response(const http_response& res, std::span<const 
   if (j.is_object() && j.contains("error")) {
     auto text = [&](const char* key) {
       auto it = j.find(key);
-      return it != j.end() && it->is_string() ? detail::redact(sanitize_text(it->get<std::string>()), redact) : std::string{};
+      // Redact first: truncation could cut an echoed secret past recognition.
+      return it != j.end() && it->is_string() ? sanitize_text(detail::redact(it->get<std::string>(), redact)) : std::string{};
     };
     details.error = text("error");
     details.error_description = text("error_description");
@@ -1926,7 +1975,8 @@ inline token_set parse_token_response(const http_response& res, std::span<const 
   if (auto e = j.find("expires_in"); e != j.end() && !e->is_null()) {
     std::optional<std::int64_t> secs;
     if (e->is_number_integer() || e->is_number_unsigned()) secs = e->get<std::int64_t>();
-    else if (e->is_number_float()) secs = static_cast<std::int64_t>(e->get<double>());
+    else if (e->is_number_float() && e->get<double>() >= 0 && e->get<double>() < 1e12)
+      secs = static_cast<std::int64_t>(e->get<double>());
     else if (e->is_string()) secs = parse_uint<std::int64_t>(e->get_ref<const std::string&>());
     if (!secs || *secs < 0 || *secs > 10LL * 365 * 86400)
       fail(errc::invalid_token_response, "expires_in is not a valid number of seconds", details);
@@ -2040,8 +2090,10 @@ class oauth_client {
       nlohmann::json body = nlohmann::json::object();
       for (const auto& [name, value] : fields) body[std::string(name)] = value;
       req.body = body.dump();
-      auto& s = body["client_secret"].get_ref<std::string&>();
-      OPENSSL_cleanse(s.data(), s.size());
+      if (auto it = body.find("client_secret"); it != body.end()) {
+        auto& s = it->get_ref<std::string&>();
+        OPENSSL_cleanse(s.data(), s.size());
+      }
       req.headers.add("Content-Type", "application/json");
     } else {
       for (const auto& [name, value] : fields) detail::append_param(req.body, name, value);
@@ -2128,9 +2180,12 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
     failure_ = nullptr;
     auth_ = &auth;
     auto self = shared_from_this();
+    const auto generation = ++generation_;
     deadline_.expires_after(options_.timeout);
-    deadline_.async_wait([self](std::error_code ec) {
-      if (ec || self->finished_) return;
+    deadline_.async_wait([self, generation](std::error_code ec) {
+      // A deadline of an earlier wait, already queued when that wait ended,
+      // must not end this one.
+      if (ec || self->finished_ || self->generation_ != generation) return;
       self->timed_out_ = true;
       self->finish();
     });
@@ -2189,8 +2244,17 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
         co_await backoff.async_wait(use_tuple);
         continue;
       }
+      set_cloexec(socket.native_handle());
       std::erase_if(self->connections_, [](const auto& w) { return w.expired(); });
-      if (self->connections_.size() >= self->options_.max_connections) continue;  // socket closes here
+      if (self->connections_.size() >= self->options_.max_connections) {
+        // Make room by dropping the oldest: closing newcomers instead would let
+        // a few silent connections, renewed in turn, lock the browser out.
+        if (auto oldest = self->connections_.front().lock()) {
+          std::error_code ignored;
+          oldest->close(ignored);
+        }
+        self->connections_.erase(self->connections_.begin());
+      }
       auto conn = std::make_shared<asio::ip::tcp::socket>(std::move(socket));
       self->connections_.push_back(conn);
       asio::co_spawn(self->strand_, serve(self, std::move(conn)), asio::detached);
@@ -2297,6 +2361,7 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   const authorization* auth_ = nullptr;
   std::optional<secret> code_;
   std::exception_ptr failure_;
+  std::uint64_t generation_ = 0;
   bool waiting_ = false;
   bool finished_ = false;
   bool timed_out_ = false;
@@ -2341,7 +2406,7 @@ class redirect_listener {
   /// operation_aborted when cancelled. Callbacks for other states are
   /// answered with a 400 page and the wait goes on.
   asio::awaitable<secret> wait(const authorization& auth) {
-    co_return co_await asio::co_spawn(state_->strand(), state_->run(auth), asio::use_awaitable);
+    co_return co_await detail::on_strand(state_->strand(), state_->run(auth));
   }
 
   /// Stops listening; a pending wait ends with operation_aborted.
@@ -2363,6 +2428,7 @@ class redirect_listener {
         asio::ip::tcp::acceptor acceptor(state_->strand());
         asio::ip::tcp::endpoint ep(addresses[i], port_);
         acceptor.open(ep.protocol(), ec);
+        if (!ec) detail::set_cloexec(acceptor.native_handle());
         if (!ec && ep.address().is_v6()) acceptor.set_option(asio::ip::v6_only(true), ec);
         if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
         if (!ec) acceptor.bind(ep, ec);
@@ -2423,9 +2489,17 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   std::vector<char*> cargs;
   for (auto& a : args) cargs.push_back(a.data());
   cargs.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+  // Besides close-on-exec on our own sockets: nothing of this process but
+  // stdin, stdout and stderr reaches the browser.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+#endif
   pid_t pid = 0;
-  if (int err = ::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, cargs.data(), environ); err != 0)
-    fail(errc::browser_launch_failed, "cannot start /bin/sh: " + std::generic_category().message(err));
+  int err = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, cargs.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (err != 0) fail(errc::browser_launch_failed, "cannot start /bin/sh: " + std::generic_category().message(err));
   asio::steady_timer timer(co_await asio::this_coro::executor);
   for (int i = 0; i < 400; ++i) {
     int status = 0;

@@ -167,6 +167,24 @@ TEST_CASE("a browser that cannot start is a typed error and releases the port") 
   });
 }
 
+TEST_CASE("a browser that keeps running does not inherit the listener's port") {
+  flow_fixture f;
+  cfo::listener_options o;
+  o.timeout = 300ms;
+  // A "browser" that ignores the URL and lives on for a few seconds.
+  std::vector<std::string> lingering;
+  for (const char* arg : {"/bin/sh", "-c", "sleep 3", "sh"}) lingering.emplace_back(arg);
+  CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+          cfo::oauth_client client(ex, f.config());
+          co_await cfo::authorize(client, cfo::browser_command(lingering), o);
+        }) == cfo::errc::listener_timeout);
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::redirect_listener again(ex, f.redirect);  // would be address_in_use if the browser held it
+    CHECK(again.port() == f.port);
+    co_return;
+  });
+}
+
 TEST_CASE("the file store replaces atomically and reports corruption") {
   test_util::temp_dir dir;
   auto path = dir / "tokens.json";

@@ -145,6 +145,16 @@ TEST_CASE("a wrong client secret is a configuration error and never printed") {
   CHECK(e.error() == "access_denied");
 }
 
+TEST_CASE("PKCE without a client secret is sent and refused by Atlassian as a typed error") {
+  fake_atlassian::server srv;
+  auto cfg = config_for(srv);
+  cfg.use_pkce = true;
+  cfg.client_secret = cfo::secret();
+  auto e = expect_error([&] { exchange_code(cfg, srv.issue_code(redirect, scopes)); });
+  CHECK(e.code() == cfo::errc::invalid_client);  // Atlassian always wants the secret
+  CHECK(e.http_status() == 401);
+}
+
 TEST_CASE("refresh tokens rotate and the old one works only within the reuse window") {
   fake_atlassian::server srv;
   auto cfg = config_for(srv);

@@ -130,6 +130,26 @@ TEST_CASE("redaction removes echoed secrets from server text") {
         "bad code [redacted] for [redacted]");
 }
 
+TEST_CASE("redaction ends when a secret is part of the mark and comes before truncation") {
+  cfo::secret inside("dact");
+  const cfo::secret* list[] = {&inside};
+  CHECK(cfo::detail::redact("a dact b dact", list) == "a [redacted] b [redacted]");
+  cfo::secret long_token(std::string(400, 't'));
+  cfo::secret sent_secret("client-secret-value");
+  const cfo::secret* sent[] = {&long_token, &sent_secret};
+  cfo::http_response r;
+  r.status = 400;
+  r.body = R"({"error":"invalid_grant","error_description":")" + std::string(250, ' ') + "Unknown token " +
+           long_token.reveal() + " for client-secret-value\"}";
+  try {
+    cfo::detail::parse_token_response(r, sent);
+    FAIL("no throw");
+  } catch (const cfo::oauth_error& e) {
+    CHECK(std::string(e.what()).find("tttttttttt") == std::string::npos);
+    CHECK(e.error_description().find("[redacted]") != std::string::npos);
+  }
+}
+
 TEST_CASE("URLs parse with defaults, IPv6 and ports") {
   auto u = cfo::parse_url("HTTPS://Auth.Atlassian.com/oauth/token?x=1");
   CHECK(u.scheme == "https");
