@@ -5,6 +5,7 @@
 
 #include "confluence_oauth.hpp"
 #include "fake_atlassian.hpp"
+#include "fake_client.hpp"
 #include "test_util.hpp"
 
 namespace cfo = confluence_oauth;
@@ -40,13 +41,7 @@ TEST_CASE("headless Chromium follows the authorization redirect into the listene
   o.redirect_uris = {"http://localhost:" + std::to_string(port) + "/callback"};
   fake_atlassian::server srv(o);
 
-  cfo::client_config cfg;
-  cfg.client_id = "test-client-id";
-  cfg.client_secret = cfo::secret("test-client-secret");
-  cfg.redirect_uri = o.redirect_uris.front();
-  cfg.authorize_url = srv.base_url() + "/authorize";
-  cfg.token_url = srv.base_url() + "/oauth/token";
-  cfg.tls.ca_pem = srv.ca_pem();
+  auto cfg = test_util::client_config_for(srv, o.redirect_uris.front());
   cfo::listener_options lo;
   lo.timeout = 90s;  // a cold Chromium start on a loaded CI machine takes seconds
 

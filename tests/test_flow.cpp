@@ -5,6 +5,7 @@
 
 #include "confluence_oauth.hpp"
 #include "fake_atlassian.hpp"
+#include "fake_client.hpp"
 #include "test_browser.hpp"
 #include "test_util.hpp"
 
@@ -31,17 +32,7 @@ struct flow_fixture {
     return o;
   }
 
-  cfo::client_config config() const {
-    cfo::client_config c;
-    c.client_id = "test-client-id";
-    c.client_secret = cfo::secret("test-client-secret");
-    c.redirect_uri = redirect;
-    c.authorize_url = srv.base_url() + "/authorize";
-    c.token_url = srv.base_url() + "/oauth/token";
-    c.api_url = srv.base_url();
-    c.tls.ca_pem = srv.ca_pem();
-    return c;
-  }
+  cfo::client_config config() const { return test_util::client_config_for(srv, redirect); }
 };
 
 /// A browser_opener that runs the simulated browser in the background, as a

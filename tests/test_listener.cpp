@@ -70,6 +70,21 @@ asio::awaitable<void> until_done(const background_wait& w, std::chrono::millisec
   for (auto waited = 0ms; !w.done && waited < limit; waited += 10ms) co_await sleep(10ms);
 }
 
+/// A client, a listener on a free localhost port, and a wait in progress for
+/// the authorization it made.
+struct pending_login {
+  cfo::oauth_client client;
+  cfo::redirect_listener listener;
+  cfo::authorization auth;
+  background_wait wait;
+
+  explicit pending_login(const asio::any_io_executor& ex, cfo::listener_options o = {})
+      : client(ex, listener_config()), listener(ex, client.config().redirect_uri, std::move(o)),
+        auth(client.begin_authorization(listener.redirect_uri())) {
+    start_wait(ex, listener, auth, wait);
+  }
+};
+
 }  // namespace
 
 TEST_SUITE("listener") {
@@ -98,11 +113,8 @@ TEST_CASE("the callback with the right state ends the wait and the page never sh
 
 TEST_CASE("localhost is served on both 127.0.0.1 and ::1") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     auto v4 = co_await get(client, l, "/favicon.ico", "127.0.0.1");
     CHECK(v4.status == 404);
     auto v6 = co_await get(client, l, callback(a), "::1");
@@ -128,11 +140,8 @@ TEST_CASE("a fixed port is bound as given and kept verbatim") {
 
 TEST_CASE("denial ends the wait with authorization_denied and an escaped page") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     auto res = co_await get(client, l,
                             "/callback?error=access_denied&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E&state=" +
                                 cfo::detail::percent_encode(a.state.reveal()));
@@ -147,11 +156,8 @@ TEST_CASE("denial ends the wait with authorization_denied and an escaped page") 
 
 TEST_CASE("denial without a state still ends the wait") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     auto res = co_await get(client, l, "/callback?error=access_denied");
     co_await until_done(w);
     CHECK(w.error == cfo::errc::authorization_denied);
@@ -161,11 +167,8 @@ TEST_CASE("denial without a state still ends the wait") {
 
 TEST_CASE("another error from the server is authorization_failed") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     auto res = co_await get(client, l, "/callback?error=unauthorized_client&state=" + cfo::detail::percent_encode(a.state.reveal()));
     co_await until_done(w);
     CHECK(w.error == cfo::errc::authorization_failed);
@@ -176,11 +179,8 @@ TEST_CASE("another error from the server is authorization_failed") {
 
 TEST_CASE("a mismatched state gets a 400 page and the wait goes on") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     auto mismatch = co_await get(client, l, "/callback?code=evil-code&state=forged");
     CHECK(mismatch.status == 400);
     CHECK(mismatch.body.find("Authorization mismatch") != std::string::npos);
@@ -201,11 +201,8 @@ TEST_CASE("a mismatched state gets a 400 page and the wait goes on") {
 
 TEST_CASE("other paths get 404, other methods 405, and the wait goes on") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     {
       auto reply = co_await get(client, l, "/favicon.ico");
       CHECK(reply.status == 404);
@@ -310,13 +307,10 @@ TEST_CASE("cancelling the wait ends it with operation_aborted and the listener i
 
 TEST_CASE("silent and half-open connections neither block the callback nor hold the listener") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
     cfo::listener_options o;
     o.read_timeout = 300ms;
-    cfo::redirect_listener l(ex, client.config().redirect_uri, o);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex, o);
+    auto& [client, l, a, w] = login;
     tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), l.port());
     // A browser's speculative connection that sends nothing, and one that stops mid-request.
     tcp::socket silent(ex), partial(ex);
@@ -339,13 +333,10 @@ TEST_CASE("silent and half-open connections neither block the callback nor hold 
 
 TEST_CASE("a client that connects and sends nothing is dropped after the read deadline") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
     cfo::listener_options o;
     o.read_timeout = 200ms;
-    cfo::redirect_listener l(ex, client.config().redirect_uri, o);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex, o);
+    auto& [client, l, a, w] = login;
     tcp::socket silent(ex);
     co_await silent.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), l.port()), asio::use_awaitable);
     auto start = std::chrono::steady_clock::now();
@@ -367,11 +358,8 @@ TEST_CASE("a client that connects and sends nothing is dropped after the read de
 
 TEST_CASE("garbage requests get 400 and the wait goes on") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     for (std::string junk : {std::string("\x16\x03\x01\x02\x00garbage\r\n\r\n", 16), std::string("GET\r\n\r\n"),
                              "GET /callback HTTP/1.1\r\n" + std::string(20000, 'a') + "\r\n\r\n"}) {
       tcp::socket s(ex);
@@ -394,14 +382,11 @@ TEST_CASE("garbage requests get 400 and the wait goes on") {
 
 TEST_CASE("at the connection limit the oldest silent connection makes room for the browser") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
     cfo::listener_options o;
     o.max_connections = 4;
     o.read_timeout = 5s;
-    cfo::redirect_listener l(ex, client.config().redirect_uri, o);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex, o);
+    auto& [client, l, a, w] = login;
     tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), l.port());
     std::vector<tcp::socket> idle;
     for (int i = 0; i < 4; ++i) {
@@ -426,11 +411,8 @@ TEST_CASE("at the connection limit the oldest silent connection makes room for t
 
 TEST_CASE("closing the listener ends a pending wait") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
-    auto a = client.begin_authorization(l.redirect_uri());
-    background_wait w;
-    start_wait(ex, l, a, w);
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
     co_await sleep(50ms);
     l.close();
     co_await until_done(w);

@@ -5,6 +5,7 @@
 
 #include "confluence_oauth.hpp"
 #include "fake_atlassian.hpp"
+#include "fake_client.hpp"
 #include "test_util.hpp"
 
 namespace cfo = confluence_oauth;
@@ -16,14 +17,7 @@ constexpr const char* redirect = "http://localhost:3000/callback";
 constexpr const char* scopes = "read:page:confluence read:space:confluence offline_access";
 
 cfo::client_config config_for(const fake_atlassian::server& srv) {
-  cfo::client_config c;
-  c.client_id = "test-client-id";
-  c.client_secret = cfo::secret("test-client-secret");
-  c.redirect_uri = redirect;
-  c.authorize_url = srv.base_url() + "/authorize";
-  c.token_url = srv.base_url() + "/oauth/token";
-  c.api_url = srv.base_url();
-  c.tls.ca_pem = srv.ca_pem();
+  auto c = test_util::client_config_for(srv, redirect);
   c.timeout.request = 10s;
   return c;
 }
