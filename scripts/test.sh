@@ -2,9 +2,10 @@
 # Build and run the whole confluence_oauth test suite:
 #   1. CMake + Ninja, -O1 -g1                      -> build/test
 #   2. CMake + Ninja, -O0 -g1, ASan + UBSan        -> build/asan
-#   3. Meson, -O1 -g1                              -> build/meson
+#   3. CMake + Ninja, -O1 -g1, TSan                -> build/tsan
+#   4. Meson, -O1 -g1                              -> build/meson
 # The last line of output is "N passed, N failed" (CTest results of stages 1
-# and 2; the Meson stage counts as one test). Exits non-zero on any failure.
+# to 3; the Meson stage counts as one test). Exits non-zero on any failure.
 #
 # Environment:
 #   CTEST_PARALLEL_LEVEL   parallel ctest jobs (default 2)
@@ -122,6 +123,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cmake_stage "CMake build + ctest with address,undefined sanitizers (build/asan)" build/asan "-O0 -g1" \
   -DCONFLUENCE_OAUTH_SANITIZE=address,undefined
 unset ASAN_OPTIONS UBSAN_OPTIONS
+
+export TSAN_OPTIONS=halt_on_error=1
+cmake_stage "CMake build + ctest with the thread sanitizer (build/tsan)" build/tsan "-O1 -g1" \
+  -DCONFLUENCE_OAUTH_SANITIZE=thread
+unset TSAN_OPTIONS
 
 meson_stage
 
