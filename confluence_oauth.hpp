@@ -513,6 +513,12 @@ inline std::array<unsigned char, 32> sha256(std::string_view data) {
   return digest;
 }
 
+/// Overwrites a string's bytes before it is freed, however the scope ends.
+struct wipe_on_exit {
+  std::string& s;
+  ~wipe_on_exit() { OPENSSL_cleanse(s.data(), s.size()); }
+};
+
 inline bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
@@ -889,14 +895,29 @@ class http_parser {
     return 0;
   }
 
-  // Appends bytes to line_ up to and including '\n'; returns bytes used and
-  // whether a whole line is there.
-  std::pair<std::size_t, bool> take_line(std::string_view data, std::size_t limit) {
+  enum class line_status { partial, complete, too_long };
+  struct line_take {
+    std::size_t used;
+    line_status status;
+  };
+
+  // Appends bytes to line_ up to and including '\n', unless the line would
+  // then exceed `limit`.
+  line_take take_line(std::string_view data, std::size_t limit) {
     auto nl = data.find('\n');
     std::size_t n = nl == std::string_view::npos ? data.size() : nl + 1;
-    if (line_.size() + n > limit) return {n, false};
+    if (line_.size() + n > limit) return {n, line_status::too_long};
     line_.append(data.substr(0, n));
-    return {n, nl != std::string_view::npos};
+    return {n, nl == std::string_view::npos ? line_status::partial : line_status::complete};
+  }
+
+  // Copies up to remaining_ body bytes; moves to `next` once they are all in.
+  std::size_t take_body(std::string_view data, state next) {
+    auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, data.size()));
+    body_.append(data.substr(0, n));
+    remaining_ -= n;
+    if (remaining_ == 0) state_ = next;
+    return n;
   }
 
   static std::string_view chomp(std::string_view line) noexcept {
@@ -908,17 +929,11 @@ class http_parser {
   std::size_t step(std::string_view data) {
     switch (state_) {
       case state::head: return step_head(data);
-      case state::length_body: {
-        auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, data.size()));
-        body_.append(data.substr(0, n));
-        remaining_ -= n;
-        if (remaining_ == 0) state_ = state::done;
-        return n;
-      }
+      case state::length_body: return take_body(data, state::done);
       case state::chunk_size: {
-        auto [n, whole] = take_line(data, 1024);
-        if (!whole && line_.size() + n > 1024) return error(errc::protocol_error, "chunk size line too long");
-        if (!whole) return n;
+        auto [n, status] = take_line(data, 1024);
+        if (status == line_status::too_long) return error(errc::protocol_error, "chunk size line too long");
+        if (status == line_status::partial) return n;
         auto text = chomp(line_);
         text = trim(text.substr(0, text.find(';')));
         std::uint64_t size = 0;
@@ -932,26 +947,20 @@ class http_parser {
         state_ = size == 0 ? state::trailers : state::chunk_data;
         return n;
       }
-      case state::chunk_data: {
-        auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, data.size()));
-        body_.append(data.substr(0, n));
-        remaining_ -= n;
-        if (remaining_ == 0) state_ = state::chunk_data_end;
-        return n;
-      }
+      case state::chunk_data: return take_body(data, state::chunk_data_end);
       case state::chunk_data_end: {
-        auto [n, whole] = take_line(data, 2);
-        if (!whole && line_.size() + n > 2) return error(errc::protocol_error, "chunk not followed by CRLF");
-        if (!whole) return n;
-        if (!chomp(line_).empty()) return error(errc::protocol_error, "chunk not followed by CRLF");
+        auto [n, status] = take_line(data, 2);
+        if (status == line_status::partial) return n;
+        if (status == line_status::too_long || !chomp(line_).empty())
+          return error(errc::protocol_error, "chunk not followed by CRLF");
         line_.clear();
         state_ = state::chunk_size;
         return n;
       }
       case state::trailers: {
-        auto [n, whole] = take_line(data, limits_.max_head_bytes);
-        if (!whole && line_.size() + n > limits_.max_head_bytes) return error(errc::header_too_large, "trailers too large");
-        if (!whole) return n;
+        auto [n, status] = take_line(data, limits_.max_head_bytes);
+        if (status == line_status::too_long) return error(errc::header_too_large, "trailers too large");
+        if (status == line_status::partial) return n;
         trailer_bytes_ += line_.size();
         if (trailer_bytes_ > limits_.max_head_bytes) return error(errc::header_too_large, "trailers too large");
         bool last = chomp(line_).empty();
@@ -1295,10 +1304,11 @@ class connection : public std::enable_shared_from_this<connection> {
     close();
   }
 
-  static result failure(std::error_code ec, std::string text) {
+  static result failure(std::error_code ec, std::string text, bool response_started = false) {
     result r;
     r.ec = ec;
     r.error_text = std::move(text);
+    r.response_started = response_started;
     return r;
   }
 
@@ -1378,6 +1388,7 @@ class connection : public std::enable_shared_from_this<connection> {
     http_parser parser(http_parser::kind::response, limits);
     if (head_request) parser.expect_no_body();
     result r;
+    bool leftover = false;  // bytes after the response: the connection cannot be reused
     for (;;) {
       auto [rec, n] = use_tls_ ? co_await stream_.async_read_some(asio::buffer(buffer_), use_tuple)
                                : co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), use_tuple);
@@ -1387,21 +1398,15 @@ class connection : public std::enable_shared_from_this<connection> {
       if (rec == asio::error::eof || rec == asio::ssl::error::stream_truncated) {
         parser.on_eof();
       } else if (rec) {
-        auto f = failure(make_error_code(errc::network_error), "read failed: " + rec.message());
-        f.response_started = r.response_started;
-        co_return f;
+        co_return failure(make_error_code(errc::network_error), "read failed: " + rec.message(), r.response_started);
       } else {
         std::size_t used = parser.feed(std::string_view(buffer_.data(), n));
-        if (parser.done() && used < n) leftover_ = true;
+        leftover = parser.done() && used < n;
       }
-      if (parser.error()) {
-        auto f = failure(parser.error(), parser.error_text());
-        f.response_started = r.response_started;
-        co_return f;
-      }
+      if (parser.error()) co_return failure(parser.error(), parser.error_text(), r.response_started);
       if (parser.done()) break;
     }
-    r.keep_alive = parser.keep_alive() && !leftover_;
+    r.keep_alive = parser.keep_alive() && !leftover;
     r.response = parser.take_response();
     if (!r.keep_alive) close();
     co_return r;
@@ -1419,7 +1424,6 @@ class connection : public std::enable_shared_from_this<connection> {
   bool use_tls_;
   bool connected_ = false;
   bool timed_out_ = false;
-  bool leftover_ = false;
 };
 
 /// HTTP client with a keep-alive pool per origin. Thread-safe.
@@ -1435,7 +1439,6 @@ class http_client {
   asio::awaitable<http_response> send(const url& u, const http_request& req, http_limits limits = {}) {
     if (!u.is_https() && !is_loopback(u.host))
       fail(errc::insecure_transport, "refusing plain http to " + u.authority());
-    const std::string context = req.method + " " + u.origin() + std::string(u.path());
     const std::string head = serialize_head(req, u);
     for (int attempt = 0;; ++attempt) {
       bool reused = false;
@@ -1446,6 +1449,7 @@ class http_client {
         if (r.keep_alive) release(u, std::move(conn));
         co_return std::move(r.response);
       }
+      const std::string context = req.method + " " + u.origin() + std::string(u.path());  // failures only
       if (r.ec == asio::error::operation_aborted) throw oauth_error(r.ec, context + ": cancelled");
       // A pooled connection the server already closed fails before any response
       // byte; the request never reached the application, so send it again.
@@ -1675,15 +1679,24 @@ inline std::optional<std::string> read_file(const std::filesystem::path& path, s
   return out;
 }
 
-/// Replaces `path` atomically: a crash leaves either the old or the new file.
-inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
-  auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
-  // Folders we create are private from the start (0700), parents included.
+/// Creates every missing folder of `dir` private (0700) from the start,
+/// parents included; existing folders are left as they are.
+inline void create_private_folders(const std::filesystem::path& dir) {
   std::filesystem::path partial;
   for (const auto& part : dir) {
     partial /= part;
-    if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST) fail_errno("cannot create " + partial.string());
+    if (::mkdir(partial.c_str(), 0700) == 0) {
+      ::chmod(partial.c_str(), 0700);  // the umask may have taken bits away
+    } else if (errno != EEXIST) {
+      fail_errno("cannot create " + partial.string());
+    }
   }
+}
+
+/// Replaces `path` atomically: a crash leaves either the old or the new file.
+inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
+  auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  create_private_folders(dir);
   auto tmp = path;
   tmp += ".tmp-" + random_token(6);
   unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
@@ -1714,21 +1727,16 @@ class file_token_store final : public token_store {
   asio::awaitable<std::optional<token_set>> load() override {
     auto text = detail::read_file(path_, 1024 * 1024);
     if (!text) co_return std::nullopt;
+    detail::wipe_on_exit wipe{*text};
     auto j = nlohmann::json::parse(*text, nullptr, false);
-    OPENSSL_cleanse(text->data(), text->size());
     if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
     co_return token_set::from_json(j);
   }
 
   asio::awaitable<void> save(const token_set& tokens) override {
     std::string text = tokens.to_json().dump(2) + "\n";
-    try {
-      detail::write_file_atomically(path_, text);
-    } catch (...) {
-      OPENSSL_cleanse(text.data(), text.size());
-      throw;
-    }
-    OPENSSL_cleanse(text.data(), text.size());
+    detail::wipe_on_exit wipe{text};
+    detail::write_file_atomically(path_, text);
     co_return;
   }
 
@@ -1985,12 +1993,6 @@ inline token_set parse_token_response(const http_response& res, std::span<const 
   if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
   return t;
 }
-
-/// Overwrites a string's bytes before it is freed.
-struct wipe_on_exit {
-  std::string& s;
-  ~wipe_on_exit() { OPENSSL_cleanse(s.data(), s.size()); }
-};
 
 }  // namespace detail
 

@@ -15,7 +15,6 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -253,19 +252,6 @@ settings parse_arguments(int argc, char** argv) {
 // The token file's folder
 // ---------------------------------------------------------------------------
 
-/// Creates every missing folder of `dir` with mode 0700; existing ones are left as they are.
-void create_private_folders(const std::filesystem::path& dir) {
-  std::filesystem::path partial;
-  for (const auto& part : dir) {
-    partial /= part;
-    if (part.empty() || ::mkdir(partial.c_str(), 0700) == 0) {
-      if (!part.empty()) ::chmod(partial.c_str(), 0700);  // the umask may have taken bits away
-      continue;
-    }
-    if (errno != EEXIST) throw cli_error(exit_failure, "cannot create " + partial.string() + ": " + std::strerror(errno));
-  }
-}
-
 /// An exclusive flock(2) on the token file's folder while a refresh is in flight,
 /// so that two confluence-cli processes never spend the same rotating refresh token.
 class folder_lock {
@@ -319,8 +305,8 @@ asio::awaitable<cfo::token_set> current_tokens(const cfo::oauth_client& client, 
 asio::awaitable<int> login(const settings& s) {
   expect_no_arguments(s);
   cfo::oauth_client client(co_await asio::this_coro::executor, s.config);
-  // Fail before the user consents, not after.
-  create_private_folders(s.token_file.parent_path());
+  // Fail before the user consents, not after (a failure is a store_error: exit 1).
+  cfo::detail::create_private_folders(s.token_file.parent_path());
   cfo::file_token_store store(s.token_file);
 
   cfo::browser_opener launch;
