@@ -12,6 +12,8 @@
 //   8. Tokens and stores
 //   9. The OAuth client
 //  10. The redirect listener and the browser
+//  11. The session: refresh, rotation, authenticated requests, sites
+//  12. Confluence: the site handle and pagination
 //
 // SPDX-License-Identifier: MIT
 // Copyright (c) 2026 The confluence_oauth authors
@@ -55,6 +57,7 @@
 #include <spawn.h>
 #include <string>
 #include <string_view>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <system_error>
@@ -132,6 +135,12 @@ enum class errc {
   browser_launch_failed,      // the browser command could not be started
   store_error,                // a token store failed to read or write
   store_corrupt,              // a token store holds something that is not a token set
+  store_key_mismatch,         // an encrypted store and the key given do not belong together
+  not_signed_in,              // the session holds no grant: authorize first
+  unauthorized,               // the API refused a freshly refreshed access token
+  scope_mismatch,             // the access token lacks a scope the endpoint needs
+  api_gone,                   // 410 Gone: the endpoint is retired (Confluence v1 through OAuth)
+  site_not_found,             // no accessible site matches the one asked for
 };
 
 enum class condition {
@@ -173,6 +182,12 @@ inline const char* errc_message(errc e) noexcept {
     case errc::browser_launch_failed: return "could not start the browser";
     case errc::store_error: return "token store failed";
     case errc::store_corrupt: return "stored token set is unreadable: sign in again";
+    case errc::store_key_mismatch: return "token store encryption key does not match the stored file";
+    case errc::not_signed_in: return "not signed in: authorize first";
+    case errc::unauthorized: return "the API refused a freshly refreshed access token: sign in again";
+    case errc::scope_mismatch: return "the access token lacks a scope this endpoint needs";
+    case errc::api_gone: return "this API endpoint is no longer available (410 Gone)";
+    case errc::site_not_found: return "no accessible Confluence site matches";
   }
   return "unknown confluence_oauth error";
 }
@@ -186,6 +201,8 @@ inline std::optional<condition> condition_of(errc e) noexcept {
     case errc::state_mismatch:
     case errc::listener_timeout:
     case errc::store_corrupt:
+    case errc::not_signed_in:
+    case errc::unauthorized:
       return condition::reauthenticate;
     case errc::resolve_failed:
     case errc::connect_failed:
@@ -206,6 +223,10 @@ inline std::optional<condition> condition_of(errc e) noexcept {
     case errc::oauth_error_response:
     case errc::address_in_use:
     case errc::browser_launch_failed:
+    case errc::store_key_mismatch:
+    case errc::scope_mismatch:
+    case errc::api_gone:
+    case errc::site_not_found:
       return condition::fix_configuration;
     default:
       return std::nullopt;
@@ -1592,16 +1613,68 @@ struct token_set {
   }
 };
 
+/// Holds a token store's exclusive section (see token_store::lock) until it
+/// is destroyed or unlocked. A default-constructed one holds nothing.
+class store_lock {
+ public:
+  store_lock() = default;
+  explicit store_lock(std::function<void()> release) : release_(std::move(release)) {}
+  store_lock(store_lock&& other) noexcept : release_(std::exchange(other.release_, nullptr)) {}
+  store_lock& operator=(store_lock&& other) noexcept {
+    if (this != &other) {
+      unlock();
+      release_ = std::exchange(other.release_, nullptr);
+    }
+    return *this;
+  }
+  ~store_lock() { unlock(); }
+  void unlock() noexcept {
+    if (auto release = std::exchange(release_, nullptr)) release();
+  }
+
+ private:
+  std::function<void()> release_;
+};
+
+/// True when both hold the same grant (same access and refresh token), or both nothing.
+inline bool same_grant(const std::optional<token_set>& a, const std::optional<token_set>& b) noexcept {
+  if (!a || !b) return !a && !b;
+  return a->access_token == b->access_token && a->refresh_token == b->refresh_token;
+}
+
 /// Where a grant lives between runs. Implementations may be asynchronous
 /// (a database) or not (a file); `save` must be durable when it completes.
+///
+/// A store shared by several processes or hosts also overrides `lock` and, if
+/// it can do better than load-compare-save, `replace`. The session refreshes
+/// under the lock: it re-reads the store, uses tokens another sharer has just
+/// saved instead of refreshing again, and writes its own with `replace`. A
+/// database store maps these onto a row lock (SELECT ... FOR UPDATE, or an
+/// advisory lock) and a conditional UPDATE; README.md shows one.
 class token_store {
  public:
   virtual ~token_store() = default;
   virtual asio::awaitable<std::optional<token_set>> load() = 0;
   virtual asio::awaitable<void> save(const token_set& tokens) = 0;
   virtual asio::awaitable<void> clear() = 0;
+
+  /// An exclusive section across everyone who shares this grant. The default
+  /// guards nothing: right for a store only one session uses.
+  virtual asio::awaitable<store_lock> lock() { co_return store_lock{}; }
+
+  /// Saves `next` only if the store still holds `expected` (see same_grant);
+  /// otherwise leaves the store alone and returns false. The default is
+  /// load-compare-save, atomic only under lock().
+  virtual asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next) {
+    auto stored = co_await load();
+    if (!same_grant(stored, expected)) co_return false;
+    co_await save(next);
+    co_return true;
+  }
 };
 
+/// Keeps the grant in memory: for tests, and for web apps that keep their own
+/// per-user storage. Thread-safe; `replace` is atomic.
 class memory_token_store final : public token_store {
  public:
   asio::awaitable<std::optional<token_set>> load() override {
@@ -1617,6 +1690,12 @@ class memory_token_store final : public token_store {
     std::lock_guard lock(mutex_);
     tokens_.reset();
     co_return;
+  }
+  asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next) override {
+    std::lock_guard lock(mutex_);
+    if (!same_grant(tokens_, expected)) co_return false;
+    tokens_ = next;
+    co_return true;
   }
 
  private:
@@ -1716,13 +1795,34 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
 
 }  // namespace detail
 
-/// Keeps the token set in one JSON file, mode 0600, replaced atomically.
-/// Its file work is synchronous: a few small writes and an fsync per save.
+/// Keeps the token set in one file, mode 0600, replaced atomically; given a
+/// key, sealed with AES-256-GCM, so that a wrong key or an altered file is a
+/// clear error, never a garbage token. `lock` takes an advisory lock (flock)
+/// on "<file>.lock", so processes sharing the file refresh once. The file work
+/// is synchronous: a few small reads and writes and an fsync per save.
 class file_token_store final : public token_store {
  public:
   explicit file_token_store(std::filesystem::path path) : path_(std::move(path)) {}
 
+  /// Encrypts the file with `key`: exactly 32 bytes, e.g. from generate_key().
+  file_token_store(std::filesystem::path path, secret key) : path_(std::move(path)), key_(std::move(key)) {
+    if (key_.reveal().size() != 32)
+      detail::fail(errc::invalid_config,
+                   "file_token_store: the encryption key must be 32 bytes, not " + std::to_string(key_.reveal().size()));
+  }
+
+  /// 32 random bytes from OpenSSL, for the encrypting constructor.
+  static secret generate_key() {
+    std::string key(32, '\0');
+    detail::random_bytes(reinterpret_cast<unsigned char*>(key.data()), key.size());
+    return secret(std::move(key));
+  }
+
   const std::filesystem::path& path() const noexcept { return path_; }
+  bool encrypted() const noexcept { return !key_.empty(); }
+
+  /// How long lock() waits for another process before failing with store_error.
+  void set_lock_timeout(std::chrono::milliseconds timeout) noexcept { lock_timeout_ = timeout; }
 
   asio::awaitable<std::optional<token_set>> load() override {
     auto text = detail::read_file(path_, 1024 * 1024);
@@ -1730,12 +1830,29 @@ class file_token_store final : public token_store {
     detail::wipe_on_exit wipe{*text};
     auto j = nlohmann::json::parse(*text, nullptr, false);
     if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
-    co_return token_set::from_json(j);
+    const bool sealed = j.is_object() && j.contains("format");
+    if (sealed != encrypted())
+      detail::fail(errc::store_key_mismatch,
+                   sealed ? path_.string() + " is encrypted: give file_token_store its key"
+                          : path_.string() + " is not encrypted, but a key was given: drop the key, or remove the "
+                                             "file and sign in again");
+    if (!sealed) co_return token_set::from_json(j);
+    auto plain = open_sealed(j);
+    detail::wipe_on_exit wipe_plain{plain};
+    auto inner = nlohmann::json::parse(plain, nullptr, false);
+    if (inner.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " holds no JSON token set");
+    co_return token_set::from_json(inner);
   }
 
   asio::awaitable<void> save(const token_set& tokens) override {
     std::string text = tokens.to_json().dump(2) + "\n";
     detail::wipe_on_exit wipe{text};
+    if (encrypted()) {
+      nlohmann::json sealed = {{"format", format},
+                               {"key_id", key_id()},
+                               {"sealed", detail::base64url_encode(detail::aes256gcm_seal(key_.reveal(), text, format))}};
+      text = sealed.dump(2) + "\n";
+    }
     detail::write_file_atomically(path_, text);
     co_return;
   }
@@ -1745,8 +1862,58 @@ class file_token_store final : public token_store {
     co_return;
   }
 
+  /// Polls a non-blocking flock so that the executor never blocks.
+  asio::awaitable<store_lock> lock() override {
+    auto lock_path = path_;
+    lock_path += ".lock";
+    auto dir = lock_path.parent_path().empty() ? std::filesystem::path(".") : lock_path.parent_path();
+    detail::create_private_folders(dir);
+    auto fd = std::make_shared<detail::unique_fd>(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!*fd) detail::fail_errno("cannot open " + lock_path.string());
+    asio::steady_timer wait(co_await asio::this_coro::executor);
+    const auto deadline = std::chrono::steady_clock::now() + lock_timeout_;
+    for (std::chrono::milliseconds delay{1};; delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
+      if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) break;
+      if (errno == EINTR) continue;
+      if (errno != EWOULDBLOCK) detail::fail_errno("cannot lock " + lock_path.string());
+      if (std::chrono::steady_clock::now() >= deadline)
+        detail::fail(errc::store_error, "another process has held " + lock_path.string() + " for more than " +
+                                            std::to_string(lock_timeout_.count()) + " ms");
+      wait.expires_after(delay);
+      auto [ec] = co_await wait.async_wait(detail::use_tuple);
+      if (ec) throw oauth_error(ec, "waiting for " + lock_path.string() + ": cancelled");
+    }
+    co_return store_lock([fd] { fd->reset(); });  // closing the descriptor releases the lock
+  }
+
  private:
+  static constexpr std::string_view format = "confluence_oauth/aes-256-gcm/1";
+
+  /// Names the key without revealing it, so a wrong key is told from an altered file.
+  std::string key_id() const {
+    auto digest = detail::sha256("confluence_oauth file_token_store key id:" + key_.reveal());
+    return detail::base64url_encode(digest.data(), 9);
+  }
+
+  std::string open_sealed(const nlohmann::json& j) const {
+    auto field = [&](const char* name) -> std::string {
+      auto it = j.find(name);
+      if (it == j.end() || !it->is_string()) detail::fail(errc::store_corrupt, path_.string() + ": no " + name);
+      return it->get<std::string>();
+    };
+    if (field("format") != format)
+      detail::fail(errc::store_corrupt, path_.string() + " is in a format this version cannot read");
+    if (!detail::constant_time_equal(field("key_id"), key_id()))
+      detail::fail(errc::store_key_mismatch, path_.string() + " was encrypted with another key");
+    auto data = detail::base64_decode(field("sealed"));
+    auto plain = data ? detail::aes256gcm_open(key_.reveal(), *data, format) : std::nullopt;
+    if (!plain) detail::fail(errc::store_corrupt, path_.string() + " has been altered: its authentication tag does not match");
+    return std::move(*plain);
+  }
+
   std::filesystem::path path_;
+  secret key_;
+  std::chrono::milliseconds lock_timeout_{std::chrono::seconds(30)};
 };
 
 // ============================================================================
@@ -2572,5 +2739,739 @@ inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_
 inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_opener open) {
   return authorize(client, std::move(open), listener_options{});
 }
+
+// ============================================================================
+// 11. The session
+//     The token lifecycle and authenticated requests. The session's state
+//     lives on one strand. Refresh is single-flight: whoever needs a refresh
+//     joins the one round in flight, which runs detached, so a caller that
+//     gives up does not stop it for the others. A round holds the store's
+//     lock, re-reads the store (another process may have refreshed already),
+//     refreshes, and saves before anyone is handed the new tokens.
+// ============================================================================
+
+/// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
+struct retry_policy {
+  int max_attempts = 4;                        // tries per request, the first included; 1 = no retry
+  std::chrono::milliseconds base_delay{500};   // backoff: random in [0, min(max_delay, base * 2^(n-1))]
+  std::chrono::milliseconds max_delay{std::chrono::seconds(30)};
+  std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  // a longer Retry-After is not waited for
+};
+
+struct session_options {
+  std::chrono::seconds refresh_skew{60};  // refresh this long before the access token expires
+  std::chrono::seconds near_expiry{300};  // a 403 or 404 this close to expiry counts as a 401
+  retry_policy retry;
+  std::size_t max_response_bytes = 16 * 1024 * 1024;
+  listener_options listener;  // for authorize()
+};
+
+namespace detail {
+
+/// The wait before retry number `retry` (1-based): the server's Retry-After
+/// when it gave one, else exponential backoff with full jitter.
+inline std::chrono::milliseconds retry_delay(const retry_policy& policy, int retry,
+                                             std::optional<std::chrono::seconds> retry_after) {
+  if (retry_after) return *retry_after;
+  auto cap = std::min(policy.max_delay, policy.base_delay * (std::int64_t{1} << std::clamp(retry - 1, 0, 20)));
+  std::uint64_t r = 0;
+  random_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
+  return std::chrono::milliseconds(cap.count() > 0 ? static_cast<std::int64_t>(r % (static_cast<std::uint64_t>(cap.count()) + 1)) : 0);
+}
+
+/// Waits on the current executor; a cancellation throws oauth_error(operation_aborted).
+inline asio::awaitable<void> sleep_for(std::chrono::milliseconds delay, std::string_view what) {
+  asio::steady_timer timer(co_await asio::this_coro::executor, delay);
+  auto [ec] = co_await timer.async_wait(use_tuple);
+  if (ec) throw oauth_error(ec, std::string(what) + ": cancelled");
+}
+
+/// The server's own words from an API error body: Atlassian puts them in
+/// "message", "errorMessage" or "errors[0].title".
+inline std::string api_message(const http_response& res) {
+  auto j = parse_json(res.body);
+  if (j.is_object()) {
+    for (const char* key : {"message", "errorMessage"})
+      if (auto it = j.find(key); it != j.end() && it->is_string()) return sanitize_text(it->get<std::string>());
+    if (auto errors = j.find("errors"); errors != j.end() && errors->is_array() && !errors->empty()) {
+      const auto& first = errors->front();
+      for (const char* key : {"title", "detail", "message"})
+        if (first.is_object() && first.contains(key) && first[key].is_string())
+          return sanitize_text(first[key].get<std::string>());
+    }
+  }
+  return sanitize_text(res.reason);
+}
+
+/// Atlassian's answer to a token without the scope an endpoint needs: a 401
+/// that refreshing cannot fix.
+inline bool is_scope_mismatch(const http_response& res) {
+  if (res.status != 401) return false;
+  std::string lower = res.body.substr(0, 4096);
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return lower.find("scope does not match") != std::string::npos;
+}
+
+/// Throws the typed error for an API answer that is not a success.
+[[noreturn]] inline void fail_api(const http_response& res, const std::string& what) {
+  auto details = response_details(res);
+  details.error_description = api_message(res);
+  const std::string said = details.error_description.empty() ? "" : ": " + details.error_description;
+  if (res.status >= 300 && res.status < 400) {
+    auto location = res.headers.get("Location");
+    fail(errc::http_error, what + ": redirect to " + sanitize_text(location.value_or("nowhere"), 200) +
+                               " not followed (the access token goes only to the API)", details);
+  }
+  if (is_scope_mismatch(res))
+    fail(errc::scope_mismatch, what + said + ". The access token lacks a scope this endpoint needs: add it (for the v2 "
+                               "API, granular scopes such as read:page:confluence) to the app in the developer "
+                               "console and to client_config::scopes, then sign in again", details);
+  if (res.status == 401)
+    fail(errc::unauthorized, what + " refused a freshly refreshed access token" + said +
+                                 ". The grant may have been revoked: sign in again", details);
+  if (res.status == 410)
+    fail(errc::api_gone, what + said + ". Atlassian retired this endpoint for OAuth apps: use the Confluence REST v2 "
+                                       "API (/wiki/api/v2/...) with granular scopes", details);
+  if (res.status == 403)
+    fail(errc::http_error, what + " is forbidden" + said + " (the user or the app may not see this)", details);
+  if (res.status == 404) fail(errc::http_error, what + " was not found" + said, details);
+  fail(errc_for_status(res.status), what + " failed" + said, details);
+}
+
+/// The JSON body of a successful API answer, or the typed error.
+inline nlohmann::json parse_api_json(const http_response& res, const std::string& what) {
+  if (res.status < 200 || res.status >= 300) fail_api(res, what);
+  if (res.body.empty()) return nullptr;
+  auto j = parse_json(res.body);
+  if (j.is_discarded()) fail(errc::protocol_error, what + ": the response is not JSON", response_details(res));
+  return j;
+}
+
+/// "GET https://api.atlassian.com/ex/confluence/..." without the query, for messages.
+inline std::string describe(const http_request& req, const url& u) {
+  return req.method + " " + u.origin() + sanitize_text(u.path(), 200);
+}
+
+/// A token the session hands out, with the expiry it was granted with.
+struct usable_token {
+  secret access;
+  token_set::clock::time_point expires_at;
+};
+
+/// One refresh round; everyone who needs it waits on `done`, which is
+/// cancelled when the round ends.
+struct refresh_round {
+  explicit refresh_round(const asio::strand<asio::any_io_executor>& strand)
+      : done(strand, asio::steady_timer::time_point::max()) {}
+  asio::steady_timer done;
+  bool finished = false;
+  std::exception_ptr error;
+};
+
+class session_state : public std::enable_shared_from_this<session_state> {
+ public:
+  using clock = token_set::clock;
+
+  session_state(const asio::any_io_executor& ex, client_config config, token_store& store, session_options options)
+      : client_(ex, std::move(config)), store_(store), options_(std::move(options)),
+        api_(parse_url(client_.config().api_url)), strand_(asio::make_strand(ex)) {
+    if (options_.refresh_skew.count() < 0) fail(errc::invalid_config, "session_options::refresh_skew is negative");
+    if (options_.retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
+    api_prefix_ = std::string(api_.path());
+    while (!api_prefix_.empty() && api_prefix_.back() == '/') api_prefix_.pop_back();
+  }
+
+  const oauth_client& client() const noexcept { return client_; }
+  const session_options& options() const noexcept { return options_; }
+  const asio::strand<asio::any_io_executor>& strand() const noexcept { return strand_; }
+  /// The API base without a trailing slash: "https://api.atlassian.com".
+  std::string api_base() const { return api_.origin() + api_prefix_; }
+
+  /// A target for the API: a path under api_url, or an absolute URL on its
+  /// origin. The access token goes nowhere else.
+  url resolve(std::string_view target) const {
+    if (target.find("://") != std::string_view::npos) {
+      url u = parse_url(target);
+      if (u.origin() != api_.origin())
+        fail(errc::invalid_config, "refusing to send the access token to " + u.origin() + ": it goes only to " + api_.origin());
+      return u;
+    }
+    if (target.empty() || target.front() != '/')
+      fail(errc::invalid_url, "a request target must start with '/' or be a URL on " + api_.origin());
+    return parse_url(api_base() + std::string(target));
+  }
+
+  /// Whether `res` to a request made with `used` calls for a new token: a 401
+  /// that is not a scope problem, or a 403/404 close to expiry.
+  bool rejects(const http_response& res, const usable_token& used) const {
+    if (res.status == 401) return !is_scope_mismatch(res);
+    if (res.status != 403 && res.status != 404) return false;
+    return used.expires_at != clock::time_point::max() && used.expires_at - clock::now() <= options_.near_expiry;
+  }
+
+  // Everything below runs on the strand.
+
+  asio::awaitable<bool> load() {
+    install(co_await store_.load());
+    co_return tokens_.has_value();
+  }
+
+  asio::awaitable<void> adopt(token_set tokens) {
+    co_await store_.save(tokens);
+    install(std::move(tokens));
+  }
+
+  asio::awaitable<void> logout() {
+    co_await store_.clear();
+    install(std::nullopt);
+  }
+
+  asio::awaitable<std::optional<token_set>> tokens() { co_return tokens_; }
+
+  /// A token fit to send now. A token inside the refresh skew is still handed
+  /// out while a round refreshes it in the background.
+  asio::awaitable<usable_token> token() {
+    if (grant_error_ || !tokens_ || unsaved_ || tokens_->expires_within(std::chrono::seconds(0))) {
+      co_await settle();
+    } else if (!round_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+               std::chrono::steady_clock::now() >= next_proactive_) {
+      start_round();
+    }
+    usable_token out{tokens_->access_token, tokens_->expires_at};
+    co_return out;
+  }
+
+  /// After the API refused `used`: a new token, unless someone got one already.
+  asio::awaitable<void> replace_rejected(const secret& used) {
+    // A round already past its decision when `rejected_` is set may end
+    // without refreshing; the second pass starts one that sees it.
+    for (int pass = 0; pass < 2 && tokens_ && tokens_->access_token == used; ++pass) {
+      if (grant_error_) std::rethrow_exception(grant_error_);
+      rejected_ = used;
+      co_await join_round();
+    }
+    if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
+  }
+
+  asio::awaitable<token_set> refresh_now() {
+    if (!tokens_) fail(errc::not_signed_in, "no grant to refresh: authorize first");
+    const secret current = tokens_->access_token;
+    co_await replace_rejected(current);
+    co_return *tokens_;
+  }
+
+ private:
+  /// The skew, but never more than half the token's lifetime: a short-lived
+  /// token would otherwise be refreshed on every call.
+  std::chrono::seconds skew() const {
+    if (tokens_->expires_at == clock::time_point::max()) return options_.refresh_skew;
+    auto half = std::chrono::duration_cast<std::chrono::seconds>(tokens_->expires_at - obtained_at_) / 2;
+    return std::min(options_.refresh_skew, half);
+  }
+
+  bool needs_refresh() const {
+    return tokens_->expires_within(skew()) || (!rejected_.empty() && tokens_->access_token == rejected_);
+  }
+
+  void install(std::optional<token_set> tokens) {
+    tokens_ = std::move(tokens);
+    obtained_at_ = clock::now();
+    ++epoch_;
+    unsaved_ = false;
+    grant_error_ = nullptr;
+    rejected_ = secret();
+  }
+
+  /// Waits until the session holds a token it may hand out, refreshing at most once.
+  asio::awaitable<void> settle() {
+    if (grant_error_) std::rethrow_exception(grant_error_);
+    if (!tokens_) fail(errc::not_signed_in, "no grant: authorize first, or load() a saved one");
+    if (!unsaved_ && !tokens_->has_refresh_token())
+      fail(errc::invalid_grant, "the access token has expired and the grant has no refresh token (ask for the "
+                                "offline_access scope)");
+    co_await join_round();
+    if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
+  }
+
+  asio::awaitable<void> join_round() {
+    auto round = round_ ? round_ : start_round();
+    while (!round->finished) {
+      co_await round->done.async_wait(use_tuple);
+      if (!round->finished) throw oauth_error(asio::error::operation_aborted, "waiting for the token refresh: cancelled");
+    }
+    if (round->error) std::rethrow_exception(round->error);
+  }
+
+  std::shared_ptr<refresh_round> start_round() {
+    auto round = std::make_shared<refresh_round>(strand_);
+    round_ = round;
+    // co_spawn dispatches: on the strand already, the round runs at once and,
+    // with a synchronous store, may even be over when this returns.
+    asio::co_spawn(strand_, run_round(shared_from_this(), round), asio::detached);
+    return round;
+  }
+
+  static asio::awaitable<void> run_round(std::shared_ptr<session_state> self, std::shared_ptr<refresh_round> round) {
+    try {
+      co_await self->sync();
+    } catch (const oauth_error& e) {
+      round->error = std::current_exception();
+      if (e.code() == errc::invalid_grant) self->grant_error_ = round->error;  // never retried
+    } catch (...) {
+      round->error = std::current_exception();
+    }
+    if (round->error) {
+      // A failed background refresh is tried again a little later, not on every call.
+      auto pause = std::clamp(self->options_.refresh_skew / 4, std::chrono::seconds(1), std::chrono::seconds(15));
+      self->next_proactive_ = std::chrono::steady_clock::now() + pause;
+    }
+    round->finished = true;
+    self->round_.reset();
+    round->done.cancel();
+  }
+
+  /// One round: under the store's lock, catch up with the store, save tokens
+  /// a failed save left behind, and refresh if still needed.
+  asio::awaitable<void> sync() {
+    const auto epoch = epoch_;
+    auto guard = co_await store_.lock();
+    auto stored = co_await store_.load();
+    if (epoch != epoch_) co_return;  // load(), adopt() or logout() replaced the grant meanwhile
+    if (unsaved_) {
+      if (!co_await store_.replace(unsaved_base_, *tokens_)) take_from_store(std::move(stored));  // theirs is as good
+      unsaved_ = false;
+      co_return;
+    }
+    if (!same_grant(stored, tokens_)) {
+      take_from_store(stored);  // another process refreshed, signed in again, or signed out
+      if (!tokens_ || !needs_refresh()) co_return;
+    } else if (!needs_refresh()) {
+      co_return;
+    }
+    if (!tokens_->has_refresh_token())
+      fail(errc::invalid_grant, "the access token was refused and the grant has no refresh token (ask for the "
+                                "offline_access scope)");
+    const token_set base = *tokens_;
+    token_set next = co_await refresh_with_retries(base);
+    if (epoch != epoch_) co_return;
+    bool replaced = false;
+    std::string save_failure;
+    try {
+      replaced = co_await store_.replace(stored, next);
+    } catch (const std::exception& e) {
+      save_failure = e.what();
+    }
+    if (!save_failure.empty()) {
+      // Keep the new grant (the old refresh token may be spent) and save it before it is used.
+      tokens_ = std::move(next);
+      obtained_at_ = clock::now();
+      unsaved_ = true;
+      unsaved_base_ = stored;
+      fail(errc::store_error, "the tokens were refreshed but could not be saved (" + save_failure +
+                                  "); they are kept in memory and saved before they are used");
+    }
+    if (!replaced) {
+      // A store without a lock changed under us: the sharer that saved first wins.
+      take_from_store(co_await store_.load());
+      co_return;
+    }
+    tokens_ = std::move(next);
+    obtained_at_ = clock::now();
+  }
+
+  void take_from_store(std::optional<token_set> stored) {
+    tokens_ = std::move(stored);
+    obtained_at_ = clock::now();
+  }
+
+  static bool transient(const std::error_code& ec) {
+    return ec == errc::rate_limited || ec == errc::server_unavailable || ec == errc::timeout ||
+           ec == errc::connection_closed || ec == errc::network_error || ec == errc::connect_failed;
+  }
+
+  /// Refresh, retried within the policy on 429, 503 and failures in transit:
+  /// Atlassian accepts the same refresh token again within its reuse window.
+  asio::awaitable<token_set> refresh_with_retries(const token_set& base) {
+    std::chrono::milliseconds waited{0};
+    for (int attempt = 1;; ++attempt) {
+      std::chrono::milliseconds delay{0};
+      try {
+        co_return co_await client_.refresh(base);
+      } catch (const oauth_error& e) {
+        if (!transient(e.code()) || attempt >= options_.retry.max_attempts) throw;
+        delay = retry_delay(options_.retry, attempt, e.retry_after());
+        if (waited + delay > options_.retry.max_total_wait) throw;
+      }
+      waited += delay;
+      co_await sleep_for(delay, "waiting to retry the token refresh");
+    }
+  }
+
+  oauth_client client_;
+  token_store& store_;
+  session_options options_;
+  url api_;
+  std::string api_prefix_;
+  asio::strand<asio::any_io_executor> strand_;
+
+  std::optional<token_set> tokens_;
+  clock::time_point obtained_at_ = clock::now();
+  std::uint64_t epoch_ = 0;               // bumped when the grant is replaced from outside a round
+  std::shared_ptr<refresh_round> round_;  // the round in flight
+  secret rejected_;                       // an access token the API refused
+  bool unsaved_ = false;                  // tokens_ is newer than the store: a save failed
+  std::optional<token_set> unsaved_base_; // what the store held when that refresh began
+  std::exception_ptr grant_error_;        // invalid_grant: no more refreshing until a new grant
+  std::chrono::steady_clock::time_point next_proactive_{};
+};
+
+}  // namespace detail
+
+/// A site the grant reaches, from accessible-resources. `id` is the cloud id.
+struct site {
+  std::string id;
+  std::string name;
+  std::string url;
+  std::vector<std::string> scopes;
+  std::string avatar_url;
+};
+
+namespace detail {
+
+/// Reads accessible-resources. The same site can be listed once per product;
+/// it is kept once, with the scopes of all its entries.
+inline std::vector<site> parse_sites(const nlohmann::json& j) {
+  if (!j.is_array()) fail(errc::protocol_error, "accessible-resources did not return a JSON array");
+  std::vector<site> out;
+  for (const auto& entry : j) {
+    auto text = [&](const char* key) {
+      auto it = entry.is_object() ? entry.find(key) : entry.end();
+      return it != entry.end() && it->is_string() ? it->get<std::string>() : std::string{};
+    };
+    site s{text("id"), text("name"), text("url"), {}, text("avatarUrl")};
+    if (s.id.empty()) fail(errc::protocol_error, "accessible-resources lists a site without an id");
+    auto same = std::find_if(out.begin(), out.end(), [&](const site& o) { return o.id == s.id; });
+    site& target = same != out.end() ? *same : out.emplace_back(std::move(s));
+    if (auto scopes = entry.find("scopes"); scopes != entry.end() && scopes->is_array())
+      for (const auto& scope : *scopes)
+        if (scope.is_string() && std::find(target.scopes.begin(), target.scopes.end(), scope) == target.scopes.end())
+          target.scopes.push_back(scope.get<std::string>());
+  }
+  return out;
+}
+
+/// "https://Example.atlassian.net/" and "example.atlassian.net" name the same site.
+inline std::string site_key(std::string_view url) {
+  if (auto scheme = url.find("://"); scheme != std::string_view::npos) url.remove_prefix(scheme + 3);
+  while (!url.empty() && url.back() == '/') url.remove_suffix(1);
+  std::string out(url);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+}  // namespace detail
+
+/// The site whose cloud id, URL ("https://example.atlassian.net", scheme and
+/// trailing slash optional) or name (any case) is `key`; throws site_not_found
+/// naming the sites there are.
+inline const site& find_site(const std::vector<site>& sites, std::string_view key) {
+  for (const auto& s : sites)
+    if (s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) || detail::iequals(s.name, key))
+      return s;
+  if (sites.empty())
+    detail::fail(errc::site_not_found, "the grant reaches no site: sign in again and pick a site on the consent page");
+  std::string known;
+  for (const auto& s : sites) known += (known.empty() ? "" : ", ") + s.name + " (" + s.url + ")";
+  detail::fail(errc::site_not_found, "no site matches \"" + detail::sanitize_text(key, 100) + "\"; the grant reaches " +
+                                         detail::sanitize_text(known, 600));
+}
+
+/// The token lifecycle and authenticated requests for one grant. A cheap
+/// handle: copies share the same state. Thread-safe.
+class session {
+ public:
+  /// Validates the configuration; throws oauth_error. `store` must outlive the session.
+  session(asio::any_io_executor ex, client_config config, token_store& store, session_options options = {})
+      : state_(std::make_shared<detail::session_state>(ex, std::move(config), store, std::move(options))) {}
+
+  const oauth_client& client() const noexcept { return state_->client(); }
+  const session_options& options() const noexcept { return state_->options(); }
+  /// The API base without a trailing slash, e.g. "https://api.atlassian.com".
+  std::string api_base() const { return state_->api_base(); }
+
+  /// Reads the grant from the store; false when there is none.
+  asio::awaitable<bool> load() {
+    auto state = state_;
+    co_return co_await detail::on_strand(state->strand(), state->load());
+  }
+
+  /// Signs in interactively (listener, browser, code exchange) and saves the grant.
+  asio::awaitable<void> authorize(browser_opener open) {
+    auto state = state_;
+    auto tokens = co_await confluence_oauth::authorize(state->client(), std::move(open), state->options().listener);
+    co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+  }
+
+  /// Saves a grant obtained elsewhere (a web app's exchange_code) and uses it.
+  asio::awaitable<void> adopt(token_set tokens) {
+    auto state = state_;
+    co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+  }
+
+  /// Forgets the grant: clears the store and the session.
+  asio::awaitable<void> logout() {
+    auto state = state_;
+    co_await detail::on_strand(state->strand(), state->logout());
+  }
+
+  /// A valid access token, refreshed when needed.
+  asio::awaitable<secret> token() {
+    auto state = state_;
+    auto t = co_await detail::on_strand(state->strand(), state->token());
+    co_return std::move(t.access);
+  }
+
+  /// Refreshes now (joining a refresh in flight) and returns the new token set.
+  asio::awaitable<token_set> refresh() {
+    auto state = state_;
+    co_return co_await detail::on_strand(state->strand(), state->refresh_now());
+  }
+
+  /// The token set the session holds now, if any.
+  asio::awaitable<std::optional<token_set>> tokens() {
+    auto state = state_;
+    co_return co_await detail::on_strand(state->strand(), state->tokens());
+  }
+
+  /// Sends `req` with the access token to `req.target`: a path under api_url,
+  /// or an absolute URL on its origin. Refreshes once on 401 (or a 403/404
+  /// close to expiry) and sends again; retries 429 and 503 within the policy.
+  /// Returns the final response whatever its status, except a 401 that
+  /// persists (unauthorized) or names a missing scope (scope_mismatch), which throw.
+  asio::awaitable<http_response> request(http_request req) {
+    auto state = state_;
+    const url target = state->resolve(req.target);
+    const auto& options = state->options();
+    http_limits limits;
+    limits.max_body_bytes = options.max_response_bytes;
+    if (!req.headers.get("User-Agent")) req.headers.add("User-Agent", state->client().config().user_agent);
+    bool refreshed = false;
+    std::chrono::milliseconds waited{0};
+    for (int attempt = 1;;) {
+      auto used = co_await detail::on_strand(state->strand(), state->token());
+      req.headers.set("Authorization", "Bearer " + used.access.reveal());
+      auto res = co_await state->client().http().send(target, req, limits);
+      if (!refreshed && state->rejects(res, used)) {
+        refreshed = true;
+        co_await detail::on_strand(state->strand(), state->replace_rejected(used.access));
+        continue;
+      }
+      if (res.status == 401) detail::fail_api(res, detail::describe(req, target));
+      if ((res.status == 429 || res.status == 503) && attempt < options.retry.max_attempts) {
+        auto delay = detail::retry_delay(options.retry, attempt, detail::response_details(res).retry_after);
+        if (waited + delay <= options.retry.max_total_wait) {
+          waited += delay;
+          ++attempt;
+          co_await detail::sleep_for(delay, detail::describe(req, target) + ": waiting to retry");
+          continue;
+        }
+      }
+      co_return res;
+    }
+  }
+
+  /// The sites the grant reaches (GET /oauth/token/accessible-resources).
+  asio::awaitable<std::vector<site>> accessible_resources() {
+    auto listing = co_await get_json("/oauth/token/accessible-resources");
+    co_return detail::parse_sites(listing);
+  }
+
+  /// GET `target` and its JSON body; any status but 2xx throws the typed error.
+  asio::awaitable<nlohmann::json> get_json(std::string target) {
+    http_request req;
+    req.target = std::move(target);
+    co_return co_await json_request(std::move(req));
+  }
+
+  /// Sends `body` as JSON with `method` (POST, PUT, PATCH, DELETE) and returns
+  /// the JSON answer (null when it has no body).
+  asio::awaitable<nlohmann::json> send_json(std::string method, std::string target, nlohmann::json body) {
+    http_request req;
+    req.method = std::move(method);
+    req.target = std::move(target);
+    req.body = body.dump();
+    req.headers.add("Content-Type", "application/json");
+    co_return co_await json_request(std::move(req));
+  }
+
+ private:
+  asio::awaitable<nlohmann::json> json_request(http_request req) {
+    req.headers.add("Accept", "application/json");
+    const std::string what = detail::describe(req, state_->resolve(req.target));
+    auto res = co_await request(std::move(req));
+    co_return detail::parse_api_json(res, what);
+  }
+
+  std::shared_ptr<detail::session_state> state_;
+};
+
+// ============================================================================
+// 12. Confluence
+//     A site handle that sends requests through the API gateway under
+//     /ex/confluence/{cloudid}, and pagination that follows the `Link` header
+//     (REST v2) or `_links.next` (v1), resolving the gateway-relative links.
+// ============================================================================
+
+namespace detail {
+
+/// The target of the rel="next" entry of a Link header, if there is one.
+inline std::optional<std::string> next_link(std::string_view header) {
+  std::size_t i = 0;
+  while (i < header.size()) {
+    auto open = header.find('<', i);
+    if (open == std::string_view::npos) break;
+    auto close = header.find('>', open);
+    if (close == std::string_view::npos) break;
+    auto end = close + 1;
+    for (bool quoted = false; end < header.size() && (quoted || header[end] != ','); ++end)
+      if (header[end] == '"') quoted = !quoted;
+    auto params = header.substr(close + 1, end - close - 1);
+    while (!params.empty()) {
+      auto semi = params.find(';');
+      auto param = trim(params.substr(0, semi));
+      params = semi == std::string_view::npos ? std::string_view{} : params.substr(semi + 1);
+      auto eq = param.find('=');
+      if (eq == std::string_view::npos || !iequals(trim(param.substr(0, eq)), "rel")) continue;
+      auto rel = trim(param.substr(eq + 1));
+      if (rel.size() >= 2 && rel.front() == '"' && rel.back() == '"') rel = rel.substr(1, rel.size() - 2);
+      while (!rel.empty()) {
+        auto space = rel.find(' ');
+        if (iequals(rel.substr(0, space), "next")) return std::string(header.substr(open + 1, close - open - 1));
+        rel = space == std::string_view::npos ? std::string_view{} : trim(rel.substr(space + 1));
+      }
+    }
+    i = end + 1;
+  }
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+/// One Confluence site, reached through the gateway. Cheap to copy.
+class confluence {
+ public:
+  confluence(session s, std::string cloud_id) : session_(std::move(s)), cloud_id_(std::move(cloud_id)) {
+    if (cloud_id_.empty() || !std::all_of(cloud_id_.begin(), cloud_id_.end(), [](unsigned char c) {
+          return std::isalnum(c) || c == '-' || c == '_';
+        }))
+      detail::fail(errc::invalid_config, "a cloud id holds letters, digits and dashes, not \"" +
+                                             detail::sanitize_text(cloud_id_, 60) + "\"");
+    base_ = session_.api_base() + "/ex/confluence/" + cloud_id_;
+  }
+  confluence(session s, const site& site) : confluence(std::move(s), site.id) {}
+
+  const std::string& cloud_id() const noexcept { return cloud_id_; }
+  /// "https://api.atlassian.com/ex/confluence/{cloudid}": paths go after it.
+  const std::string& base_url() const noexcept { return base_; }
+
+  /// Sends `req` with req.target a path on the site ("/wiki/api/v2/pages?limit=25").
+  asio::awaitable<http_response> request(http_request req) {
+    req.target = base_ + req.target;
+    co_return co_await session_.request(std::move(req));
+  }
+
+  asio::awaitable<nlohmann::json> get(std::string path) { co_return co_await session_.get_json(base_ + path); }
+
+  asio::awaitable<nlohmann::json> send_json(std::string method, std::string path, nlohmann::json body) {
+    co_return co_await session_.send_json(std::move(method), base_ + path, std::move(body));
+  }
+
+  /// Walks a paginated listing one page at a time.
+  class pager {
+   public:
+    /// The next page's JSON body; nullopt after the last.
+    asio::awaitable<std::optional<nlohmann::json>> next() {
+      if (!next_) co_return std::nullopt;
+      http_request req;
+      req.target = std::move(*next_);
+      next_.reset();
+      req.headers.add("Accept", "application/json");
+      const std::string current = req.target;
+      const std::string what = detail::describe(req, parse_url(current));
+      auto res = co_await session_.request(std::move(req));
+      auto page = detail::parse_api_json(res, what);
+      std::optional<std::string> link;
+      for (const auto& h : res.headers)
+        if (detail::iequals(h.name, "Link") && (link = detail::next_link(h.value))) break;
+      next_ = following(current, page, link);
+      co_return std::optional<nlohmann::json>(std::move(page));
+    }
+    bool done() const noexcept { return !next_; }
+
+   private:
+    friend class confluence;
+    pager(session s, std::string base, std::string first)
+        : session_(std::move(s)), base_(std::move(base)), next_(std::move(first)) {}
+
+    /// The absolute URL of the page after `current`. v2 links ("/wiki/api/v2/...")
+    /// are relative to the site base; v1 links ("/rest/api/...") to its context.
+    std::optional<std::string> following(const std::string& current, const nlohmann::json& page,
+                                         const std::optional<std::string>& link_header) const {
+      std::optional<std::string> link = link_header;
+      std::string context = "/wiki";
+      if (auto links = page.is_object() ? page.find("_links") : page.end(); links != page.end() && links->is_object()) {
+        if (auto c = links->find("context"); c != links->end() && c->is_string()) context = c->get<std::string>();
+        if (auto n = links->find("next"); !link && n != links->end() && n->is_string()) link = n->get<std::string>();
+      }
+      if (!link || link->empty()) return std::nullopt;
+      std::string target;
+      if (link->find("://") != std::string::npos) {
+        url u = parse_url(*link);
+        if (u.origin() != parse_url(base_).origin())
+          detail::fail(errc::protocol_error, "a next-page link leads to " + u.origin() + ": not following it with the access token");
+        target = u.str();
+      } else if (link->front() != '/') {
+        target = resolve_reference(parse_url(current), *link).str();
+      } else if (link->starts_with("/ex/")) {
+        target = parse_url(base_).origin() + *link;
+      } else if (link->starts_with(context + "/") || context.empty()) {
+        target = base_ + *link;
+      } else {
+        target = base_ + context + *link;
+      }
+      if (target == current) detail::fail(errc::protocol_error, "the next-page link points back to the same page");
+      return target;
+    }
+
+    session session_;
+    std::string base_;
+    std::optional<std::string> next_;
+  };
+
+  pager pages(std::string path) const { return pager(session_, base_, base_ + path); }
+
+  /// Every item of every page's "results", up to `max_items`.
+  asio::awaitable<std::vector<nlohmann::json>> get_all(std::string path, std::size_t max_items = 10000) {
+    std::vector<nlohmann::json> items;
+    auto walk = pages(std::move(path));
+    while (items.size() < max_items) {
+      auto page = co_await walk.next();
+      if (!page) break;
+      auto results = page->is_object() ? page->find("results") : page->end();
+      if (results == page->end() || !results->is_array())
+        detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
+      for (auto& item : *results) {
+        if (items.size() == max_items) break;
+        items.push_back(std::move(item));
+      }
+    }
+    co_return items;
+  }
+
+ private:
+  session session_;
+  std::string cloud_id_;
+  std::string base_;
+};
 
 }  // namespace confluence_oauth

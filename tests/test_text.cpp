@@ -211,7 +211,7 @@ TEST_CASE("error codes map to conditions") {
   CHECK(std::error_code(cfo::errc::certificate_rejected) == cfo::condition::fix_configuration);
   CHECK(std::error_code(cfo::errc::authorization_denied) == cfo::condition::reauthenticate);
   CHECK(grant.category().name() == std::string("confluence_oauth"));
-  for (int e = 1; e <= static_cast<int>(cfo::errc::store_corrupt); ++e)
+  for (int e = 1; e <= static_cast<int>(cfo::errc::site_not_found); ++e)
     CHECK(cfo::error_category().message(e).find("unknown") == std::string::npos);
 }
 

@@ -1,10 +1,10 @@
 // fake_atlassian.cpp — implementation of the fake Atlassian server (see the header).
 //
 // Layout: text and crypto helpers, the in-memory PKI, HTTP/1.1 messages, the server
-// state and its endpoints (authorize, token, accessible-resources, Confluence v2),
-// then the network side (accept loop, connections with deadlines, keep-alive, TLS) and
-// the public member functions. All state lives behind one mutex; the network side runs
-// on a single thread with its own io_context.
+// state and its endpoints (authorize, token, accessible-resources, Confluence v2 and
+// v1 spaces), then the network side (accept loop, connections with deadlines,
+// keep-alive, TLS, delayed answers) and the public member functions. All state lives
+// behind one mutex; the network side runs on a single thread with its own io_context.
 #include "fake_atlassian.hpp"
 
 #include <asio.hpp>
@@ -496,10 +496,11 @@ response bad_parameter(std::string_view title) {
 
 // What the connection does with a request.
 struct outcome {
-  enum kind_t { answer, raw, stall } kind = answer;
+  enum kind_t { answer, raw, stall, delay } kind = answer;
   response resp;        // answer
   std::string bytes;    // raw
   bool close = false;   // raw: close after writing
+  std::chrono::milliseconds wait{0};  // delay: then the normal answer
 };
 
 }  // namespace
@@ -544,6 +545,7 @@ struct server::impl {
   std::string new_code(const std::string& redirect_uri, const std::string& scope, const std::string& challenge);
   void revoke(family& f);
   outcome dispatch(const request& rq);
+  response answer(const request& rq);
   response route(const request& rq);
   response authorize(const request& rq);
   response authorize_decision(const request& rq);
@@ -556,6 +558,7 @@ struct server::impl {
   response accessible_resources(const request& rq);
   response confluence(const request& rq);
   response list(const request& rq, const site& s, const std::string& kind, int total, json (*item)(int, int));
+  response v1_spaces(const request& rq, const site& s);
   response protocol_error(int status, std::string_view message);
 
   // network
@@ -587,7 +590,7 @@ struct server::impl {
   asio::ssl::context ssl{asio::ssl::context::tls_server};
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
-  std::set<asio::steady_timer*> live;  // deadline timers of open connections
+  std::set<asio::steady_timer*> live;  // timers stop_all() expires: connection deadlines, pending delays
   bool stopping = false;
   std::thread thread;
 };
@@ -626,21 +629,30 @@ response server::impl::protocol_error(int status, std::string_view message) {
 
 // Counts, then the fault queue, then the real endpoints.
 outcome server::impl::dispatch(const request& rq) {
-  std::lock_guard lock(mu);
-  ++count.requests;
-  if (rq.path == "/oauth/token") ++count.token_requests;
-  if (rq.path == "/oauth/token/accessible-resources" || rq.path.starts_with("/ex/")) ++count.api_requests;
+  {
+    std::lock_guard lock(mu);
+    ++count.requests;
+    if (rq.path == "/oauth/token") ++count.token_requests;
+    if (rq.path == "/oauth/token/accessible-resources" || rq.path.starts_with("/ex/")) ++count.api_requests;
 
-  auto f = std::find_if(faults.begin(), faults.end(), [&](const fault& x) { return rq.path.starts_with(x.prefix); });
-  if (f != faults.end()) {
-    outcome o = std::move(f->what);
-    faults.erase(f);
-    return o;
+    auto f = std::find_if(faults.begin(), faults.end(), [&](const fault& x) { return rq.path.starts_with(x.prefix); });
+    if (f != faults.end()) {
+      outcome o = std::move(f->what);
+      faults.erase(f);
+      if (o.kind == outcome::answer && (o.resp.status == 429 || o.resp.status == 503)) ++count.injected_retry_statuses;
+      return o;
+    }
   }
+  return {outcome::answer, answer(rq), {}, false};
+}
+
+// The normal answer, without counting the request (dispatch did).
+response server::impl::answer(const request& rq) {
+  std::lock_guard lock(mu);
   try {
-    return {outcome::answer, route(rq), {}, false};
+    return route(rq);
   } catch (const std::exception&) {  // a bug in the fake, never the client's fault: say so
-    return {outcome::answer, json_response(500, {{"code", 500}, {"message", "Internal Server Error"}}), {}, false};
+    return json_response(500, {{"code", 500}, {"message", "Internal Server Error"}});
   }
 }
 
@@ -853,12 +865,18 @@ json space_item(int n, int) {
 }  // namespace
 
 // /ex/confluence/{cloudid}/wiki/...: authentication first (as the gateway does), then
-// the site, then the endpoint and its granular scope. v1 content answers 410 Gone.
+// the site, then the endpoint and its scope. v1 answers 410 Gone, except `space`.
 response server::impl::confluence(const request& rq) {
   const access_token* tok = bearer(rq);
   if (!tok) {
     ++count.api_unauthorized;
     return unauthorized("Unauthorized", true);
+  }
+  // Reported by developers: the gateway refuses some tokens shortly before they expire.
+  if (opts.near_expiry_window > std::chrono::seconds{0} && tok->expires <= now() + opts.near_expiry_window) {
+    ++count.api_near_expiry;
+    int status = opts.near_expiry_status;
+    return json_response(status, {{"code", status}, {"message", reason(status)}});
   }
   std::string_view rest = std::string_view(rq.path).substr(std::string_view("/ex/confluence/").size());
   auto slash = rest.find('/');
@@ -867,6 +885,15 @@ response server::impl::confluence(const request& rq) {
   auto s = std::find_if(opts.sites.begin(), opts.sites.end(), [&](const site& x) { return x.id == cloud_id; });
   if (s == opts.sites.end())
     return json_response(404, {{"code", 404}, {"message", "No site found for this cloud id"}});
+  if (sub == "/wiki/rest/api/space") {
+    if (rq.method != "GET") return method_not_allowed("GET");
+    const auto& granted = families.at(tok->family).scope;
+    if (!has_scope(granted, "read:confluence-space.summary") && !has_scope(granted, "read:space:confluence")) {
+      ++count.api_unauthorized;
+      return unauthorized("Unauthorized; scope does not match", false);
+    }
+    return v1_spaces(rq, *s);
+  }
   if (sub.starts_with("/wiki/rest/api/"))
     return json_response(410, {{"statusCode", 410}, {"message", "This API is no longer available. Use the v2 API."}});
 
@@ -916,6 +943,42 @@ response server::impl::list(const request& rq, const site& s, const std::string&
     headers.emplace_back("Link", "<" + next + ">; rel=\"next\"");
   }
   return json_response(200, {{"results", std::move(results)}, {"_links", std::move(links)}}, std::move(headers));
+}
+
+// v1 offset pagination: `start`, `limit` and `size` echoed in the answer, and
+// `_links.next` relative to `_links.context` ("/wiki"), so it does not start with
+// /wiki. No Link header.
+response server::impl::v1_spaces(const request& rq, const site& s) {
+  auto v1_bad_request = [](std::string_view message) {
+    return json_response(400, {{"statusCode", 400}, {"message", message}});
+  };
+  auto q = parse_form(rq.query);
+  if (!q) return v1_bad_request("Malformed query string.");
+  long long limit = default_limit, start = 0;
+  if (q->contains("limit")) {
+    auto l = parse_int(get(*q, "limit"));
+    if (!l || *l < 1) return v1_bad_request("limit must be a positive integer");
+    limit = std::min<long long>(*l, max_limit);
+  }
+  if (q->contains("start")) {
+    auto st = parse_int(get(*q, "start"));
+    if (!st || *st < 0) return v1_bad_request("start must be a non-negative integer");
+    start = *st;
+  }
+  const long long total = opts.space_count;
+  const long long from = std::min(start, total);  // past the end: an empty page (and no overflow)
+  json results = json::array();
+  for (long long i = from; i < std::min(from + limit, total); ++i)
+    results.push_back(space_item(static_cast<int>(i) + 1, opts.space_count));
+  json links{{"base", s.url + "/wiki"}, {"context", "/wiki"}};
+  if (from + limit < total)
+    links["next"] = "/rest/api/space?limit=" + std::to_string(limit) + "&start=" + std::to_string(from + limit);
+  auto size = results.size();
+  return json_response(200, {{"results", std::move(results)},
+                             {"start", start},
+                             {"limit", limit},
+                             {"size", size},
+                             {"_links", std::move(links)}});
 }
 
 // ---------------------------------------------------------------------------
@@ -1060,6 +1123,21 @@ asio::awaitable<void> server::impl::serve(connection<Stream>& c) {
       case outcome::answer:
         co_await send(serialize(out.resp, close));
         break;
+      case outcome::delay: {
+        // A timer, not a sleep: the io thread serves the other connections meanwhile,
+        // and stop_all() expires it (if stop_all() has already run, nothing would).
+        // The answer is computed once the delay is over.
+        if (stopping) co_return;
+        asio::steady_timer wait(io, out.wait);
+        c.deadline.expires_after(out.wait + idle_timeout);
+        live.insert(&wait);
+        std::error_code ignored;
+        co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+        live.erase(&wait);
+        if (stopping) co_return;
+        co_await send(serialize(answer(*rq), close));
+        break;
+      }
     }
     if (close) co_return co_await close_gracefully(c);
   }
@@ -1157,6 +1235,11 @@ void server::push_raw_response(std::string path_prefix, std::string raw_bytes, b
 void server::push_stall(std::string path_prefix) {
   std::lock_guard lock(impl_->mu);
   impl_->faults.push_back({std::move(path_prefix), {outcome::stall, {}, {}, false}});
+}
+
+void server::push_delay(std::string path_prefix, std::chrono::milliseconds delay) {
+  std::lock_guard lock(impl_->mu);
+  impl_->faults.push_back({std::move(path_prefix), {outcome::delay, {}, {}, false, delay}});
 }
 
 void server::push_status(std::string path_prefix, int status, std::string json_body,

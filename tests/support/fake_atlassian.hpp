@@ -1,11 +1,16 @@
-// fake_atlassian.hpp — a fake Atlassian OAuth 2.0 (3LO) + Confluence v2 server for tests.
+// fake_atlassian.hpp — a fake Atlassian OAuth 2.0 (3LO) + Confluence server for tests.
 //
 // It behaves as /work/shared/ATLASSIAN.md describes Atlassian: exact redirect_uri match,
 // single-use expiring codes, JSON or form token requests, rotating refresh tokens with
-// a reuse window and family revocation, accessible-resources, and paginated Confluence
-// v2 `pages` and `spaces` behind granular scopes. It listens on loopback over real TLS
-// with a CA generated in memory at construction (or plain HTTP), serves on its own
-// thread, and has switches for the faults a client must survive.
+// a reuse window and family revocation, accessible-resources, paginated Confluence v2
+// `pages` and `spaces` behind granular scopes (cursor, `Link` header and `_links.next`),
+// Confluence v1 `space` behind the classic or the granular scope (`start`/`limit`,
+// `_links.next` relative to `/wiki`, no `Link` header) while every other v1 path answers
+// 410 Gone, and, when asked, the gateway's 403/404 for tokens close to expiry. It
+// listens on loopback over real TLS with a CA generated in memory at construction (or
+// plain HTTP), serves on its own thread, and has switches for the faults a client must
+// survive: raw bytes, stalls, injected statuses (429/503 with Retry-After) and delayed
+// answers.
 //
 // This header is deliberately light (no Asio, OpenSSL or JSON): the implementation
 // lives behind a pimpl in fake_atlassian.cpp.
@@ -49,10 +54,16 @@ struct options {
   std::vector<site> sites;  // empty = one default site (id a1b2c3d4-0000-4000-8000-000000000001)
   int page_count = 12;      // Confluence pages per site
   int space_count = 3;      // Confluence spaces per site; page n lives in space ((n-1) % space_count) + 1
+  // The gateway's answer to a still-valid access token that expires within the window
+  // (reported by developers): a /ex/... request gets near_expiry_status (403 or 404)
+  // instead of its normal answer. 0 = off.
+  std::chrono::seconds near_expiry_window{0};
+  int near_expiry_status = 403;
 };
 
 // Cumulative since start. A request answered by an injected fault still counts in
-// `requests` and in `token_requests` / `api_requests` (by path), not in the others.
+// `requests` and in `token_requests` / `api_requests` (by path), and in none of the
+// others but `injected_retry_statuses`. A delayed answer is a normal one and counts as such.
 struct counters {
   std::uint64_t connections = 0;                // accepted TCP connections
   std::uint64_t requests = 0;                   // requests answered (or stalled), protocol errors included
@@ -64,6 +75,8 @@ struct counters {
   std::uint64_t token_errors = 0;               // error answers from /oauth/token
   std::uint64_t api_requests = 0;               // accessible-resources and /ex/... requests
   std::uint64_t api_unauthorized = 0;           // 401s from those (bad token or scope mismatch)
+  std::uint64_t api_near_expiry = 0;            // near_expiry_status answers from /ex/...
+  std::uint64_t injected_retry_statuses = 0;    // push_status faults served with status 429 or 503
   std::uint64_t families_revoked = 0;           // by refresh-token reuse after the window, or revoke_all()
 };
 
@@ -102,6 +115,9 @@ class server {
   // Answer `status` with this JSON body and extra headers (e.g. 429 + Retry-After).
   void push_status(std::string path_prefix, int status, std::string json_body,
                    std::vector<std::pair<std::string, std::string>> headers = {});
+  // Answer normally, but only after `delay`; the answer is computed when the delay ends
+  // (clock and token state as they are then). Other connections are served meanwhile.
+  void push_delay(std::string path_prefix, std::chrono::milliseconds delay);
 
   // A valid code, as if the user had consented (no PKCE challenge). redirect_uri is not
   // checked against the registered ones, so tests can also make mismatching codes.

@@ -32,7 +32,17 @@ constexpr std::string_view usage_text =
     "                                (default http://localhost:3000/callback)\n"
     "  --auto-approve                redirect from /authorize without a consent page\n"
     "  --access-token-lifetime SECS  access token lifetime (default 3600)\n"
+    "  --code-lifetime SECS          code and consent page lifetime (default 600)\n"
+    "  --refresh-reuse-window SECS   a rotated refresh token still works for SECS\n"
+    "                                (default 600)\n"
+    "  --site ID,NAME,URL            a site: cloud id, name, URL; repeatable\n"
+    "                                (default a1b2c3d4-0000-4000-8000-000000000001,\n"
+    "                                example,https://example.atlassian.net)\n"
     "  --page-count N                Confluence pages per site (default 12)\n"
+    "  --space-count N               Confluence spaces per site (default 3)\n"
+    "  --near-expiry-window SECS     answer /ex/... with the near-expiry status when\n"
+    "                                its token expires within SECS (default 0: off)\n"
+    "  --near-expiry-status N        that status, 400-599 (default 403)\n"
     "  --help                        show this help\n";
 
 std::optional<long long> parse_number(std::string_view s, long long min, long long max) {
@@ -40,6 +50,17 @@ std::optional<long long> parse_number(std::string_view s, long long min, long lo
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || ec != std::errc{} || end != s.data() + s.size() || v < min || v > max) return std::nullopt;
   return v;
+}
+
+// "ID,NAME,URL": the id up to the first comma, the URL after the last, the name between
+// (names may hold commas). nullopt unless all three are non-empty.
+std::optional<fake_atlassian::site> parse_site(std::string_view s) {
+  auto first = s.find(','), last = s.rfind(',');
+  if (first == std::string_view::npos || first == last) return std::nullopt;
+  fake_atlassian::site site{std::string(s.substr(0, first)), std::string(s.substr(first + 1, last - first - 1)),
+                            std::string(s.substr(last + 1)), {}, {}};
+  if (site.id.empty() || site.name.empty() || site.url.empty()) return std::nullopt;
+  return site;
 }
 
 // Write to a temporary file next to `path`, then rename: readers never see a partial file.
@@ -76,6 +97,8 @@ std::optional<cli> parse_args(int argc, char** argv) {
     };
     std::optional<std::string> s;
     std::optional<long long> n;
+    std::optional<fake_atlassian::site> site;
+    constexpr long long ten_years = 10LL * 365 * 24 * 3600;
     if (arg == "--host" && (s = value())) {
       c.opts.host = *s;
     } else if (arg == "--port" && (n = number(0, 65535))) {
@@ -96,10 +119,22 @@ std::optional<cli> parse_args(int argc, char** argv) {
       c.opts.redirect_uris.push_back(*s);
     } else if (arg == "--auto-approve") {
       c.opts.auto_approve = true;
-    } else if (arg == "--access-token-lifetime" && (n = number(1, 10LL * 365 * 24 * 3600))) {
+    } else if (arg == "--access-token-lifetime" && (n = number(1, ten_years))) {
       c.opts.access_token_lifetime = std::chrono::seconds{*n};
+    } else if (arg == "--code-lifetime" && (n = number(1, ten_years))) {
+      c.opts.code_lifetime = std::chrono::seconds{*n};
+    } else if (arg == "--refresh-reuse-window" && (n = number(0, ten_years))) {
+      c.opts.refresh_reuse_window = std::chrono::seconds{*n};
+    } else if (arg == "--site" && (s = value()) && (site = parse_site(*s))) {
+      c.opts.sites.push_back(std::move(*site));
     } else if (arg == "--page-count" && (n = number(0, 1'000'000))) {
       c.opts.page_count = static_cast<int>(*n);
+    } else if (arg == "--space-count" && (n = number(0, 1'000'000))) {
+      c.opts.space_count = static_cast<int>(*n);
+    } else if (arg == "--near-expiry-window" && (n = number(0, ten_years))) {
+      c.opts.near_expiry_window = std::chrono::seconds{*n};
+    } else if (arg == "--near-expiry-status" && (n = number(400, 599))) {
+      c.opts.near_expiry_status = static_cast<int>(*n);
     } else {
       std::cerr << "fake-atlassian: bad argument:";
       for (int k = first; k <= i && k < argc; ++k) std::cerr << ' ' << argv[k];

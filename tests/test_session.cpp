@@ -1,0 +1,636 @@
+// The session against the fake Atlassian server: single-flight refresh under
+// concurrency, rotation saved before use, failures that reach every waiter,
+// retries, and the Confluence site handle with both pagination styles.
+#include <doctest/doctest.h>
+
+#include "confluence_oauth.hpp"
+#include "examples/database_token_store.hpp"
+#include "fake_atlassian.hpp"
+#include "fake_client.hpp"
+#include "test_util.hpp"
+
+#include <asio/experimental/awaitable_operators.hpp>
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <thread>
+
+namespace cfo = confluence_oauth;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* redirect = "http://localhost:3000/callback";
+constexpr const char* scopes = "read:page:confluence read:space:confluence offline_access";
+
+/// Room for a thousand concurrent connections, client and server side.
+void raise_fd_limit() {
+  rlimit l{};
+  if (::getrlimit(RLIMIT_NOFILE, &l) == 0 && l.rlim_cur < 4096) {
+    l.rlim_cur = std::min<rlim_t>(l.rlim_max, 4096);
+    ::setrlimit(RLIMIT_NOFILE, &l);
+  }
+}
+
+/// A store that fails its saves while `fail_saves` is set.
+class flaky_store final : public cfo::token_store {
+ public:
+  std::atomic<bool> fail_saves{false};
+  std::atomic<int> saves{0};
+  cfo::memory_token_store inner;
+
+  asio::awaitable<std::optional<cfo::token_set>> load() override { co_return co_await inner.load(); }
+  asio::awaitable<void> save(const cfo::token_set& t) override {
+    ++saves;
+    if (fail_saves) cfo::detail::fail(cfo::errc::store_error, "disk full (test)");
+    co_await inner.save(t);
+  }
+  asio::awaitable<void> clear() override { co_await inner.clear(); }
+};
+
+struct session_fixture {
+  fake_atlassian::server srv;
+  cfo::client_config cfg;
+  cfo::memory_token_store store;
+  cfo::token_set granted;
+
+  explicit session_fixture(fake_atlassian::options o = {}, const char* scope = scopes)
+      : srv(std::move(o)), cfg(test_util::client_config_for(srv, redirect)), granted(test_util::grant_from(srv, cfg, scope)) {
+    cfg.timeout.request = 10s;
+    test_util::run([&](auto) -> asio::awaitable<void> { co_await store.save(granted); });
+  }
+
+  /// Makes the saved grant look expired to the client (the server still accepts it).
+  void expire_locally(std::chrono::seconds in = -1s) {
+    granted.expires_at = cfo::token_set::clock::now() + in;
+    test_util::run([&](auto) -> asio::awaitable<void> { co_await store.save(granted); });
+  }
+
+  static cfo::session_options fast_retries() {
+    cfo::session_options o;
+    o.retry.base_delay = 5ms;
+    o.retry.max_delay = 20ms;
+    return o;
+  }
+};
+
+/// `n` concurrent GETs through one session; returns how many succeeded.
+asio::awaitable<int> concurrent_gets(cfo::session s, int n, std::string target) {
+  auto ex = co_await asio::this_coro::executor;
+  auto ok = std::make_shared<int>(0);
+  auto left = std::make_shared<int>(n);
+  asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
+  for (int i = 0; i < n; ++i)
+    asio::co_spawn(ex, [s, target]() mutable -> asio::awaitable<void> { co_await s.get_json(target); },
+                   [ok, left, &all_done](std::exception_ptr e) {
+                     if (!e) ++*ok;
+                     if (--*left == 0) all_done.cancel();
+                   });
+  co_await all_done.async_wait(cfo::detail::use_tuple);
+  co_return *ok;
+}
+
+std::string pages_of(const fake_atlassian::server& srv) {
+  (void)srv;
+  return "/ex/confluence/a1b2c3d4-0000-4000-8000-000000000001/wiki/api/v2/pages?limit=5";
+}
+
+}  // namespace
+
+TEST_SUITE("session") {
+
+TEST_CASE("load() reads the grant and requests carry it") {
+  session_fixture f;
+  auto sites = test_util::run([&](auto ex) -> asio::awaitable<std::vector<cfo::site>> {
+    cfo::session s(ex, f.cfg, f.store);
+    CHECK(co_await s.load());
+    co_return co_await s.accessible_resources();
+  });
+  REQUIRE(sites.size() == 1);
+  CHECK(sites[0].id == "a1b2c3d4-0000-4000-8000-000000000001");
+  CHECK(f.srv.stats().token_requests == 1);  // the grant itself; no refresh
+}
+
+TEST_CASE("without a grant, token() says to sign in") {
+  session_fixture f;
+  cfo::memory_token_store empty;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, empty);
+    CHECK_FALSE(co_await s.load());
+    co_await s.token();
+  });
+  CHECK(ec == cfo::errc::not_signed_in);
+  CHECK(ec == cfo::condition::reauthenticate);
+}
+
+TEST_CASE("1,000 concurrent requests on an expired token make exactly one token request") {
+  raise_fd_limit();
+  session_fixture f;
+  f.expire_locally();
+  const auto before = f.srv.stats();
+  int ok = test_util::run([&](auto ex) -> asio::awaitable<int> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    co_return co_await concurrent_gets(s, 1000, pages_of(f.srv));
+  }, 120s);
+  const auto after = f.srv.stats();
+  CHECK(ok == 1000);
+  CHECK(after.token_requests - before.token_requests == 1);
+  CHECK(after.refresh_grants - before.refresh_grants == 1);
+  CHECK(after.api_unauthorized == before.api_unauthorized);
+  auto saved = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await f.store.load(); });
+  REQUIRE(saved);
+  CHECK_FALSE(saved->refresh_token == f.granted.refresh_token);  // the rotated token was saved
+}
+
+TEST_CASE("1,000 concurrent requests that meet a server-side expiry make exactly one token request") {
+  raise_fd_limit();
+  session_fixture f;
+  f.srv.advance_clock(3601s);  // the server now refuses the access token the client still trusts
+  const auto before = f.srv.stats();
+  int ok = test_util::run([&](auto ex) -> asio::awaitable<int> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    co_return co_await concurrent_gets(s, 1000, pages_of(f.srv));
+  }, 120s);
+  const auto after = f.srv.stats();
+  CHECK(ok == 1000);
+  CHECK(after.token_requests - before.token_requests == 1);
+  CHECK(after.api_unauthorized - before.api_unauthorized >= 1);
+}
+
+TEST_CASE("a proactive refresh does not hold up callers whose token is still valid") {
+  session_fixture f;
+  f.expire_locally(30s);  // inside the 60 s skew, still valid
+  f.srv.push_delay("/oauth/token", 1500ms);
+  auto elapsed = test_util::run([&](auto ex) -> asio::awaitable<std::chrono::steady_clock::duration> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 20; ++i) co_await s.get_json(pages_of(f.srv));
+    auto spent = std::chrono::steady_clock::now() - start;
+    auto refreshed = co_await s.refresh();  // joins the round in flight
+    CHECK_FALSE(refreshed.access_token == f.granted.access_token);
+    co_return spent;
+  });
+  CHECK(elapsed < 1200ms);
+  CHECK(f.srv.stats().refresh_grants == 1);
+}
+
+TEST_CASE("a cancelled waiter leaves the refresh running for the others") {
+  using namespace asio::experimental::awaitable_operators;
+  session_fixture f;
+  f.expire_locally();
+  f.srv.push_delay("/oauth/token", 400ms);
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    asio::steady_timer patience(ex, 50ms);
+    auto impatient = s.token();
+    auto patient = asio::co_spawn(ex, s.token(), asio::use_awaitable);
+    auto first = co_await (std::move(impatient) || patience.async_wait(asio::use_awaitable));
+    CHECK(first.index() == 1);  // the timer won: the impatient caller gave up
+    auto token = co_await std::move(patient);
+    CHECK_FALSE(token == f.granted.access_token);
+  });
+  CHECK(f.srv.stats().token_requests == 2);  // the grant and one refresh
+  CHECK(f.srv.stats().refresh_grants == 1);
+}
+
+TEST_CASE("a failed refresh fails every waiter with the same error, and invalid_grant is not retried") {
+  session_fixture f;
+  f.expire_locally();
+  f.srv.push_status("/oauth/token", 403, R"({"error":"invalid_grant","error_description":"Unknown or invalid refresh token."})");
+  const auto before = f.srv.stats();
+  auto codes = test_util::run([&](auto ex) -> asio::awaitable<std::vector<std::error_code>> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    auto results = std::make_shared<std::vector<std::error_code>>();
+    asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
+    for (int i = 0; i < 20; ++i)
+      asio::co_spawn(ex, s.token(), [results, &all_done](std::exception_ptr e, cfo::secret) {
+        try {
+          if (e) std::rethrow_exception(e);
+          results->push_back({});
+        } catch (const cfo::oauth_error& err) {
+          results->push_back(err.code());
+        }
+        if (results->size() == 20) all_done.cancel();
+      });
+    co_await all_done.async_wait(cfo::detail::use_tuple);
+    // Later calls fail at once, without asking the server again.
+    auto later = co_await asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
+    (void)later;
+    co_return *results;
+  });
+  REQUIRE(codes.size() == 20);
+  for (auto& ec : codes) CHECK(ec == cfo::errc::invalid_grant);
+  CHECK(f.srv.stats().token_requests - before.token_requests == 1);
+  auto kept = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await f.store.load(); });
+  REQUIRE(kept);
+  CHECK(kept->refresh_token == f.granted.refresh_token);  // the store is as it was
+  CHECK(kept->access_token == f.granted.access_token);
+}
+
+TEST_CASE("a refresh answer without refresh_token keeps the old one") {
+  fake_atlassian::options o;
+  o.omit_refresh_token_on_refresh = true;
+  session_fixture f(o);
+  f.expire_locally();
+  auto t = test_util::run([&](auto ex) -> asio::awaitable<cfo::token_set> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    co_await s.get_json(pages_of(f.srv));
+    co_return *co_await f.store.load();
+  });
+  CHECK(t.refresh_token == f.granted.refresh_token);
+  CHECK_FALSE(t.access_token == f.granted.access_token);
+}
+
+TEST_CASE("a failed save is reported, the new tokens are kept and saved before use") {
+  session_fixture f;
+  flaky_store store;
+  f.granted.expires_at = cfo::token_set::clock::now() - 1s;
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    co_await store.save(f.granted);
+    store.fail_saves = true;
+    cfo::session s(ex, f.cfg, store);
+    co_await s.load();
+    auto [e1, t1] = co_await asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
+    REQUIRE(e1);
+    std::error_code ec;
+    try {
+      std::rethrow_exception(e1);
+    } catch (const cfo::oauth_error& err) {
+      ec = err.code();
+    }
+    CHECK(ec == cfo::errc::store_error);
+    auto held = co_await s.tokens();
+    REQUIRE(held);
+    CHECK_FALSE(held->refresh_token == f.granted.refresh_token);  // not thrown away
+    store.fail_saves = false;
+    auto token = co_await s.token();  // saves first, then hands it out
+    CHECK(token == held->access_token);
+    auto saved = co_await store.load();
+    REQUIRE(saved);
+    CHECK(saved->refresh_token == held->refresh_token);
+  });
+  CHECK(f.srv.stats().refresh_grants == 1);  // the save was retried, not the refresh
+}
+
+TEST_CASE("a persistent 401 causes exactly one refresh and is reported") {
+  session_fixture f;
+  f.srv.push_status("/ex/", 401, R"({"code":401,"message":"Unauthorized"})", {{"WWW-Authenticate", "Bearer"}});
+  f.srv.push_status("/ex/", 401, R"({"code":401,"message":"Unauthorized"})", {{"WWW-Authenticate", "Bearer"}});
+  const auto before = f.srv.stats();
+  std::string what;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    try {
+      co_await s.get_json(pages_of(f.srv));
+    } catch (const cfo::oauth_error& e) {
+      what = e.what();
+      throw;
+    }
+  });
+  CHECK(ec == cfo::errc::unauthorized);
+  CHECK(what.find("Unauthorized") != std::string::npos);
+  CHECK(f.srv.stats().token_requests - before.token_requests == 1);
+}
+
+TEST_CASE("a scope mismatch is a configuration problem, not a reason to refresh") {
+  session_fixture f({}, "read:page:confluence offline_access");
+  const auto before = f.srv.stats();
+  std::string what;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
+    try {
+      co_await wiki.get("/wiki/api/v2/spaces");
+    } catch (const cfo::oauth_error& e) {
+      what = e.what();
+      throw;
+    }
+  });
+  CHECK(ec == cfo::errc::scope_mismatch);
+  CHECK(ec == cfo::condition::fix_configuration);
+  CHECK(what.find("scope does not match") != std::string::npos);
+  CHECK(f.srv.stats().token_requests == before.token_requests);
+}
+
+TEST_CASE("410 Gone on v1 content says to use v2") {
+  session_fixture f;
+  std::string what;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
+    try {
+      co_await wiki.get("/wiki/rest/api/content");
+    } catch (const cfo::oauth_error& e) {
+      what = e.what();
+      throw;
+    }
+  });
+  CHECK(ec == cfo::errc::api_gone);
+  CHECK(what.find("/wiki/api/v2") != std::string::npos);
+}
+
+TEST_CASE("a 403 close to expiry is refreshed once and retried") {
+  fake_atlassian::options o;
+  o.near_expiry_window = 600s;
+  session_fixture f(o);
+  f.srv.advance_clock(3600s - 290s);  // under five minutes left: the gateway answers 403
+  f.expire_locally(290s);              // and the client knows the same expiry
+  cfo::session_options so;
+  so.refresh_skew = 10s;
+  auto body = test_util::run([&](auto ex) -> asio::awaitable<nlohmann::json> {
+    cfo::session s(ex, f.cfg, f.store, so);
+    co_await s.load();
+    co_return co_await s.get_json(pages_of(f.srv));
+  });
+  CHECK(body["results"].size() == 5);
+  CHECK(f.srv.stats().refresh_grants == 1);
+  CHECK(f.srv.stats().api_near_expiry == 1);
+}
+
+TEST_CASE("a 429 storm is waited out as Retry-After says") {
+  session_fixture f;
+  for (int i = 0; i < 2; ++i)
+    f.srv.push_status("/ex/", 429, R"({"message":"Rate limit exceeded"})", {{"Retry-After", "1"}});
+  auto [status, elapsed] = test_util::run([&](auto ex) -> asio::awaitable<std::pair<int, std::chrono::steady_clock::duration>> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    auto start = std::chrono::steady_clock::now();
+    cfo::http_request req;
+    req.target = pages_of(f.srv);
+    auto res = co_await s.request(req);
+    co_return std::make_pair(res.status, std::chrono::steady_clock::now() - start);
+  });
+  CHECK(status == 200);
+  CHECK(elapsed >= 2s);
+  CHECK(elapsed < 5s);
+}
+
+TEST_CASE("retries stop at the attempt bound, and a Retry-After beyond the budget is not waited for") {
+  session_fixture f;
+  for (int i = 0; i < 5; ++i) f.srv.push_status("/ex/", 503, R"({"message":"busy"})");
+  auto o = session_fixture::fast_retries();
+  o.retry.max_attempts = 3;
+  auto statuses = test_util::run([&](auto ex) -> asio::awaitable<std::vector<int>> {
+    cfo::session s(ex, f.cfg, f.store, o);
+    co_await s.load();
+    cfo::http_request req;
+    req.target = pages_of(f.srv);
+    std::vector<int> out;
+    auto gave_up = co_await s.request(req);  // three 503s, then give up
+    out.push_back(gave_up.status);
+    auto recovered = co_await s.request(req);  // two 503s left, then 200
+    out.push_back(recovered.status);
+    f.srv.push_status("/ex/", 429, "{}", {{"Retry-After", "3600"}});
+    auto start = std::chrono::steady_clock::now();
+    auto limited = co_await s.request(req);  // 429 for an hour: not waited for
+    out.push_back(limited.status);
+    CHECK(std::chrono::steady_clock::now() - start < 2s);
+    co_return out;
+  });
+  CHECK(statuses == std::vector<int>{503, 200, 429});
+}
+
+TEST_CASE("a redirect is returned, never followed with the bearer token") {
+  session_fixture f;
+  f.srv.push_raw_response("/ex/", "HTTP/1.1 302 Found\r\nLocation: https://evil.example/steal\r\nContent-Length: 0\r\n\r\n");
+  const auto before = f.srv.stats();
+  std::string what;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    try {
+      co_await s.get_json(pages_of(f.srv));
+    } catch (const cfo::oauth_error& e) {
+      what = e.what();
+      throw;
+    }
+  });
+  CHECK(ec == cfo::errc::http_error);
+  CHECK(what.find("not followed") != std::string::npos);
+  CHECK(f.srv.stats().requests - before.requests == 1);
+}
+
+TEST_CASE("the access token goes only to the API origin") {
+  session_fixture f;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    co_await s.get_json("https://127.0.0.2:1/wiki");
+  });
+  CHECK(ec == cfo::errc::invalid_config);
+  CHECK(f.srv.stats().api_requests == 0);
+}
+
+TEST_CASE("logout clears the store and the session") {
+  session_fixture f;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    co_await s.logout();
+    CHECK_FALSE(co_await f.store.load());
+    co_await s.token();
+  });
+  CHECK(ec == cfo::errc::not_signed_in);
+}
+
+TEST_CASE("four threads on one io_context share one session across expiries") {
+  fake_atlassian::options o;
+  o.access_token_lifetime = 3600s;
+  session_fixture f(o);
+  asio::io_context io;
+  cfo::session s(io.get_executor(), f.cfg, f.store);
+  std::atomic<int> ok{0}, failed{0};
+  auto worker = [&](int rounds) -> asio::awaitable<void> {
+    for (int i = 0; i < rounds; ++i) {
+      try {
+        co_await s.get_json(pages_of(f.srv));
+        ++ok;
+      } catch (const std::exception&) {
+        ++failed;
+      }
+    }
+  };
+  asio::co_spawn(io, s.load(), asio::detached);
+  io.run();
+  io.restart();
+  for (int expiry = 0; expiry < 3; ++expiry) {
+    f.srv.advance_clock(3601s);  // every token the session holds is now refused
+    for (int i = 0; i < 40; ++i) asio::co_spawn(io, worker(5), asio::detached);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) threads.emplace_back([&] { io.run(); });
+    for (auto& t : threads) t.join();
+    io.restart();
+  }
+  CHECK(ok == 3 * 40 * 5);
+  CHECK(failed == 0);
+  CHECK(f.srv.stats().refresh_grants == 3);
+}
+
+TEST_CASE("two hosts sharing a database-backed store refresh once") {
+  session_fixture f;
+  f.expire_locally();
+  auto db = std::make_shared<example::grant_table>();
+  example::database_token_store seed(db, "alice");
+  test_util::run([&](auto) -> asio::awaitable<void> { co_await seed.save(f.granted); });
+  const auto before = f.srv.stats();
+  std::atomic<int> ok{0};
+  auto host = [&] {
+    asio::io_context io;
+    example::database_token_store store(db, "alice");
+    cfo::session s(io.get_executor(), f.cfg, store);
+    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
+      co_await s.load();
+      co_await s.get_json(pages_of(f.srv));
+      ++ok;
+    }, asio::detached);
+    io.run_for(30s);
+  };
+  std::thread a(host), b(host);
+  a.join();
+  b.join();
+  CHECK(ok == 2);
+  CHECK(f.srv.stats().refresh_grants - before.refresh_grants == 1);
+  auto stored = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await seed.load(); });
+  REQUIRE(stored);
+  CHECK_FALSE(stored->refresh_token == f.granted.refresh_token);
+}
+
+}  // TEST_SUITE("session")
+
+TEST_SUITE("confluence") {
+
+TEST_CASE("sites: duplicates merged, found by id, URL or name, and a clear error otherwise") {
+  auto sites = cfo::detail::parse_sites(nlohmann::json::parse(R"([
+    {"id":"c1","name":"Acme","url":"https://acme.atlassian.net","scopes":["read:page:confluence"],"avatarUrl":"https://a/x.png"},
+    {"id":"c1","name":"Acme","url":"https://acme.atlassian.net","scopes":["read:jira-work"]},
+    {"id":"c2","name":"Beta","url":"https://beta.atlassian.net"}])"));
+  REQUIRE(sites.size() == 2);
+  CHECK(sites[0].scopes == std::vector<std::string>{"read:page:confluence", "read:jira-work"});
+  CHECK(sites[0].avatar_url == "https://a/x.png");
+  CHECK(cfo::find_site(sites, "c2").name == "Beta");
+  CHECK(cfo::find_site(sites, "https://ACME.atlassian.net/").id == "c1");
+  CHECK(cfo::find_site(sites, "beta.atlassian.net").id == "c2");
+  CHECK(cfo::find_site(sites, "acme").id == "c1");
+  try {
+    cfo::find_site(sites, "gamma");
+    FAIL("no error");
+  } catch (const cfo::oauth_error& e) {
+    CHECK(e.code() == cfo::errc::site_not_found);
+    CHECK(std::string(e.what()).find("Beta (https://beta.atlassian.net)") != std::string::npos);
+  }
+  CHECK_THROWS_AS(cfo::detail::parse_sites(nlohmann::json::object()), cfo::oauth_error);
+  CHECK_THROWS_AS(cfo::find_site({}, "x"), cfo::oauth_error);
+}
+
+TEST_CASE("Link headers: rel=next among others, quoted commas, several relations") {
+  using cfo::detail::next_link;
+  CHECK(next_link(R"(</wiki/api/v2/pages?cursor=abc>; rel="next")") == "/wiki/api/v2/pages?cursor=abc");
+  CHECK(next_link(R"(<https://x/a>; rel="prev", <https://x/b>; rel="next")") == "https://x/b");
+  CHECK(next_link(R"(<https://x/a>; title="a, b"; rel="prev next")") == "https://x/a");
+  CHECK(next_link(R"(<https://x/a>; REL=Next)") == "https://x/a");
+  CHECK_FALSE(next_link(R"(<https://x/a>; rel="prev")"));
+  CHECK_FALSE(next_link("garbage"));
+  CHECK_FALSE(next_link(""));
+}
+
+TEST_CASE("a site handle refuses a malformed cloud id") {
+  session_fixture f;
+  asio::io_context io;
+  cfo::session s(io.get_executor(), f.cfg, f.store);
+  CHECK_THROWS_AS(cfo::confluence(s, "../../oauth"), cfo::oauth_error);
+  CHECK_THROWS_AS(cfo::confluence(s, ""), cfo::oauth_error);
+}
+
+TEST_CASE("get_all follows v2 Link headers across 1,000 pages") {
+  fake_atlassian::options o;
+  o.page_count = 1000;
+  session_fixture f(o);
+  const auto before = f.srv.stats();
+  auto items = test_util::run([&](auto ex) -> asio::awaitable<std::vector<nlohmann::json>> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    auto site = cfo::find_site(co_await s.accessible_resources(), "a1b2c3d4-0000-4000-8000-000000000001");
+    cfo::confluence wiki(s, site);
+    co_return co_await wiki.get_all("/wiki/api/v2/pages?limit=1");
+  }, 120s);
+  REQUIRE(items.size() == 1000);
+  for (int i = 0; i < 1000; ++i) CHECK(items[i]["id"] == std::to_string(i + 1));
+  CHECK(f.srv.stats().api_requests - before.api_requests == 1001);
+}
+
+TEST_CASE("get_all follows v1 _links.next across 1,000 pages") {
+  fake_atlassian::options o;
+  o.space_count = 1000;
+  session_fixture f(o);
+  auto items = test_util::run([&](auto ex) -> asio::awaitable<std::vector<nlohmann::json>> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
+    co_return co_await wiki.get_all("/wiki/rest/api/space?limit=1");
+  }, 120s);
+  REQUIRE(items.size() == 1000);
+  CHECK(items.front()["key"] == "SP1");
+  CHECK(items.back()["key"] == "SP1000");
+}
+
+TEST_CASE("get_all stops at the caller's cap, and the pager walks page by page") {
+  fake_atlassian::options o;
+  o.page_count = 40;
+  session_fixture f(o);
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
+    auto capped = co_await wiki.get_all("/wiki/api/v2/pages?limit=7", 10);
+    CHECK(capped.size() == 10);
+    auto walk = wiki.pages("/wiki/api/v2/pages?limit=25");
+    auto first = co_await walk.next();
+    REQUIRE(first);
+    CHECK((*first)["results"].size() == 25);
+    CHECK_FALSE(walk.done());
+    auto second = co_await walk.next();
+    REQUIRE(second);
+    CHECK((*second)["results"].size() == 15);
+    CHECK(walk.done());
+    CHECK_FALSE(co_await walk.next());
+  });
+}
+
+TEST_CASE("a next link to another origin or back to the same page is refused") {
+  session_fixture f;
+  const std::string list = "/ex/confluence/a1b2c3d4-0000-4000-8000-000000000001/wiki/api/v2/pages";
+  f.srv.push_raw_response(list, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: <https://evil.example/x>; rel=\"next\"\r\n"
+                                "Content-Length: 14\r\n\r\n{\"results\":[]}", false);
+  f.srv.push_raw_response(list, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                "Content-Length: 61\r\n\r\n{\"results\":[],\"_links\":{\"next\":\"/wiki/api/v2/pages?limit=5\"}}", false);
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
+    auto code_of = [](std::exception_ptr e) {
+      try {
+        if (e) std::rethrow_exception(e);
+      } catch (const cfo::oauth_error& err) {
+        return err.code();
+      }
+      return std::error_code();
+    };
+    auto [e1, r1] = co_await asio::co_spawn(ex, wiki.get_all("/wiki/api/v2/pages"), cfo::detail::use_tuple);
+    CHECK(code_of(e1) == cfo::errc::protocol_error);  // to another origin
+    auto [e2, r2] = co_await asio::co_spawn(ex, wiki.get_all("/wiki/api/v2/pages?limit=5"), cfo::detail::use_tuple);
+    CHECK(code_of(e2) == cfo::errc::protocol_error);  // back to itself
+  });
+}
+
+}  // TEST_SUITE("confluence")
