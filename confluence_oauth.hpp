@@ -61,6 +61,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <system_error>
+#include <tuple>
 #include <unistd.h>
 #include <unordered_map>
 #include <utility>
@@ -1164,6 +1165,24 @@ class http_parser {
 
 /// The head of a request to `u` (its target, not req.target); the body is
 /// written after it without a copy.
+/// Refuses what would let a caller smuggle a second request onto a pooled
+/// connection or contradict the framing this client writes itself.
+inline void check_request(const http_request& req) {
+  auto is_token = [](std::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+      return std::isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+    });
+  };
+  if (!is_token(req.method)) fail(errc::invalid_config, "invalid HTTP method \"" + sanitize_text(req.method, 40) + "\"");
+  for (const auto& h : req.headers) {
+    if (!is_token(h.name)) fail(errc::invalid_config, "invalid header name \"" + sanitize_text(h.name, 40) + "\"");
+    if (h.value.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
+      fail(errc::invalid_config, "header " + h.name + " holds a line break or NUL");
+    for (std::string_view framing : {"Host", "Content-Length", "Transfer-Encoding"})
+      if (iequals(h.name, framing)) fail(errc::invalid_config, "header " + h.name + " is set by the client itself");
+  }
+}
+
 inline std::string serialize_head(const http_request& req, const url& u) {
   std::string out;
   out.reserve(256 + u.target.size());
@@ -1399,9 +1418,12 @@ class connection : public std::enable_shared_from_this<connection> {
       if (c.ec) co_return c;
     }
     std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(body)};
-    auto [wec, written] = use_tls_ ? co_await asio::async_write(stream_, out, use_tuple)
-                                   : co_await asio::async_write(stream_.next_layer(), out, use_tuple);
-    (void)written;
+    // if/else, not ?: — GCC 12 destroys the result of a co_await in a conditional twice.
+    std::error_code wec;
+    if (use_tls_)
+      std::tie(wec, std::ignore) = co_await asio::async_write(stream_, out, use_tuple);
+    else
+      std::tie(wec, std::ignore) = co_await asio::async_write(stream_.next_layer(), out, use_tuple);
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (wec == asio::error::operation_aborted) co_return failure(wec, "cancelled");
     if (wec) co_return failure(make_error_code(errc::network_error), "write failed: " + wec.message());
@@ -1411,8 +1433,12 @@ class connection : public std::enable_shared_from_this<connection> {
     result r;
     bool leftover = false;  // bytes after the response: the connection cannot be reused
     for (;;) {
-      auto [rec, n] = use_tls_ ? co_await stream_.async_read_some(asio::buffer(buffer_), use_tuple)
-                               : co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), use_tuple);
+      std::error_code rec;
+      std::size_t n = 0;
+      if (use_tls_)
+        std::tie(rec, n) = co_await stream_.async_read_some(asio::buffer(buffer_), use_tuple);
+      else
+        std::tie(rec, n) = co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), use_tuple);
       r.response_started = parser.started() || n > 0;
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
@@ -1460,6 +1486,7 @@ class http_client {
   asio::awaitable<http_response> send(const url& u, const http_request& req, http_limits limits = {}) {
     if (!u.is_https() && !is_loopback(u.host))
       fail(errc::insecure_transport, "refusing plain http to " + u.authority());
+    check_request(req);
     const std::string head = serialize_head(req, u);
     for (int attempt = 0;; ++attempt) {
       bool reused = false;
@@ -1561,7 +1588,7 @@ struct token_set {
   bool has_refresh_token() const noexcept { return !refresh_token.empty(); }
 
   /// True when the access token is gone or will be within `skew`.
-  bool expires_within(std::chrono::seconds skew, clock::time_point now = clock::now()) const noexcept {
+  bool expires_within(clock::duration skew, clock::time_point now = clock::now()) const noexcept {
     if (access_token.empty()) return true;
     if (expires_at == clock::time_point::max()) return false;
     return expires_at - now <= skew;
@@ -1913,7 +1940,7 @@ class file_token_store final : public token_store {
 
   std::filesystem::path path_;
   secret key_;
-  std::chrono::milliseconds lock_timeout_{std::chrono::seconds(30)};
+  std::chrono::milliseconds lock_timeout_{std::chrono::minutes(5)};  // longer than a refresh with all its retries
 };
 
 // ============================================================================
@@ -2807,6 +2834,8 @@ inline std::string api_message(const http_response& res) {
 /// that refreshing cannot fix.
 inline bool is_scope_mismatch(const http_response& res) {
   if (res.status != 401) return false;
+  if (auto w = res.headers.get("WWW-Authenticate"); w && w->find("insufficient_scope") != std::string_view::npos)
+    return true;  // RFC 6750
   std::string lower = res.body.substr(0, 4096);
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return lower.find("scope does not match") != std::string::npos;
@@ -2847,6 +2876,11 @@ inline nlohmann::json parse_api_json(const http_response& res, const std::string
   return j;
 }
 
+/// An http(s) URL, as opposed to a path (which may hold "://" in its query).
+inline bool is_absolute_url(std::string_view target) noexcept {
+  return iequals(target.substr(0, 7), "http://") || iequals(target.substr(0, 8), "https://");
+}
+
 /// "GET https://api.atlassian.com/ex/confluence/..." without the query, for messages.
 inline std::string describe(const http_request& req, const url& u) {
   return req.method + " " + u.origin() + sanitize_text(u.path(), 200);
@@ -2872,10 +2906,12 @@ class session_state : public std::enable_shared_from_this<session_state> {
  public:
   using clock = token_set::clock;
 
-  session_state(const asio::any_io_executor& ex, client_config config, token_store& store, session_options options)
-      : client_(ex, std::move(config)), store_(store), options_(std::move(options)),
-        api_(parse_url(client_.config().api_url)), strand_(asio::make_strand(ex)) {
-    if (options_.refresh_skew.count() < 0) fail(errc::invalid_config, "session_options::refresh_skew is negative");
+  session_state(const asio::any_io_executor& ex, client_config config, std::shared_ptr<token_store> store,
+                session_options options)
+      : client_(ex, std::move(config)), store_holder_(std::move(store)), store_(checked(store_holder_)),
+        options_(std::move(options)), api_(parse_url(client_.config().api_url)), strand_(asio::make_strand(ex)) {
+    if (options_.refresh_skew.count() < 0 || options_.near_expiry.count() < 0)
+      fail(errc::invalid_config, "session_options: refresh_skew and near_expiry must not be negative");
     if (options_.retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
     api_prefix_ = std::string(api_.path());
     while (!api_prefix_.empty() && api_prefix_.back() == '/') api_prefix_.pop_back();
@@ -2890,7 +2926,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   /// A target for the API: a path under api_url, or an absolute URL on its
   /// origin. The access token goes nowhere else.
   url resolve(std::string_view target) const {
-    if (target.find("://") != std::string_view::npos) {
+    if (is_absolute_url(target)) {
       url u = parse_url(target);
       if (u.origin() != api_.origin())
         fail(errc::invalid_config, "refusing to send the access token to " + u.origin() + ": it goes only to " + api_.origin());
@@ -2911,17 +2947,36 @@ class session_state : public std::enable_shared_from_this<session_state> {
 
   // Everything below runs on the strand.
 
+  // load, adopt and logout hold the store's lock: they neither interleave
+  // with a refresh round (here or in another process) nor undo its save.
+
   asio::awaitable<bool> load() {
+    if (unsaved_) co_await join_round();  // tokens newer than the store are saved, not dropped
+    auto guard = co_await store_.lock();
     install(co_await store_.load());
     co_return tokens_.has_value();
   }
 
   asio::awaitable<void> adopt(token_set tokens) {
-    co_await store_.save(tokens);
+    auto guard = co_await store_.lock();
+    std::string failure;
+    try {
+      co_await store_.save(tokens);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
     install(std::move(tokens));
+    if (!failure.empty()) {
+      // The code that bought these tokens is spent: keep them, save them before use.
+      unsaved_ = true;
+      unsaved_overwrites_ = true;
+      fail(errc::store_error, "the new grant could not be saved (" + failure +
+                                  "); it is kept in memory and saved before it is used");
+    }
   }
 
   asio::awaitable<void> logout() {
+    auto guard = co_await store_.lock();
     co_await store_.clear();
     install(std::nullopt);
   }
@@ -2931,12 +2986,10 @@ class session_state : public std::enable_shared_from_this<session_state> {
   /// A token fit to send now. A token inside the refresh skew is still handed
   /// out while a round refreshes it in the background.
   asio::awaitable<usable_token> token() {
-    if (grant_error_ || !tokens_ || unsaved_ || tokens_->expires_within(std::chrono::seconds(0))) {
-      co_await settle();
-    } else if (!round_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
-               std::chrono::steady_clock::now() >= next_proactive_) {
-      start_round();
-    }
+    if (usable() && !round_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+        std::chrono::steady_clock::now() >= next_proactive_)
+      start_round();  // may finish at once and change tokens_: checked again below
+    if (!usable()) co_await settle();
     usable_token out{tokens_->access_token, tokens_->expires_at};
     co_return out;
   }
@@ -2963,10 +3016,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
  private:
   /// The skew, but never more than half the token's lifetime: a short-lived
   /// token would otherwise be refreshed on every call.
-  std::chrono::seconds skew() const {
+  clock::duration skew() const {
     if (tokens_->expires_at == clock::time_point::max()) return options_.refresh_skew;
-    auto half = std::chrono::duration_cast<std::chrono::seconds>(tokens_->expires_at - obtained_at_) / 2;
-    return std::min(options_.refresh_skew, half);
+    return std::min<clock::duration>(options_.refresh_skew, (tokens_->expires_at - obtained_at_) / 2);
+  }
+
+  bool usable() const {
+    return !grant_error_ && tokens_ && !unsaved_ && !tokens_->expires_within(clock::duration::zero());
   }
 
   bool needs_refresh() const {
@@ -2978,13 +3034,20 @@ class session_state : public std::enable_shared_from_this<session_state> {
     obtained_at_ = clock::now();
     ++epoch_;
     unsaved_ = false;
+    unsaved_overwrites_ = false;
     grant_error_ = nullptr;
     rejected_ = secret();
   }
 
   /// Waits until the session holds a token it may hand out, refreshing at most once.
   asio::awaitable<void> settle() {
-    if (grant_error_) std::rethrow_exception(grant_error_);
+    if (grant_error_) {
+      // Refused for good; but another process may have signed in again since.
+      auto guard = co_await store_.lock();
+      auto stored = co_await store_.load();
+      if (!stored || same_grant(stored, tokens_)) std::rethrow_exception(grant_error_);
+      install(std::move(stored));
+    }
     if (!tokens_) fail(errc::not_signed_in, "no grant: authorize first, or load() a saved one");
     if (!unsaved_ && !tokens_->has_refresh_token())
       fail(errc::invalid_grant, "the access token has expired and the grant has no refresh token (ask for the "
@@ -3014,9 +3077,6 @@ class session_state : public std::enable_shared_from_this<session_state> {
   static asio::awaitable<void> run_round(std::shared_ptr<session_state> self, std::shared_ptr<refresh_round> round) {
     try {
       co_await self->sync();
-    } catch (const oauth_error& e) {
-      round->error = std::current_exception();
-      if (e.code() == errc::invalid_grant) self->grant_error_ = round->error;  // never retried
     } catch (...) {
       round->error = std::current_exception();
     }
@@ -3031,15 +3091,27 @@ class session_state : public std::enable_shared_from_this<session_state> {
   }
 
   /// One round: under the store's lock, catch up with the store, save tokens
-  /// a failed save left behind, and refresh if still needed.
+  /// a failed save left behind, and refresh if still needed. The grant may be
+  /// replaced (load, adopt, logout) while the round waits; whatever happens,
+  /// a refresh the server granted is saved, since it spent the old token.
   asio::awaitable<void> sync() {
     const auto epoch = epoch_;
+    const std::optional<token_set> held = tokens_;
+    auto superseded = [&] { return epoch != epoch_ && !same_grant(tokens_, held); };
     auto guard = co_await store_.lock();
     auto stored = co_await store_.load();
-    if (epoch != epoch_) co_return;  // load(), adopt() or logout() replaced the grant meanwhile
+    if (superseded()) co_return;
     if (unsaved_) {
-      if (!co_await store_.replace(unsaved_base_, *tokens_)) take_from_store(std::move(stored));  // theirs is as good
+      const token_set pending = *tokens_;
+      bool saved = true;
+      if (unsaved_overwrites_)
+        co_await store_.save(pending);
+      else
+        saved = co_await store_.replace(unsaved_base_, pending);
+      if (superseded()) co_return;
+      if (!saved) take_from_store(std::move(stored));  // a sharer saved first: theirs is as good
       unsaved_ = false;
+      unsaved_overwrites_ = false;
       co_return;
     }
     if (!same_grant(stored, tokens_)) {
@@ -3052,8 +3124,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
       fail(errc::invalid_grant, "the access token was refused and the grant has no refresh token (ask for the "
                                 "offline_access scope)");
     const token_set base = *tokens_;
-    token_set next = co_await refresh_with_retries(base);
-    if (epoch != epoch_) co_return;
+    token_set next;
+    try {
+      next = co_await refresh_with_retries(base);
+    } catch (const oauth_error& e) {
+      if (e.code() == errc::invalid_grant && !superseded()) grant_error_ = std::current_exception();  // never retried
+      throw;
+    }
     bool replaced = false;
     std::string save_failure;
     try {
@@ -3061,18 +3138,22 @@ class session_state : public std::enable_shared_from_this<session_state> {
     } catch (const std::exception& e) {
       save_failure = e.what();
     }
+    const bool ours = !superseded() && same_grant(tokens_, stored);
     if (!save_failure.empty()) {
-      // Keep the new grant (the old refresh token may be spent) and save it before it is used.
-      tokens_ = std::move(next);
-      obtained_at_ = clock::now();
-      unsaved_ = true;
-      unsaved_base_ = stored;
+      if (ours) {  // keep the new grant (the old refresh token is spent) and save it before use
+        tokens_ = std::move(next);
+        obtained_at_ = clock::now();
+        unsaved_ = true;
+        unsaved_base_ = stored;
+      }
       fail(errc::store_error, "the tokens were refreshed but could not be saved (" + save_failure +
                                   "); they are kept in memory and saved before they are used");
     }
+    if (!ours) co_return;  // the grant was replaced meanwhile; the store decided between us
     if (!replaced) {
       // A store without a lock changed under us: the sharer that saved first wins.
-      take_from_store(co_await store_.load());
+      auto winner = co_await store_.load();
+      if (!superseded()) take_from_store(std::move(winner));
       co_return;
     }
     tokens_ = std::move(next);
@@ -3107,7 +3188,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
     }
   }
 
+  static token_store& checked(const std::shared_ptr<token_store>& store) {
+    if (!store) fail(errc::invalid_config, "session: no token store");
+    return *store;
+  }
+
   oauth_client client_;
+  std::shared_ptr<token_store> store_holder_;  // a round in flight may outlive every session handle
   token_store& store_;
   session_options options_;
   url api_;
@@ -3120,6 +3207,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   std::shared_ptr<refresh_round> round_;  // the round in flight
   secret rejected_;                       // an access token the API refused
   bool unsaved_ = false;                  // tokens_ is newer than the store: a save failed
+  bool unsaved_overwrites_ = false;       // ...and is a new grant, which replaces whatever is stored
   std::optional<token_set> unsaved_base_; // what the store held when that refresh began
   std::exception_ptr grant_error_;        // invalid_grant: no more refreshing until a new grant
   std::chrono::steady_clock::time_point next_proactive_{};
@@ -3174,7 +3262,7 @@ inline std::string site_key(std::string_view url) {
 /// The site whose cloud id, URL ("https://example.atlassian.net", scheme and
 /// trailing slash optional) or name (any case) is `key`; throws site_not_found
 /// naming the sites there are.
-inline const site& find_site(const std::vector<site>& sites, std::string_view key) {
+inline site find_site(const std::vector<site>& sites, std::string_view key) {
   for (const auto& s : sites)
     if (s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) || detail::iequals(s.name, key))
       return s;
@@ -3190,8 +3278,10 @@ inline const site& find_site(const std::vector<site>& sites, std::string_view ke
 /// handle: copies share the same state. Thread-safe.
 class session {
  public:
-  /// Validates the configuration; throws oauth_error. `store` must outlive the session.
-  session(asio::any_io_executor ex, client_config config, token_store& store, session_options options = {})
+  /// Validates the configuration; throws oauth_error. The session shares
+  /// ownership of `store`: a refresh running in the background keeps it alive.
+  session(asio::any_io_executor ex, client_config config, std::shared_ptr<token_store> store,
+          session_options options = {})
       : state_(std::make_shared<detail::session_state>(ex, std::move(config), store, std::move(options))) {}
 
   const oauth_client& client() const noexcept { return state_->client(); }
@@ -3267,7 +3357,10 @@ class session {
         continue;
       }
       if (res.status == 401) detail::fail_api(res, detail::describe(req, target));
-      if ((res.status == 429 || res.status == 503) && attempt < options.retry.max_attempts) {
+      // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
+      const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
+                              req.method == "DELETE" || req.method == "OPTIONS";
+      if ((res.status == 429 || (res.status == 503 && idempotent)) && attempt < options.retry.max_attempts) {
         auto delay = detail::retry_delay(options.retry, attempt, detail::response_details(res).retry_after);
         if (waited + delay <= options.retry.max_total_wait) {
           waited += delay;
@@ -3376,14 +3469,14 @@ class confluence {
 
   /// Sends `req` with req.target a path on the site ("/wiki/api/v2/pages?limit=25").
   asio::awaitable<http_response> request(http_request req) {
-    req.target = base_ + req.target;
+    req.target = on_site(req.target);
     co_return co_await session_.request(std::move(req));
   }
 
-  asio::awaitable<nlohmann::json> get(std::string path) { co_return co_await session_.get_json(base_ + path); }
+  asio::awaitable<nlohmann::json> get(std::string path) { co_return co_await session_.get_json(on_site(path)); }
 
   asio::awaitable<nlohmann::json> send_json(std::string method, std::string path, nlohmann::json body) {
-    co_return co_await session_.send_json(std::move(method), base_ + path, std::move(body));
+    co_return co_await session_.send_json(std::move(method), on_site(path), std::move(body));
   }
 
   /// Walks a paginated listing one page at a time.
@@ -3393,8 +3486,7 @@ class confluence {
     asio::awaitable<std::optional<nlohmann::json>> next() {
       if (!next_) co_return std::nullopt;
       http_request req;
-      req.target = std::move(*next_);
-      next_.reset();
+      req.target = *next_;  // kept until the page arrives, so a failed call can be repeated
       req.headers.add("Accept", "application/json");
       const std::string current = req.target;
       const std::string what = detail::describe(req, parse_url(current));
@@ -3425,7 +3517,7 @@ class confluence {
       }
       if (!link || link->empty()) return std::nullopt;
       std::string target;
-      if (link->find("://") != std::string::npos) {
+      if (detail::is_absolute_url(*link)) {
         url u = parse_url(*link);
         if (u.origin() != parse_url(base_).origin())
           detail::fail(errc::protocol_error, "a next-page link leads to " + u.origin() + ": not following it with the access token");
@@ -3448,18 +3540,21 @@ class confluence {
     std::optional<std::string> next_;
   };
 
-  pager pages(std::string path) const { return pager(session_, base_, base_ + path); }
+  pager pages(std::string path) const { return pager(session_, base_, on_site(path)); }
 
   /// Every item of every page's "results", up to `max_items`.
   asio::awaitable<std::vector<nlohmann::json>> get_all(std::string path, std::size_t max_items = 10000) {
     std::vector<nlohmann::json> items;
     auto walk = pages(std::move(path));
+    int empty_pages = 0;  // a server that keeps sending empty pages with new links is not followed forever
     while (items.size() < max_items) {
       auto page = co_await walk.next();
       if (!page) break;
       auto results = page->is_object() ? page->find("results") : page->end();
       if (results == page->end() || !results->is_array())
         detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
+      empty_pages = results->empty() ? empty_pages + 1 : 0;
+      if (empty_pages > 8) detail::fail(errc::protocol_error, "the listing keeps sending empty pages");
       for (auto& item : *results) {
         if (items.size() == max_items) break;
         items.push_back(std::move(item));
@@ -3469,6 +3564,12 @@ class confluence {
   }
 
  private:
+  std::string on_site(std::string_view path) const {
+    if (path.empty() || path.front() != '/')
+      detail::fail(errc::invalid_url, "a path on the site starts with '/': \"" + detail::sanitize_text(path, 100) + "\"");
+    return base_ + std::string(path);
+  }
+
   session session_;
   std::string cloud_id_;
   std::string base_;

@@ -53,19 +53,19 @@ class flaky_store final : public cfo::token_store {
 struct session_fixture {
   fake_atlassian::server srv;
   cfo::client_config cfg;
-  cfo::memory_token_store store;
+  std::shared_ptr<cfo::memory_token_store> store = std::make_shared<cfo::memory_token_store>();
   cfo::token_set granted;
 
   explicit session_fixture(fake_atlassian::options o = {}, const char* scope = scopes)
       : srv(std::move(o)), cfg(test_util::client_config_for(srv, redirect)), granted(test_util::grant_from(srv, cfg, scope)) {
     cfg.timeout.request = 10s;
-    test_util::run([&](auto) -> asio::awaitable<void> { co_await store.save(granted); });
+    test_util::run([&](auto) -> asio::awaitable<void> { co_await store->save(granted); });
   }
 
   /// Makes the saved grant look expired to the client (the server still accepts it).
   void expire_locally(std::chrono::seconds in = -1s) {
     granted.expires_at = cfo::token_set::clock::now() + in;
-    test_util::run([&](auto) -> asio::awaitable<void> { co_await store.save(granted); });
+    test_util::run([&](auto) -> asio::awaitable<void> { co_await store->save(granted); });
   }
 
   static cfo::session_options fast_retries() {
@@ -115,7 +115,7 @@ TEST_CASE("load() reads the grant and requests carry it") {
 
 TEST_CASE("without a grant, token() says to sign in") {
   session_fixture f;
-  cfo::memory_token_store empty;
+  auto empty = std::make_shared<cfo::memory_token_store>();
   auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
     cfo::session s(ex, f.cfg, empty);
     CHECK_FALSE(co_await s.load());
@@ -140,7 +140,7 @@ TEST_CASE("1,000 concurrent requests on an expired token make exactly one token 
   CHECK(after.token_requests - before.token_requests == 1);
   CHECK(after.refresh_grants - before.refresh_grants == 1);
   CHECK(after.api_unauthorized == before.api_unauthorized);
-  auto saved = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await f.store.load(); });
+  auto saved = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await f.store->load(); });
   REQUIRE(saved);
   CHECK_FALSE(saved->refresh_token == f.granted.refresh_token);  // the rotated token was saved
 }
@@ -177,6 +177,101 @@ TEST_CASE("a proactive refresh does not hold up callers whose token is still val
   });
   CHECK(elapsed < 1200ms);
   CHECK(f.srv.stats().refresh_grants == 1);
+}
+
+TEST_CASE("short-lived tokens are refreshed before they expire, not after a 401") {
+  fake_atlassian::options o;
+  o.access_token_lifetime = 2s;
+  session_fixture f(o);
+  cfo::session_options so;
+  so.refresh_skew = 1s;
+  int requests = test_util::run([&](auto ex) -> asio::awaitable<int> {
+    cfo::session s(ex, f.cfg, f.store, so);
+    co_await s.load();
+    int n = 0;
+    for (auto end = std::chrono::steady_clock::now() + 3500ms; std::chrono::steady_clock::now() < end; ++n) {
+      co_await s.get_json(pages_of(f.srv));
+      asio::steady_timer pace(ex, 20ms);
+      co_await pace.async_wait(asio::use_awaitable);
+    }
+    co_return n;
+  });
+  CHECK(requests > 20);
+  CHECK(f.srv.stats().api_unauthorized == 0);
+  CHECK(f.srv.stats().refresh_grants >= 2);  // about one a second
+}
+
+TEST_CASE("load() or logout() during a refresh neither loses the rotated token nor brings the grant back") {
+  session_fixture f;
+  f.expire_locally();
+  f.srv.push_delay("/oauth/token", 300ms);
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    auto pending = asio::co_spawn(ex, s.token(), asio::use_awaitable);
+    asio::steady_timer soon(ex, 50ms);
+    co_await soon.async_wait(asio::use_awaitable);
+    co_await s.load();  // re-reads the old grant while the refresh is in flight
+    auto token = co_await std::move(pending);
+    auto saved = co_await f.store->load();
+    REQUIRE(saved);
+    CHECK_FALSE(saved->refresh_token == f.granted.refresh_token);  // the rotated token reached the store
+    CHECK(token == saved->access_token);
+
+    f.expire_locally();
+    co_await s.load();
+    f.srv.push_delay("/oauth/token", 300ms);
+    auto refreshing = asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
+    co_await soon.async_wait(asio::use_awaitable);
+    soon.expires_after(50ms);
+    co_await soon.async_wait(asio::use_awaitable);
+    co_await s.logout();
+    co_await std::move(refreshing);
+    auto after = co_await f.store->load();
+    CHECK_FALSE(after.has_value());  // signed out stays signed out
+    auto held = co_await s.tokens();
+    CHECK_FALSE(held.has_value());
+  });
+}
+
+TEST_CASE("request headers cannot smuggle a second request") {
+  session_fixture f;
+  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    cfo::http_request req;
+    req.target = pages_of(f.srv);
+    req.headers.add("X-Note", "a\r\nGET /steal HTTP/1.1");
+    co_await s.request(req);
+  });
+  CHECK(ec == cfo::errc::invalid_config);
+  auto method = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    cfo::http_request req;
+    req.method = "GET /x HTTP/1.1\r\n";
+    req.target = pages_of(f.srv);
+    co_await s.request(req);
+  });
+  CHECK(method == cfo::errc::invalid_config);
+  CHECK(f.srv.stats().api_requests == 0);
+}
+
+TEST_CASE("a 503 is not repeated for a POST, which the server may have processed") {
+  session_fixture f;
+  f.srv.push_status("/ex/", 503, R"({"message":"busy"})");
+  auto status = test_util::run([&](auto ex) -> asio::awaitable<int> {
+    cfo::session s(ex, f.cfg, f.store, session_fixture::fast_retries());
+    co_await s.load();
+    cfo::http_request req;
+    req.method = "POST";
+    req.target = pages_of(f.srv);
+    req.body = "{}";
+    auto res = co_await s.request(req);
+    co_return res.status;
+  });
+  CHECK(status == 503);
+  CHECK(f.srv.stats().api_requests == 1);
 }
 
 TEST_CASE("a cancelled waiter leaves the refresh running for the others") {
@@ -228,7 +323,7 @@ TEST_CASE("a failed refresh fails every waiter with the same error, and invalid_
   REQUIRE(codes.size() == 20);
   for (auto& ec : codes) CHECK(ec == cfo::errc::invalid_grant);
   CHECK(f.srv.stats().token_requests - before.token_requests == 1);
-  auto kept = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await f.store.load(); });
+  auto kept = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await f.store->load(); });
   REQUIRE(kept);
   CHECK(kept->refresh_token == f.granted.refresh_token);  // the store is as it was
   CHECK(kept->access_token == f.granted.access_token);
@@ -243,7 +338,7 @@ TEST_CASE("a refresh answer without refresh_token keeps the old one") {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
     co_await s.get_json(pages_of(f.srv));
-    co_return *co_await f.store.load();
+    co_return *co_await f.store->load();
   });
   CHECK(t.refresh_token == f.granted.refresh_token);
   CHECK_FALSE(t.access_token == f.granted.access_token);
@@ -251,11 +346,11 @@ TEST_CASE("a refresh answer without refresh_token keeps the old one") {
 
 TEST_CASE("a failed save is reported, the new tokens are kept and saved before use") {
   session_fixture f;
-  flaky_store store;
+  auto store = std::make_shared<flaky_store>();
   f.granted.expires_at = cfo::token_set::clock::now() - 1s;
   test_util::run([&](auto ex) -> asio::awaitable<void> {
-    co_await store.save(f.granted);
-    store.fail_saves = true;
+    co_await store->save(f.granted);
+    store->fail_saves = true;
     cfo::session s(ex, f.cfg, store);
     co_await s.load();
     auto [e1, t1] = co_await asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
@@ -270,10 +365,10 @@ TEST_CASE("a failed save is reported, the new tokens are kept and saved before u
     auto held = co_await s.tokens();
     REQUIRE(held);
     CHECK_FALSE(held->refresh_token == f.granted.refresh_token);  // not thrown away
-    store.fail_saves = false;
+    store->fail_saves = false;
     auto token = co_await s.token();  // saves first, then hands it out
     CHECK(token == held->access_token);
-    auto saved = co_await store.load();
+    auto saved = co_await store->load();
     REQUIRE(saved);
     CHECK(saved->refresh_token == held->refresh_token);
   });
@@ -438,7 +533,7 @@ TEST_CASE("logout clears the store and the session") {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
     co_await s.logout();
-    CHECK_FALSE(co_await f.store.load());
+    CHECK_FALSE(co_await f.store->load());
     co_await s.token();
   });
   CHECK(ec == cfo::errc::not_signed_in);
@@ -487,7 +582,7 @@ TEST_CASE("two hosts sharing a database-backed store refresh once") {
   std::atomic<int> ok{0};
   auto host = [&] {
     asio::io_context io;
-    example::database_token_store store(db, "alice");
+    auto store = std::make_shared<example::database_token_store>(db, "alice");
     cfo::session s(io.get_executor(), f.cfg, store);
     asio::co_spawn(io, [&]() -> asio::awaitable<void> {
       co_await s.load();
