@@ -1,8 +1,16 @@
-// confluence-cli — sign in to Confluence Cloud with OAuth 2.0 (3LO) and hand
-// access tokens to scripts:
+// confluence-cli — sign in to Confluence Cloud with OAuth 2.0 (3LO), hand
+// access tokens to scripts, and read from the Confluence REST API:
 //
-//   confluence-cli login              authorize in the browser, save the grant
-//   confluence-cli token [--refresh]  print a valid access token
+//   confluence-cli login                          authorize in the browser, save the grant
+//   confluence-cli token [--refresh]              print a valid access token
+//   confluence-cli sites                          list the sites the grant reaches
+//   confluence-cli pages [--site SITE] [--limit N]  list a site's pages
+//   confluence-cli get [--site SITE] PATH         GET an API path, print its JSON
+//   confluence-cli logout                         forget the grant
+//
+// Each command works through a confluence_oauth::session over the token file,
+// which refreshes the access token when needed and saves the rotated tokens
+// before using them.
 //
 // The whole program is one coroutine on one asio::io_context: no threads.
 // SIGINT and SIGTERM emit a terminal cancellation to that coroutine, which ends
@@ -14,9 +22,11 @@
 #include "confluence_oauth.hpp"
 
 #include <fcntl.h>
-#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -46,6 +56,10 @@ enum exit_code : int {
   exit_interrupted = 130,  // SIGINT or SIGTERM
 };
 
+constexpr std::size_t default_page_limit = 25;  // Confluence's own default page size
+constexpr std::size_t max_page_limit = 100000;  // get_all keeps every page in memory
+constexpr std::size_t max_page_size = 250;      // the most one v2 listing request returns
+
 /// A failure that already knows its message and exit code.
 struct cli_error : std::runtime_error {
   cli_error(int code, const std::string& message) : std::runtime_error(message), code(code) {}
@@ -60,13 +74,30 @@ std::string help_text() {
   for (const auto& s : d.scopes) scopes += (scopes.empty() ? "" : " ") + s;
   return "usage: confluence-cli [options] <command>\n"
          "\n"
-         "Sign in to Confluence Cloud with OAuth 2.0 (3LO) and hand out access tokens.\n"
+         "Sign in to Confluence Cloud with OAuth 2.0 (3LO), hand out access tokens, and\n"
+         "read from the Confluence REST API.\n"
          "\n"
          "Commands:\n"
-         "  login              open the browser to authorize this app, wait for the\n"
-         "                     redirect, and save the granted tokens to the token file\n"
-         "  token [--refresh]  print a valid access token on stdout, refreshing it first\n"
-         "                     when it expires within 60 s (always with --refresh)\n"
+         "  login                   open the browser to authorize this app, wait for the\n"
+         "                          redirect, and save the granted tokens to the token file\n"
+         "  token [--refresh]       print a valid access token on stdout, refreshing it first\n"
+         "                          when it expires within 60 s (always with --refresh)\n"
+         "  sites                   list the sites the grant reaches, one per line:\n"
+         "                          cloud id, name and URL, separated by two spaces\n"
+         "  pages [--site SITE] [--limit N]\n"
+         "                          list the site's pages, one per line: id, a tab, title\n"
+         "  get [--site SITE] PATH\n"
+         "                          GET PATH and print the JSON answer; a PATH under /wiki/\n"
+         "                          is on the site (e.g. /wiki/api/v2/spaces), any other on\n"
+         "                          the API base (e.g. /oauth/token/accessible-resources)\n"
+         "  logout                  forget the grant: remove the token file\n"
+         "\n"
+         "Command options:\n"
+         "  --refresh               token: refresh even when the token is still valid\n"
+         "  --site SITE             pages, get: the site's URL, name or cloud id (default:\n"
+         "                          the only site the grant reaches)\n"
+         "  --limit N               pages: list at most N pages, 1 to " + std::to_string(max_page_limit) +
+         " (default " + std::to_string(default_page_limit) + ")\n"
          "\n"
          "Options (--opt VALUE or --opt=VALUE):\n"
          "  --client-id ID          OAuth client id (default: $ATLASSIAN_CLIENT_ID)\n"
@@ -80,6 +111,10 @@ std::string help_text() {
          "                          $XDG_CONFIG_HOME/confluence-oauth/tokens.json, else\n"
          "                          $HOME/.config/confluence-oauth/tokens.json); folders it\n"
          "                          creates are mode 0700, the file is mode 0600\n"
+         "  --key-file PATH         encrypt the token file (AES-256-GCM) with the key in\n"
+         "                          PATH: 32 raw bytes or 64 hex digits, e.g. from\n"
+         "                          'openssl rand -hex 32'; PATH must not be accessible to\n"
+         "                          group or others; every command then needs the same key\n"
          "  --authorize-url URL     authorization endpoint (default " + d.authorize_url + ")\n"
          "  --token-url URL         token endpoint (default " + d.token_url + ")\n"
          "  --api-url URL           API base URL (default " + d.api_url + ")\n"
@@ -98,9 +133,11 @@ std::string help_text() {
          "\n"
          "Exit status:\n"
          "  0    success\n"
-         "  1    unexpected failure (including a token file that cannot be read or written)\n"
+         "  1    unexpected failure (including a token file that cannot be read or written,\n"
+         "       and an API answer with no other meaning here, such as 403 or 404)\n"
          "  2    usage or configuration error (bad option, missing client id or secret,\n"
-         "       client rejected, untrusted certificate, redirect port in use)\n"
+         "       client rejected, untrusted certificate, redirect port in use, wrong key,\n"
+         "       no site matching --site, a scope the grant lacks, a retired API)\n"
          "  3    authorization denied, failed or timed out\n"
          "  4    not logged in, the grant was revoked or expired, or the token file is\n"
          "       corrupt: run login again\n"
@@ -115,11 +152,16 @@ std::string help_text() {
 struct settings {
   cfo::client_config config;
   std::filesystem::path token_file;
+  cfo::secret key;                   // the token file's encryption key; empty: not encrypted
   std::vector<std::string> browser;  // empty: the system opener
   bool no_browser = false;
   std::chrono::seconds wait_timeout = 300s;
   std::string command;
-  std::vector<std::string> args;  // the command's own arguments (e.g. --refresh)
+  std::vector<std::string> args;             // the command's positional arguments (get's PATH)
+  std::vector<std::string> command_options;  // the command options given, checked against the command's
+  bool refresh = false;                      // token --refresh
+  std::string site;                          // pages, get --site; empty: the only site
+  std::size_t limit = default_page_limit;    // pages --limit
 };
 
 std::vector<std::string> split_spaces(std::string_view text) {
@@ -154,9 +196,45 @@ std::filesystem::path default_token_file() {
   return base / "confluence-oauth" / "tokens.json";
 }
 
+/// The token file's key from --key-file: exactly 32 raw bytes, or 64 hex
+/// digits (trailing white space allowed). Like ssh with private keys, a file
+/// others may read or write is refused.
+cfo::secret read_key_file(const std::string& path) {
+  const std::string what = "--key-file " + cfo::detail::sanitize_text(path, 200);
+  cfo::detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd) usage_error(what + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) usage_error(what + ": not a regular file");
+  if ((st.st_mode & 077) != 0)
+    usage_error(what + ": the key is accessible to group or others (mode 0" +
+                std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
+                std::to_string(st.st_mode & 7) + "): run chmod 600 on it");
+  std::string text(130, '\0');  // one byte more than the longest form accepted
+  cfo::detail::wipe_on_exit wipe{text};
+  std::size_t size = 0;
+  while (size < text.size()) {
+    auto n = ::read(fd.get(), text.data() + size, text.size() - size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) usage_error(what + ": " + std::strerror(errno));
+    if (n == 0) break;
+    size += static_cast<std::size_t>(n);
+  }
+  std::string_view content(text.data(), size);
+  if (content.size() == 32) return cfo::secret(content);
+  while (!content.empty() && std::isspace(static_cast<unsigned char>(content.back()))) content.remove_suffix(1);
+  if (content.size() == 64 &&
+      std::all_of(content.begin(), content.end(), [](char c) { return cfo::detail::hex_value(c) >= 0; })) {
+    std::string key(32, '\0');
+    for (std::size_t i = 0; i < key.size(); ++i)
+      key[i] = static_cast<char>(cfo::detail::hex_value(content[2 * i]) * 16 + cfo::detail::hex_value(content[2 * i + 1]));
+    return cfo::secret(std::move(key));
+  }
+  usage_error(what + ": expected 32 raw bytes or 64 hex digits (e.g. from 'openssl rand -hex 32')");
+}
+
 settings parse_arguments(int argc, char** argv) {
   settings s;
-  std::optional<std::string> client_id, client_secret;
+  std::optional<std::string> client_id, client_secret, key_file;
   bool scope_given = false, positional_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
@@ -200,6 +278,8 @@ settings parse_arguments(int argc, char** argv) {
     } else if (name == "--token-file") {
       s.token_file = value();
       if (s.token_file.empty()) usage_error("--token-file: empty path");
+    } else if (name == "--key-file") {
+      key_file = value();
     } else if (name == "--authorize-url") {
       s.config.authorize_url = value();
     } else if (name == "--token-url") {
@@ -230,84 +310,96 @@ settings parse_arguments(int argc, char** argv) {
       s.wait_timeout = parse_seconds(name, value(), 24 * 3600);
     } else if (name == "--request-timeout") {
       s.config.timeout.request = parse_seconds(name, value(), 3600);
-    } else if (name == "--refresh") {  // a command option: the command checks it
+    } else if (name == "--refresh") {  // command options: main checks that the command takes them
       flag();
-      s.args.emplace_back(name);
+      s.refresh = true;
+      s.command_options.emplace_back(name);
+    } else if (name == "--site") {
+      s.site = value();
+      if (s.site.empty()) usage_error("--site: empty site");
+      s.command_options.emplace_back(name);
+    } else if (name == "--limit") {
+      auto v = value();
+      auto n = cfo::detail::parse_uint<std::size_t>(v);
+      if (!n || *n < 1 || *n > max_page_limit)
+        usage_error("--limit: expected a number of pages from 1 to " + std::to_string(max_page_limit) + ", got \"" +
+                    cfo::detail::sanitize_text(v, 40) + "\"");
+      s.limit = *n;
+      s.command_options.emplace_back(name);
     } else {
       usage_error("unknown option " + cfo::detail::sanitize_text(arg, 60));
     }
   }
 
-  if (s.command.empty()) usage_error("missing command (login or token)");
+  if (s.command.empty()) usage_error("missing command");
   s.config.client_id = client_id ? *client_id : env("ATLASSIAN_CLIENT_ID");
   s.config.client_secret = cfo::secret(client_secret ? *client_secret : env("ATLASSIAN_CLIENT_SECRET"));
   if (s.config.client_id.empty()) usage_error("missing client id: pass --client-id or set ATLASSIAN_CLIENT_ID");
   if (s.config.client_secret.empty() && !s.config.use_pkce)
     usage_error("missing client secret: set ATLASSIAN_CLIENT_SECRET or pass --client-secret");
   if (s.token_file.empty()) s.token_file = default_token_file();
+  if (key_file) s.key = read_key_file(*key_file);
   return s;
 }
 
 // ---------------------------------------------------------------------------
-// The token file's folder
-// ---------------------------------------------------------------------------
-
-/// An exclusive flock(2) on the token file's folder while a refresh is in flight,
-/// so that two confluence-cli processes never spend the same rotating refresh token.
-class folder_lock {
- public:
-  static asio::awaitable<folder_lock> acquire(std::filesystem::path dir) {
-    folder_lock lock(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    asio::steady_timer retry(co_await asio::this_coro::executor);
-    // Poll rather than block, so that the wait stays cancellable. A file system
-    // without locks (or a folder we cannot open) simply goes unlocked.
-    while (lock.fd_ >= 0 && ::flock(lock.fd_, LOCK_EX | LOCK_NB) != 0 && (errno == EWOULDBLOCK || errno == EINTR)) {
-      retry.expires_after(100ms);
-      co_await retry.async_wait(asio::use_awaitable);
-    }
-    co_return lock;
-  }
-  folder_lock(folder_lock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  folder_lock& operator=(folder_lock&&) = delete;
-  ~folder_lock() {
-    if (fd_ >= 0) ::close(fd_);  // releases the lock
-  }
-
- private:
-  explicit folder_lock(int fd) : fd_(fd) {}
-  int fd_;
-};
-
-// ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
+//
+// No lock of our own: two confluence-cli processes sharing a token file never
+// spend the same rotating refresh token, because the session refreshes under
+// the store's lock (file_token_store::lock, an flock on "<file>.lock"),
+// re-reads the file there, and takes tokens another process has just saved
+// instead of refreshing again. login and logout write the file under the same
+// lock, so that a refresh elsewhere cannot put back an old grant over theirs.
 
-void expect_no_arguments(const settings& s) {
-  if (!s.args.empty()) usage_error(s.command + ": unexpected argument " + cfo::detail::sanitize_text(s.args.front(), 60));
+cfo::session_options options_for(const settings& s) {
+  cfo::session_options o;
+  o.listener.timeout = s.wait_timeout;
+  o.listener.app_name = "confluence-cli";
+  return o;
 }
 
-/// The stored tokens, refreshed first when `force` or when they expire within a
-/// minute. A refreshed set is saved before it is returned: the refresh token it
-/// replaces may already be dead.
-asio::awaitable<cfo::token_set> current_tokens(const cfo::oauth_client& client, cfo::token_store& store,
-                                               std::filesystem::path folder, bool force) {
-  auto tokens = co_await store.load();
-  if (tokens && !force && !tokens->expires_within(60s)) co_return std::move(*tokens);
-  auto lock = co_await folder_lock::acquire(std::move(folder));
-  tokens = co_await store.load();  // another process may have refreshed while we waited
-  if (!tokens) throw cli_error(exit_reconsent, "not logged in: run confluence-cli login");
-  if (!force && !tokens->expires_within(60s)) co_return std::move(*tokens);
-  auto next = co_await client.refresh(*tokens);
-  co_await store.save(next);
-  co_return next;
+/// A session over the token file, holding the saved grant.
+asio::awaitable<cfo::session> signed_in(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  auto ex = co_await asio::this_coro::executor;
+  cfo::session session(ex, s.config, store, options_for(s));
+  if (!co_await session.load()) throw cli_error(exit_reconsent, "not logged in: run confluence-cli login");
+  co_return session;
 }
 
-asio::awaitable<int> login(const settings& s) {
-  expect_no_arguments(s);
-  cfo::oauth_client client(co_await asio::this_coro::executor, s.config);
+/// Server text on its way to a terminal: no control characters (a tab would
+/// also break the columns).
+std::string printable(std::string_view text) { return cfo::detail::sanitize_text(text, 4096); }
+
+std::string field(const nlohmann::json& item, const char* key) {
+  auto it = item.find(key);
+  return it != item.end() && it->is_string() ? printable(it->get_ref<const std::string&>()) : std::string();
+}
+
+/// exit_ok once the output has reached stdout (a full disk is a failure).
+int flushed() {
+  std::cout.flush();
+  return std::cout ? exit_ok : exit_failure;
+}
+
+/// The site --site names, else the only one the grant reaches.
+asio::awaitable<cfo::site> choose_site(const settings& s, cfo::session& session) {
+  auto sites = co_await session.accessible_resources();
+  if (s.site.empty() && sites.size() == 1) co_return sites.front();
+  if (s.site.empty() && sites.size() > 1) {
+    std::string known;
+    for (const auto& site : sites) known += "\n  " + printable(site.url) + "  " + printable(site.name);
+    usage_error("the grant reaches several sites: choose one with --site URL, name or cloud id:" + known);
+  }
+  co_return cfo::find_site(sites, s.site);  // with no sites, a site_not_found that says so
+}
+
+asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  auto ex = co_await asio::this_coro::executor;
+  cfo::session session(ex, s.config, store, options_for(s));
   // Fail before the user consents, not after (a failure is a store_error: exit 1).
   cfo::detail::create_private_folders(s.token_file.parent_path());
-  cfo::file_token_store store(s.token_file);
 
   cfo::browser_opener launch;
   if (!s.no_browser) launch = s.browser.empty() ? cfo::browser_opener(cfo::open_browser) : cfo::browser_command(s.browser);
@@ -325,44 +417,118 @@ asio::awaitable<int> login(const settings& s) {
     std::cerr << "Waiting up to " << s.wait_timeout.count() << " s for the authorization (Ctrl-C to cancel)...\n";
   };
 
-  cfo::listener_options listen;
-  listen.timeout = s.wait_timeout;
-  listen.app_name = "confluence-cli";
-  auto tokens = co_await cfo::authorize(client, show_and_launch, listen);
-  co_await store.save(tokens);
+  co_await session.authorize(show_and_launch);  // holds the store's lock only to save
+  const auto held = co_await session.tokens();
+  const auto& tokens = *held;
 
   std::string expiry = "expiry unknown";
   if (tokens.expires_at != cfo::token_set::clock::time_point::max())
     expiry = "expires in " +
              std::to_string(std::chrono::round<std::chrono::seconds>(tokens.expires_at - cfo::token_set::clock::now()).count()) +
              " s";
-  std::cout << "Logged in: token saved to " << store.path().string() << " (" << expiry
+  std::cout << "Logged in: token saved to " << store->path().string() << " (" << expiry
             << ", scopes: " << (tokens.scope.empty() ? "unknown" : tokens.scope)
             << ", refresh token: " << (tokens.has_refresh_token() ? "yes" : "no") << ")" << std::endl;
   co_return exit_ok;
 }
 
-asio::awaitable<int> token(const settings& s) {
-  bool force = false;
-  for (const auto& a : s.args)
-    if (a == "--refresh") force = true;
-    else usage_error("token: unexpected argument " + cfo::detail::sanitize_text(a, 60));
-  cfo::oauth_client client(co_await asio::this_coro::executor, s.config);
-  cfo::file_token_store store(s.token_file);
-  auto tokens = co_await current_tokens(client, store, s.token_file.parent_path(), force);
-  std::cout << tokens.access_token.reveal() << '\n' << std::flush;
-  co_return std::cout ? exit_ok : exit_failure;
+asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  auto session = co_await signed_in(s, store);
+  auto held = co_await session.tokens();
+  if (s.refresh && !held->has_refresh_token())
+    throw cli_error(exit_reconsent, "the grant has no refresh token: log in again with the offline_access scope");
+  // session.token() hands out a token until it expires (refreshing it in the
+  // background within the skew); a script needs one that lasts a while, so an
+  // expiring one is refreshed first.
+  cfo::secret access;
+  if (s.refresh || (held->has_refresh_token() && held->expires_within(session.options().refresh_skew))) {
+    auto next = co_await session.refresh();
+    access = std::move(next.access_token);
+  } else {
+    access = co_await session.token();
+  }
+  std::cout << access.reveal() << '\n';
+  co_return flushed();
+}
+
+asio::awaitable<int> sites(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  auto session = co_await signed_in(s, store);
+  auto list = co_await session.accessible_resources();
+  for (const auto& site : list)
+    std::cout << printable(site.id) << "  " << printable(site.name) << "  " << printable(site.url) << '\n';
+  co_return flushed();
+}
+
+asio::awaitable<int> pages(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  auto session = co_await signed_in(s, store);
+  auto site = co_await choose_site(s, session);
+  cfo::confluence wiki(session, site);
+  auto path = "/wiki/api/v2/pages?limit=" + std::to_string(std::min(s.limit, max_page_size));
+  auto list = co_await wiki.get_all(std::move(path), s.limit);
+  for (const auto& page : list) std::cout << field(page, "id") << '\t' << field(page, "title") << '\n';
+  co_return flushed();
+}
+
+asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  const std::string& path = s.args.front();
+  if (!path.starts_with('/')) usage_error("get: PATH must start with / (e.g. /wiki/api/v2/spaces)");
+  const bool on_site = path.starts_with("/wiki/");
+  if (!on_site && !s.site.empty()) usage_error("get: --site is only for paths under /wiki/");
+  auto session = co_await signed_in(s, store);
+  nlohmann::json body;
+  if (on_site) {
+    auto site = co_await choose_site(s, session);
+    cfo::confluence wiki(session, site);
+    body = co_await wiki.get(path);
+  } else {
+    body = co_await session.get_json(path);
+  }
+  std::cout << body.dump(2) << '\n';  // dump escapes control characters
+  co_return flushed();
+}
+
+asio::awaitable<int> logout(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  std::error_code ec;
+  if (!std::filesystem::exists(store->path(), ec) && !ec) {  // nothing to forget: create no folder or lock file
+    std::cerr << "Not logged in: nothing to forget\n";
+    co_return exit_ok;
+  }
+  auto ex = co_await asio::this_coro::executor;
+  cfo::session session(ex, s.config, store, options_for(s));
+  co_await session.logout();
+  std::cerr << "Logged out: removed " << store->path().string() << '\n';
+  co_return exit_ok;
 }
 
 struct command {
   std::string_view name;
-  asio::awaitable<int> (*run)(const settings&);
+  std::string_view options;   // the command options it takes, separated by spaces
+  std::string_view argument;  // its one positional argument, or empty for none
+  asio::awaitable<int> (*run)(const settings&, const std::shared_ptr<cfo::file_token_store>&);
 };
 
 constexpr command commands[] = {
-    {"login", login},
-    {"token", token},
+    {"login", "", "", login},
+    {"token", "--refresh", "", token},
+    {"sites", "", "", sites},
+    {"pages", "--site --limit", "", pages},
+    {"get", "--site", "PATH", get_path},
+    {"logout", "", "", logout},
 };
+
+/// The command `s` names, once its options and arguments are checked.
+const command& find_command(const settings& s) {
+  auto cmd = std::find_if(std::begin(commands), std::end(commands), [&](const command& c) { return c.name == s.command; });
+  if (cmd == std::end(commands)) usage_error("unknown command " + cfo::detail::sanitize_text(s.command, 60));
+  const auto takes = split_spaces(cmd->options);
+  for (const auto& option : s.command_options)
+    if (std::find(takes.begin(), takes.end(), option) == takes.end()) usage_error(s.command + " takes no " + option + " option");
+  const std::size_t wanted = cmd->argument.empty() ? 0 : 1;
+  if (s.args.size() < wanted) usage_error(s.command + ": missing " + std::string(cmd->argument));
+  if (s.args.size() > wanted)
+    usage_error(s.command + ": unexpected argument " + cfo::detail::sanitize_text(s.args[wanted], 60));
+  return *cmd;
+}
 
 // ---------------------------------------------------------------------------
 // Errors to exit codes
@@ -375,15 +541,16 @@ int exit_code_for(const std::error_code& ec) {
     return exit_authorization;
   if (ec == errc::store_error) return exit_failure;  // the token file cannot be read or written
   if (ec == cfo::condition::reauthenticate) return exit_reconsent;
-  if (ec == cfo::condition::fix_configuration) return exit_usage;
+  if (ec == cfo::condition::fix_configuration) return exit_usage;  // scope_mismatch, api_gone, site_not_found, ...
   if (ec == cfo::condition::retry_later) return exit_retry;
   return exit_failure;
 }
 
 /// Runs one command and turns every failure into a message and an exit code.
-asio::awaitable<int> run(const command& cmd, const settings& s, const bool& interrupted) {
+asio::awaitable<int> run(const command& cmd, const settings& s, const std::shared_ptr<cfo::file_token_store>& store,
+                        const bool& interrupted) {
   try {
-    co_return co_await cmd.run(s);
+    co_return co_await cmd.run(s, store);
   } catch (const cli_error& e) {
     std::cerr << "confluence-cli: " << e.what() << '\n';
     co_return e.code;
@@ -398,6 +565,8 @@ asio::awaitable<int> run(const command& cmd, const settings& s, const bool& inte
       std::cerr << "confluence-cli: the grant was revoked or expired: run confluence-cli login again\n";
     else if (code == exit_reconsent)
       std::cerr << "confluence-cli: run confluence-cli login again\n";
+    else if (e.code() == cfo::errc::scope_mismatch)
+      std::cerr << "confluence-cli: name the scope with --scope when you run confluence-cli login again\n";
     auto* oauth = dynamic_cast<const cfo::oauth_error*>(&e);
     if (oauth && oauth->retry_after())
       std::cerr << "confluence-cli: the server asks to retry after " << oauth->retry_after()->count() << " s\n";
@@ -415,13 +584,14 @@ int main(int argc, char** argv) {
   const command* cmd = nullptr;
   try {
     s = parse_arguments(argc, argv);
-    for (const auto& c : commands)
-      if (c.name == s.command) cmd = &c;
-    if (!cmd) usage_error("unknown command " + cfo::detail::sanitize_text(s.command, 60));
+    cmd = &find_command(s);
   } catch (const cli_error& e) {
     std::cerr << "confluence-cli: " << e.what() << "\nTry 'confluence-cli --help'.\n";
     return e.code;
   }
+
+  auto store = s.key.empty() ? std::make_shared<cfo::file_token_store>(s.token_file)
+                             : std::make_shared<cfo::file_token_store>(s.token_file, s.key);
 
   asio::io_context io(1);
   asio::cancellation_signal cancel;
@@ -437,10 +607,14 @@ int main(int argc, char** argv) {
   signals.async_wait(on_signal);
 
   int result = exit_failure;
-  asio::co_spawn(io, run(*cmd, s, interrupted),
+  asio::co_spawn(io, run(*cmd, s, store, interrupted),
                  asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e, int code) {
                    result = e ? exit_failure : code;
-                   signals.cancel();
+                   // io.run() still lets a refresh the session started in the
+                   // background save its tokens; a signal meanwhile just ends the process.
+                   std::error_code ignored;
+                   signals.clear(ignored);
+                   signals.cancel(ignored);
                  }));
   io.run();
   return result;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end demo: log in to a local fake Atlassian server with the
 # confluence-cli example (OAuth 2.0 authorization code flow driven by a
-# headless browser), then show the stored (redacted) tokens.
+# headless browser), show the stored (redacted) tokens, then list the sites
+# and pages the grant reaches through the session.
 #
 # Usage: scripts/demo.sh [--no-browser]
 #   --no-browser   use the built fake-browser instead of headless chromium
@@ -142,5 +143,11 @@ echo
 step "Running 'confluence-cli token' (prints a valid access token, refreshing if needed)"
 token=$("$cli" "${cli_args[@]}" token)
 printf '%s…\n' "${token:0:8}"
+
+step "Running 'confluence-cli sites' (accessible-resources through the session)"
+"$cli" "${cli_args[@]}" sites
+
+step "Running 'confluence-cli pages --limit 5' (Confluence v2, following the Link header)"
+"$cli" "${cli_args[@]}" pages --limit 5
 
 step "Demo finished"

@@ -11,6 +11,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -221,7 +223,7 @@ struct cli_fixture : flow_fixture {
   std::string ca = dir / "ca.pem";
   std::string token_file = dir / "config/tokens.json";
 
-  cli_fixture() { srv.write_ca_pem(ca); }
+  explicit cli_fixture(fake_atlassian::options o = {}) : flow_fixture(std::move(o)) { srv.write_ca_pem(ca); }
 
   std::vector<std::string> base_args() const {
     return {CFO_CLI_PATH,
@@ -247,6 +249,20 @@ struct cli_fixture : flow_fixture {
 
   cfo::token_set saved() const {
     return cfo::token_set::from_json(nlohmann::json::parse(test_util::read_text(token_file)));
+  }
+
+  /// A fresh grant for `scope` in the token file, as login leaves it, without a browser.
+  void sign_in(const std::string& scope = scopes) {
+    auto tokens = test_util::grant_from(srv, test_util::client_config_for(srv, redirect), scope);
+    cfo::file_token_store store(token_file);
+    test_util::run([&](auto) -> asio::awaitable<void> { co_await store.save(tokens); });
+  }
+
+  std::string write_key(const std::string& name, const std::string& content, mode_t mode = 0600) const {
+    auto path = dir / name;
+    { std::ofstream(path, std::ios::binary) << content; }
+    REQUIRE(::chmod(path.c_str(), mode) == 0);
+    return path;
   }
 };
 
@@ -311,13 +327,24 @@ TEST_CASE("confluence-cli exit codes") {
     CHECK(f.cli({"--timeout", "soon", "login"}).exit_code == 2);
     CHECK(test_util::run_process({CFO_CLI_PATH, "login"}, 30s, {"ATLASSIAN_CLIENT_ID=", "ATLASSIAN_CLIENT_SECRET="}).exit_code == 2);
     CHECK(f.cli({"--token-url", "http://auth.example.com/token", "login"}).exit_code == 2);
+    CHECK(f.cli({"token", "--site", "example"}).exit_code == 2);
+    CHECK(f.cli({"sites", "--limit", "3"}).exit_code == 2);
+    CHECK(f.cli({"sites", "extra"}).exit_code == 2);
+    CHECK(f.cli({"get"}).exit_code == 2);
+    CHECK(f.cli({"get", "wiki/api/v2/spaces"}).exit_code == 2);
+    CHECK(f.cli({"get", "--site", "example", "/oauth/token/accessible-resources"}).exit_code == 2);
+    CHECK(f.cli({"pages", "--limit", "0"}).exit_code == 2);
+    CHECK(f.cli({"pages", "--limit", "many"}).exit_code == 2);
+    CHECK(f.cli({"--key-file", f.dir / "no-such-key", "token"}).exit_code == 2);
   }
   SUBCASE("help is 0") {
     auto help = test_util::run_process({CFO_CLI_PATH, "--help"});
     CHECK(help.exit_code == 0);
-    for (const char* opt : {"--client-id", "--client-secret", "--redirect-uri", "--scope", "--token-file",
+    for (const char* opt : {"--client-id", "--client-secret", "--redirect-uri", "--scope", "--token-file", "--key-file",
                             "--authorize-url", "--token-url", "--api-url", "--ca-file", "--token-encoding", "--pkce",
-                            "--audience", "--prompt", "--browser", "--no-browser", "--timeout"}) {
+                            "--audience", "--prompt", "--browser", "--no-browser", "--timeout", "--request-timeout",
+                            "--refresh", "--site", "--limit", "\n  login ", "\n  token [--refresh] ", "\n  sites ",
+                            "\n  pages [--site SITE] [--limit N]\n", "\n  get [--site SITE] PATH\n", "\n  logout "}) {
       CAPTURE(opt);
       CHECK(help.out.find(opt) != std::string::npos);
     }
@@ -349,6 +376,170 @@ TEST_CASE("confluence-cli exit codes") {
     CHECK(r.exit_code == 2);
     CHECK(r.err.find("wrong-secret-value") == std::string::npos);
   }
+}
+
+TEST_CASE("confluence-cli sites lists the sites the grant reaches") {
+  cli_fixture f;
+  f.sign_in();
+  auto r = f.cli({"sites"});
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "a1b2c3d4-0000-4000-8000-000000000001  example  https://example.atlassian.net\n");
+}
+
+TEST_CASE("confluence-cli pages --limit 30 lists 30 pages in order, in one listing request") {
+  fake_atlassian::options o;
+  o.page_count = 40;
+  cli_fixture f(o);
+  f.sign_in();
+  const auto before = f.srv.stats().api_requests;
+  auto r = f.cli({"pages", "--limit", "30"});
+  CAPTURE(r.err);
+  REQUIRE(r.exit_code == 0);
+  std::string expected;
+  for (int n = 1; n <= 30; ++n) expected += std::to_string(n) + "\tPage " + std::to_string(n) + "\n";
+  CHECK(r.out == expected);
+  CHECK(f.srv.stats().api_requests - before == 2);  // accessible-resources, then one page of 30
+
+  auto by_default = f.cli({"pages"});
+  CHECK(by_default.exit_code == 0);
+  CHECK(std::count(by_default.out.begin(), by_default.out.end(), '\n') == 25);
+  auto all = f.cli({"pages", "--limit=1000"});
+  CHECK(all.exit_code == 0);
+  CHECK(std::count(all.out.begin(), all.out.end(), '\n') == 40);
+}
+
+TEST_CASE("confluence-cli pages --site names the sites when none matches") {
+  cli_fixture f;
+  f.sign_in();
+  auto r = f.cli({"pages", "--site", "https://elsewhere.atlassian.net"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("elsewhere.atlassian.net") != std::string::npos);
+  CHECK(r.err.find("example (https://example.atlassian.net)") != std::string::npos);
+  CHECK(r.out.empty());
+}
+
+TEST_CASE("confluence-cli with several sites needs --site, by URL, name or cloud id") {
+  fake_atlassian::options o;
+  o.sites.push_back({"cloud-one", "One", "https://one.atlassian.net", {}, {}});
+  o.sites.push_back({"cloud-two", "Two", "https://two.atlassian.net", {}, {}});
+  o.page_count = 3;
+  cli_fixture f(o);
+  f.sign_in();
+  auto listed = f.cli({"sites"});
+  CHECK(listed.exit_code == 0);
+  CHECK(listed.out == "cloud-one  One  https://one.atlassian.net\ncloud-two  Two  https://two.atlassian.net\n");
+
+  auto ambiguous = f.cli({"pages"});
+  CHECK(ambiguous.exit_code == 2);
+  CHECK(ambiguous.err.find("--site") != std::string::npos);
+  CHECK(ambiguous.err.find("https://one.atlassian.net") != std::string::npos);
+  CHECK(ambiguous.err.find("https://two.atlassian.net") != std::string::npos);
+
+  for (const char* key : {"two", "two.atlassian.net/", "cloud-two"}) {
+    CAPTURE(key);
+    auto r = f.cli({"get", "--site", key, "/wiki/api/v2/spaces"});
+    CAPTURE(r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(nlohmann::json::parse(r.out)["_links"]["base"] == "https://two.atlassian.net/wiki");
+  }
+  auto pages = f.cli({"pages", "--site", "One"});
+  CHECK(pages.exit_code == 0);
+  CHECK(pages.out == "1\tPage 1\n2\tPage 2\n3\tPage 3\n");
+}
+
+TEST_CASE("confluence-cli get prints the JSON answer, on the site or on the API base") {
+  cli_fixture f;
+  f.sign_in();
+  auto r = f.cli({"get", "/wiki/api/v2/spaces"});
+  CAPTURE(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("\n  \"results\": [") != std::string::npos);  // pretty-printed
+  auto spaces = nlohmann::json::parse(r.out, nullptr, false);
+  REQUIRE(spaces.is_object());
+  REQUIRE(spaces["results"].size() == 3);
+  CHECK(spaces["results"][0]["key"] == "SP1");
+  CHECK(spaces["results"][2]["name"] == "Space 3");
+
+  auto resources = f.cli({"get", "/oauth/token/accessible-resources"});
+  CAPTURE(resources.err);
+  REQUIRE(resources.exit_code == 0);
+  auto sites = nlohmann::json::parse(resources.out, nullptr, false);
+  REQUIRE(sites.is_array());
+  REQUIRE(sites.size() == 1);
+  CHECK(sites[0]["id"] == "a1b2c3d4-0000-4000-8000-000000000001");
+}
+
+TEST_CASE("confluence-cli get of a retired v1 endpoint exits 2 and points to v2") {
+  cli_fixture f;
+  f.sign_in();
+  auto r = f.cli({"get", "/wiki/rest/api/content"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("410") != std::string::npos);
+  CHECK(r.err.find("/wiki/api/v2/") != std::string::npos);
+  CHECK(r.out.empty());
+}
+
+TEST_CASE("confluence-cli a grant without the endpoint's scope exits 2 without refreshing") {
+  cli_fixture f;
+  f.sign_in("read:page:confluence offline_access");
+  auto r = f.cli({"get", "/wiki/api/v2/spaces"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("scope") != std::string::npos);
+  CHECK(r.err.find("--scope") != std::string::npos);
+  CHECK(r.out.empty());
+  CHECK(f.srv.stats().refresh_grants == 0);
+  CHECK(f.cli({"pages"}).exit_code == 0);  // the scope it has still works
+}
+
+TEST_CASE("confluence-cli logout forgets the grant") {
+  cli_fixture f;
+  f.sign_in();
+  REQUIRE(f.cli({"token"}).exit_code == 0);
+  auto r = f.cli({"logout"});
+  CHECK(r.exit_code == 0);
+  CHECK(r.err.find("Logged out") != std::string::npos);
+  CHECK(r.out.empty());
+  CHECK_FALSE(std::filesystem::exists(f.token_file));
+  auto token = f.cli({"token"});
+  CHECK(token.exit_code == 4);
+  CHECK(token.err.find("not logged in") != std::string::npos);
+  auto again = f.cli({"logout"});
+  CHECK(again.exit_code == 0);
+  CHECK(again.err.find("nothing to forget") != std::string::npos);
+}
+
+TEST_CASE("confluence-cli --key-file encrypts the token file") {
+  cli_fixture f;
+  const std::string hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+  std::string raw;
+  for (int i = 0; i < 32; ++i) raw += static_cast<char>(i);
+  const auto key = f.write_key("key.hex", hex + "\n");
+  auto login = f.cli({"--key-file", key, "--browser", f.browser(), "login"});
+  CAPTURE(login.err);
+  REQUIRE(login.exit_code == 0);
+  auto text = test_util::read_text(f.token_file);
+  CHECK(nlohmann::json::parse(text).contains("format"));  // sealed
+  cfo::file_token_store sealed(f.token_file, cfo::secret(raw));
+  auto tokens = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await sealed.load(); });
+  REQUIRE(tokens);
+  CHECK(text.find(tokens->access_token.reveal()) == std::string::npos);
+
+  auto token = f.cli({"--key-file", key, "token"});
+  CHECK(token.exit_code == 0);
+  CHECK(token.out == tokens->access_token.reveal() + "\n");
+  auto refreshed = f.cli({"--key-file", f.write_key("key.bin", raw), "token", "--refresh"});  // the same key, raw
+  CHECK(refreshed.exit_code == 0);
+  CHECK(nlohmann::json::parse(test_util::read_text(f.token_file)).contains("format"));  // saved sealed again
+
+  auto wrong = f.cli({"--key-file", f.write_key("other.bin", std::string(32, 'k')), "token"});
+  CHECK(wrong.exit_code == 2);
+  CHECK(wrong.err.find("another key") != std::string::npos);
+  CHECK(f.cli({"token"}).exit_code == 2);  // encrypted, and no key given
+  auto exposed = f.cli({"--key-file", f.write_key("exposed.hex", hex, 0640), "token"});
+  CHECK(exposed.exit_code == 2);
+  CHECK(exposed.err.find("chmod 600") != std::string::npos);
+  CHECK(f.cli({"--key-file", f.write_key("short.hex", hex.substr(2)), "token"}).exit_code == 2);
 }
 
 }  // TEST_SUITE
