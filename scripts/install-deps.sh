@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install the Debian packages needed to build, test and demo confluence_oauth.
-# Idempotent: does nothing (one line of output) when everything is present.
+# Install the Debian packages needed to build, test and demo confluence_oauth,
+# then the browser tests' npm packages (scripts/install-node-deps.sh).
+# Idempotent: does nothing (a line or two of output) when everything is present.
 #
 # Usage: scripts/install-deps.sh [--no-browser]
-#   --no-browser   do not require/install chromium (the demo and tests then
-#                  fall back to the built fake-browser)
+#   --no-browser   do not require/install chromium, Node.js and the browser
+#                  tests' npm packages (the demo and tests then fall back to
+#                  the built fake-browser)
 set -euo pipefail
 
 with_browser=1
@@ -23,6 +25,11 @@ packages=(
 )
 if (( with_browser )); then
   packages+=(chromium)
+  # Node.js drives the browser tests. One that came from elsewhere (NodeSource's
+  # nodejs bundles npm and conflicts with Debian's npm) is used as it is.
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+  fi
 fi
 
 missing=()
@@ -33,8 +40,16 @@ for pkg in "${packages[@]}"; do
   fi
 done
 
+# The browser tests' npm packages, once node and npm are there.
+install_node_deps() {
+  if (( with_browser )); then
+    bash "$(dirname "${BASH_SOURCE[0]}")/install-node-deps.sh"
+  fi
+}
+
 if (( ${#missing[@]} == 0 )); then
   echo "install-deps: all ${#packages[@]} required packages are already installed"
+  install_node_deps
   exit 0
 fi
 
@@ -53,3 +68,4 @@ fi
 "${sudo_cmd[@]}" apt-get update
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y "${missing[@]}"
+install_node_deps

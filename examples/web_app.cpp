@@ -1,0 +1,878 @@
+// web-app — a small multi-user web app that connects each of its users to
+// Confluence Cloud with OAuth 2.0 (3LO): the seed of every Confluence
+// integration.
+//
+//   GET  /           a "Connect to Confluence" button, or this user's spaces
+//   POST /connect    start an authorization for this browser (GET works too)
+//   GET  /callback   Atlassian's redirect back (the path of --redirect-uri)
+//   POST /logout     forget this user's grant
+//
+// Browsers are told apart by a random session cookie. An authorization belongs
+// to the cookie that started it, so a callback carrying the state of another
+// browser, or of none, is refused: nobody can slip their own grant into a
+// victim's browser (login CSRF). Each user's grant lives in that user's own
+// token store, behind that user's own session.
+//
+// The whole program is one asio::io_context on one thread and every request
+// is a coroutine. Its HTTP server is deliberately minimal: one request per
+// connection, request bodies only with Content-Length, a size limit on
+// everything read and a deadline on every connection.
+
+#include "confluence_oauth.hpp"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unistd.h>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace cfo = confluence_oauth;
+using namespace std::chrono_literals;
+using asio::ip::tcp;
+
+namespace {
+
+#if ASIO_VERSION >= 102300
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+#else
+constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
+#endif
+
+const std::string app_name = "Confluence web app";
+const std::string cookie_name = "webapp_session";
+
+// Limits on what one connection may cost.
+constexpr std::size_t max_head_bytes = 16 * 1024;
+constexpr std::size_t max_header_count = 64;
+constexpr std::size_t max_body_bytes = 64 * 1024;  // only forms with a button are ever posted here
+constexpr auto read_timeout = 10s;                   // the whole request, head and body
+constexpr auto write_timeout = 10s;                  // the response, then the lingering close
+constexpr std::size_t max_connections = 256;         // more are closed at once
+
+// Limits on what one browser may cost.
+constexpr auto pending_lifetime = 10min;  // Atlassian's codes and consent pages live about as long
+constexpr std::size_t max_pending_per_user = 4;
+constexpr std::size_t max_users = 10000;
+constexpr std::size_t max_spaces_per_site = 250;
+
+// ---------------------------------------------------------------------------
+// Settings, from the command line and the environment
+// ---------------------------------------------------------------------------
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string help_text() {
+  const cfo::client_config d;  // the library's defaults are Atlassian's
+  return "usage: web-app [options]\n"
+         "\n"
+         "A small multi-user web app: each browser connects its own Confluence Cloud\n"
+         "account with OAuth 2.0 (3LO) and sees its spaces.\n"
+         "\n"
+         "Options (--opt VALUE or --opt=VALUE):\n"
+         "  --host ADDRESS            IP address to listen on (default 127.0.0.1)\n"
+         "  --port N                  port to listen on, 0 = any free port (default 3000);\n"
+         "                            prints \"listening on http://HOST:PORT\" once listening\n"
+         "  --port-file PATH          also write the port to PATH\n"
+         "  --client-id ID            OAuth client id (default: $ATLASSIAN_CLIENT_ID)\n"
+         "  --client-secret-file PATH file holding the OAuth client secret (default: the\n"
+         "                            secret in $ATLASSIAN_CLIENT_SECRET)\n"
+         "  --redirect-uri URI        callback URL registered for the app (default\n"
+         "                            http://HOST:PORT/callback); the app serves its path.\n"
+         "                            Open the app on this URI's origin: the session cookie\n"
+         "                            must come back with the callback\n"
+         "  --authorize-url URL       authorization endpoint (also --auth-url; default\n"
+         "                            " + d.authorize_url + ")\n"
+         "  --token-url URL           token endpoint (default " + d.token_url + ")\n"
+         "  --api-url URL             API base URL (default " + d.api_url + ")\n"
+         "  --ca-file PEM             also trust the CA certificates in this PEM file\n"
+         "  -h, --help                show this help\n"
+         "\n"
+         "Stops on SIGINT or SIGTERM. Exit status: 0 after a signal, 1 on a failure,\n"
+         "2 on a usage or configuration error.\n";
+}
+
+struct settings {
+  cfo::client_config config;
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 3000;
+  std::string port_file;
+  bool redirect_given = false;  // else http://HOST:PORT/callback, once the port is known
+};
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+cfo::secret read_secret_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw usage_error("--client-secret-file: cannot read " + path);
+  std::string text(std::istreambuf_iterator<char>(in), {});
+  if (text.size() > 4096) throw usage_error("--client-secret-file: " + path + " is too large for a secret");
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.pop_back();
+  cfo::secret s(std::move(text));
+  if (s.empty()) throw usage_error("--client-secret-file: " + path + " is empty");
+  return s;
+}
+
+settings parse_arguments(int argc, char** argv) {
+  settings s;
+  std::optional<std::string> client_id;
+  std::optional<cfo::secret> client_secret;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    auto eq = arg.find('=');
+    std::string name(arg.substr(0, eq));
+    // The option's value, from "--opt=VALUE" or the next argument.
+    auto value = [&]() -> std::string {
+      if (eq != std::string_view::npos) return std::string(arg.substr(eq + 1));
+      if (i + 1 >= argc) throw usage_error("option " + name + " needs a value");
+      return argv[++i];
+    };
+    if (name == "--help" || name == "-h") {
+      std::cout << help_text();
+      std::exit(0);
+    } else if (name == "--host") {
+      s.host = value();
+      std::error_code ec;
+      asio::ip::make_address(s.host, ec);
+      if (ec) throw usage_error("--host: expected an IP address, got \"" + s.host + "\"");
+    } else if (name == "--port") {
+      auto text = value();
+      unsigned port = 0;
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
+      if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || port > 65535)
+        throw usage_error("--port: expected a port from 0 to 65535, got \"" + text + "\"");
+      s.port = static_cast<std::uint16_t>(port);
+    } else if (name == "--port-file") {
+      s.port_file = value();
+    } else if (name == "--client-id") {
+      client_id = value();
+    } else if (name == "--client-secret-file") {
+      client_secret = read_secret_file(value());
+    } else if (name == "--redirect-uri") {
+      s.config.redirect_uri = value();
+      s.redirect_given = true;
+    } else if (name == "--authorize-url" || name == "--auth-url") {
+      s.config.authorize_url = value();
+    } else if (name == "--token-url") {
+      s.config.token_url = value();
+    } else if (name == "--api-url") {
+      s.config.api_url = value();
+    } else if (name == "--ca-file") {
+      s.config.tls.ca_file = value();
+    } else {
+      throw usage_error("unknown option " + std::string(arg.substr(0, 60)));
+    }
+  }
+  s.config.client_id = client_id ? *client_id : env("ATLASSIAN_CLIENT_ID");
+  s.config.client_secret = client_secret ? std::move(*client_secret) : cfo::secret(env("ATLASSIAN_CLIENT_SECRET"));
+  if (s.config.client_id.empty()) throw usage_error("missing client id: pass --client-id or set ATLASSIAN_CLIENT_ID");
+  if (s.config.client_secret.empty())
+    throw usage_error("missing client secret: pass --client-secret-file or set ATLASSIAN_CLIENT_SECRET");
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// HTML
+// ---------------------------------------------------------------------------
+
+std::string html_escape(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (char c : in) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+/// A whole page. `id` names the page for scripts and tests; `content` is HTML.
+std::string html_page(std::string_view id, std::string_view title, std::string_view content) {
+  std::string out = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                    "<meta name=\"viewport\" content=\"width=device-width\"><title>";
+  out += html_escape(title);
+  out += " - " + app_name + "</title><style>"
+         "body{font-family:system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}"
+         "button{font-size:1em;padding:.4em 1em}small{font-weight:normal;color:#555}</style></head>\n<body><main id=\"";
+  out += html_escape(id);
+  out += "\"><h1>";
+  out += html_escape(title);
+  out += "</h1>\n";
+  out += content;
+  out += "</main></body></html>\n";
+  return out;
+}
+
+const std::string connect_button =
+    "<form method=\"post\" action=\"/connect\">"
+    "<button type=\"submit\" id=\"connect\">Connect to Confluence</button></form>\n";
+
+const std::string logout_button =
+    "<form method=\"post\" action=\"/logout\">"
+    "<button type=\"submit\" id=\"logout\">Disconnect</button></form>\n";
+
+const std::string back_link = "<p><a href=\"/\">Back to the start page</a></p>\n";
+
+std::string paragraph(std::string_view text) { return "<p>" + html_escape(text) + "</p>\n"; }
+
+// ---------------------------------------------------------------------------
+// HTTP/1.1, just enough: one request per connection
+// ---------------------------------------------------------------------------
+
+struct request {
+  std::string method, target;
+  std::vector<std::pair<std::string, std::string>> headers;  // names in lower case
+
+  std::string_view path() const { return std::string_view(target).substr(0, target.find('?')); }
+  const std::string* header(std::string_view lower_name) const {
+    for (const auto& [name, value] : headers)
+      if (name == lower_name) return &value;
+    return nullptr;
+  }
+};
+
+struct response {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;  // beyond the ones every response gets
+  std::string body;
+};
+
+response html_response(int status, std::string body) {
+  response r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+/// A page as a response: `id` names the page for tests, `content` is HTML.
+response page(int status, std::string_view id, std::string_view title, std::string_view content) {
+  return html_response(status, html_page(id, title, content));
+}
+
+response redirect_to(std::string location) {
+  response r;
+  r.status = 303;  // "see other": the browser follows with a GET, whatever it sent
+  r.headers.emplace_back("Location", std::move(location));
+  return r;
+}
+
+std::string_view reason_phrase(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 505: return "HTTP Version Not Supported";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+  }
+}
+
+std::string serialize(const response& r) {
+  std::string out = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(reason_phrase(r.status)) + "\r\n";
+  out += "Content-Type: text/html; charset=utf-8\r\n";
+  out += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
+  out += "Connection: close\r\n";
+  // Pages are per user and some carry a URL with an authorization code: never
+  // cache them, and never send that URL to another site as a Referer
+  // ("same-origin", not "no-referrer", which would make our own forms post
+  // with "Origin: null").
+  out += "Cache-Control: no-store\r\n";
+  out += "Referrer-Policy: same-origin\r\n";
+  out += "X-Content-Type-Options: nosniff\r\n";
+  out += "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+         "base-uri 'none'\r\n";
+  for (const auto& [name, value] : r.headers) out += name + ": " + value + "\r\n";
+  out += "\r\n";
+  out += r.body;
+  return out;
+}
+
+/// A request the server refuses before any route sees it.
+struct protocol_error : std::runtime_error {
+  protocol_error(int status, const std::string& message) : std::runtime_error(message), status(status) {}
+  int status;
+};
+
+bool is_token_char(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+std::string_view trim_ows(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+/// Parses the head (request line and headers, without the final empty line)
+/// into `req` and returns the body length; throws protocol_error.
+std::size_t parse_head(std::string_view head, request& req) {
+  auto next_line = [&head]() {
+    auto end = head.find("\r\n");
+    auto line = head.substr(0, end);
+    head = end == std::string_view::npos ? std::string_view{} : head.substr(end + 2);
+    return line;
+  };
+  auto bad = [](const std::string& why) { return protocol_error(400, why); };
+
+  auto line = next_line();
+  auto sp1 = line.find(' '), sp2 = line.rfind(' ');
+  if (sp1 == std::string_view::npos || sp1 == sp2) throw bad("malformed request line");
+  req.method = line.substr(0, sp1);
+  req.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  auto version = line.substr(sp2 + 1);
+  if (req.method.empty() || !std::all_of(req.method.begin(), req.method.end(), is_token_char))
+    throw bad("malformed method");
+  if (req.target.empty() || req.target.front() != '/' ||
+      !std::all_of(req.target.begin(), req.target.end(), [](char c) { return c > 0x20 && c < 0x7f; }))
+    throw bad("malformed request target");
+  if (version != "HTTP/1.1" && version != "HTTP/1.0") throw protocol_error(505, "unsupported HTTP version");
+
+  std::optional<std::size_t> content_length;
+  while (!head.empty()) {
+    line = next_line();
+    if (req.headers.size() >= max_header_count) throw protocol_error(431, "too many header fields");
+    auto colon = line.find(':');
+    if (colon == 0 || colon == std::string_view::npos ||
+        !std::all_of(line.begin(), line.begin() + static_cast<std::ptrdiff_t>(colon), is_token_char))
+      throw bad("malformed header field");  // obsolete line folding lands here too
+    std::string name(line.substr(0, colon));
+    for (char& c : name)
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+    auto value = trim_ows(line.substr(colon + 1));
+    if (std::any_of(value.begin(), value.end(), [](char c) {
+          auto u = static_cast<unsigned char>(c);
+          return (u < 0x20 && c != '\t') || u == 0x7f;
+        }))
+      throw bad("control character in a header field");
+    if (name == "transfer-encoding") throw protocol_error(501, "request bodies must come with Content-Length");
+    if (name == "content-length") {
+      std::size_t n = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (value.empty() || ec != std::errc{} || end != value.data() + value.size() ||
+          (content_length && *content_length != n))
+        throw bad("malformed Content-Length");
+      if (n > max_body_bytes) throw protocol_error(413, "request body too large");
+      content_length = n;
+    }
+    req.headers.emplace_back(std::move(name), value);
+  }
+  return content_length.value_or(0);
+}
+
+/// Closes the socket when the timer fires; re-arming replaces the deadline.
+void arm_deadline(asio::steady_timer& timer, const std::shared_ptr<tcp::socket>& socket,
+                  std::chrono::steady_clock::duration after) {
+  timer.expires_after(after);
+  timer.async_wait([weak = std::weak_ptr(socket)](std::error_code ec) {
+    if (ec) return;
+    if (auto s = weak.lock()) {
+      std::error_code ignored;
+      s->close(ignored);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// The app: users, their pending authorizations, the routes
+// ---------------------------------------------------------------------------
+
+/// One browser. Its session talks to Confluence with this user's grant only.
+struct user {
+  user(const asio::any_io_executor& ex, const cfo::client_config& config)
+      : session(ex, config, std::make_shared<cfo::memory_token_store>()) {}
+
+  struct pending_authorization {
+    cfo::authorization auth;
+    std::chrono::steady_clock::time_point expires;
+  };
+
+  cfo::session session;  // owns this user's own token store
+  std::vector<pending_authorization> pending;  // Connect clicks awaiting their callback, oldest first
+  bool connected = false;                      // the store holds a grant
+
+  void drop_expired(std::chrono::steady_clock::time_point now) {
+    std::erase_if(pending, [now](const auto& p) { return p.expires <= now; });
+  }
+};
+
+std::string new_session_id() {
+  std::array<unsigned char, 32> bytes;  // 256 bits: cannot be guessed
+  if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1)
+    throw std::runtime_error("the random number generator failed");
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string id;
+  for (unsigned char b : bytes) {
+    id += hex[b >> 4];
+    id += hex[b & 15];
+  }
+  return id;
+}
+
+bool is_session_id(std::string_view s) {
+  auto hex_digit = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), hex_digit);
+}
+
+/// The session cookie of the request, when it has a well-formed one.
+std::optional<std::string> session_cookie(const request& req) {
+  for (const auto& [name, value] : req.headers) {
+    if (name != "cookie") continue;
+    std::string_view rest = value;
+    while (!rest.empty()) {
+      auto end = rest.find(';');
+      auto pair = trim_ows(rest.substr(0, end));
+      rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
+      auto eq = pair.find('=');
+      if (eq != std::string_view::npos && pair.substr(0, eq) == cookie_name && is_session_id(pair.substr(eq + 1)))
+        return std::string(pair.substr(eq + 1));
+    }
+  }
+  return std::nullopt;
+}
+
+class web_app {
+ public:
+  web_app(asio::any_io_executor ex, cfo::client_config config)
+      : executor_(std::move(ex)),
+        config_(std::move(config)),
+        callback_path_(cfo::parse_url(config_.redirect_uri).path()),
+        secure_cookie_(cfo::parse_url(config_.redirect_uri).is_https()) {}
+
+  std::size_t connections = 0;  // open HTTP connections
+
+  /// Answers one request. Failures become an error page; they never reach the server.
+  asio::awaitable<response> handle(const request& req) {
+    response res;
+    int failed = 0;
+    std::string failure;
+    try {
+      res = co_await route(req);
+    } catch (const cfo::oauth_error& e) {  // Atlassian or the network failed us
+      failed = 502;
+      failure = e.what();
+    } catch (const std::exception& e) {
+      failed = 500;
+      failure = e.what();
+    }
+    if (failed) res = page(failed, "error", "Something went wrong", paragraph(failure) + back_link);
+    // The path only: a callback's query holds an authorization code.
+    std::clog << "web-app: " << req.method << ' ' << req.path() << ' ' << res.status;
+    if (failed) std::clog << ": " << failure;
+    std::clog << std::endl;
+    co_return res;
+  }
+
+ private:
+  asio::awaitable<response> route(const request& req) {
+    auto path = req.path();
+    auto method_not_allowed = [](std::string allow) {
+      auto r = page(405, "error", "Method not allowed", paragraph("Use " + allow + "."));
+      r.headers.emplace_back("Allow", std::move(allow));
+      return r;
+    };
+    if (req.method == "POST" && !same_origin(req))
+      co_return page(403, "error", "Forbidden", paragraph("This form was posted from another site."));
+    if (path == "/") {
+      if (req.method != "GET") co_return method_not_allowed("GET");
+      co_return co_await home(find_user(req));
+    }
+    if (path == "/connect") {
+      if (req.method != "GET" && req.method != "POST") co_return method_not_allowed("GET, POST");
+      co_return connect(req);
+    }
+    if (path == callback_path_) {
+      if (req.method != "GET") co_return method_not_allowed("GET");
+      co_return co_await callback(req);
+    }
+    if (path == "/logout") {
+      if (req.method != "POST") co_return method_not_allowed("POST");
+      co_return co_await logout(req);
+    }
+    co_return page(404, "error", "Not found", paragraph("There is nothing here."));
+  }
+
+  // --- GET /: the Connect button, or this user's spaces ---
+
+  asio::awaitable<response> home(std::shared_ptr<user> u) {
+    if (!u || !u->connected)
+      co_return start_page("Connect your Confluence Cloud account to see your spaces here.");
+    std::string spaces;
+    bool grant_gone = false;
+    try {
+      spaces = co_await spaces_html(*u);
+    } catch (const cfo::oauth_error& e) {
+      if (e.code() != cfo::condition::reauthenticate) throw;
+      grant_gone = true;  // revoked, expired or never had offline_access: only a new consent helps
+    }
+    if (grant_gone) {
+      co_await u->session.logout();
+      u->connected = false;
+      co_return start_page("Your Confluence connection has expired or was revoked. Connect again.");
+    }
+    co_return page(200, "spaces", "Your Confluence spaces", spaces + logout_button);
+  }
+
+  static response start_page(std::string_view message) {
+    return page(200, "start", "Confluence", paragraph(message) + connect_button);
+  }
+
+  static asio::awaitable<std::string> spaces_html(user& u) {
+    auto sites = co_await u.session.accessible_resources();
+    std::string html;
+    std::size_t shown = 0;
+    for (const auto& site : sites) {
+      // One consent can cover Jira sites too: their spaces are not Confluence's.
+      bool has_confluence = std::any_of(site.scopes.begin(), site.scopes.end(),
+                                        [](const std::string& s) { return s.find("confluence") != std::string::npos; });
+      if (!has_confluence) continue;
+      ++shown;
+      cfo::confluence wiki(u.session, site);
+      auto spaces = co_await wiki.get_all("/wiki/api/v2/spaces?limit=100", max_spaces_per_site);
+      html += "<section class=\"site\"><h2>" + html_escape(site.name) + " <small>" + html_escape(site.url) +
+              "</small></h2>\n<ul class=\"spaces\">\n";
+      for (const auto& space : spaces) {
+        html += "<li>" + html_escape(text_field(space, "name"));
+        if (auto key = text_field(space, "key"); !key.empty()) html += " <small>(" + html_escape(key) + ")</small>";
+        html += "</li>\n";
+      }
+      html += "</ul>";
+      if (spaces.empty()) html += paragraph("No spaces here.");
+      html += "</section>\n";
+    }
+    if (shown == 0) html = paragraph("This account shares no Confluence site with the app.");
+    co_return html;
+  }
+
+  static std::string text_field(const nlohmann::json& j, const char* key) {
+    auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string{};
+  }
+
+  // --- /connect: a new authorization, bound to this browser's cookie ---
+
+  response connect(const request& req) {
+    auto now = std::chrono::steady_clock::now();
+    std::optional<std::string> new_id;
+    auto u = find_user(req);
+    if (!u) {
+      make_room(now);
+      if (users_.size() >= max_users)
+        return page(503, "error", "Too many users", paragraph("Try again later."));
+      new_id = new_session_id();
+      u = std::make_shared<user>(executor_, config_);
+      users_.emplace(*new_id, u);
+    }
+    u->drop_expired(now);
+    if (u->pending.size() >= max_pending_per_user) u->pending.erase(u->pending.begin());
+    auto auth = u->session.client().begin_authorization();
+    auto res = redirect_to(auth.url);
+    u->pending.push_back(user::pending_authorization{std::move(auth), now + pending_lifetime});
+    if (new_id) res.headers.emplace_back("Set-Cookie", cookie(*new_id));
+    return res;
+  }
+
+  // --- the callback: the code must answer an authorization of THIS browser ---
+
+  asio::awaitable<response> callback(const request& req) {
+    auto params = cfo::parse_callback(req.target);
+    auto u = find_user(req);
+    if (u) u->drop_expired(std::chrono::steady_clock::now());
+    if (!u || u->pending.empty() || (!params.state && params.error.empty()))
+      co_return not_this_browser();
+
+    // The pending authorization this callback answers, taken out: single use,
+    // whatever happens next. Without a state only an error can come back
+    // (Atlassian may not echo the state then); it carries no code and cannot be
+    // tied to one sign-in, so it takes none away.
+    std::optional<cfo::authorization> auth;
+    if (params.state) {
+      auto match = std::find_if(u->pending.begin(), u->pending.end(),
+                                [&](const auto& p) { return *params.state == p.auth.state; });
+      if (match == u->pending.end()) co_return not_this_browser();
+      auth = std::move(match->auth);
+      u->pending.erase(match);
+    }
+
+    if (params.error == "access_denied")
+      co_return page(403, "declined", "Access declined",
+                     paragraph("You declined to connect your Confluence account, so the app cannot show your spaces.") +
+                         "<p><a href=\"/\" id=\"try-again\">Try again</a></p>\n");
+    if (!params.error.empty()) {
+      // Text from the query string: shown escaped and cut short.
+      std::string message = "Atlassian reported an error: " + params.error.substr(0, 60);
+      if (!params.error_description.empty()) message += " (" + params.error_description.substr(0, 200) + ")";
+      co_return page(502, "error", "Authorization failed", paragraph(message) + "<p><a href=\"/\">Try again</a></p>\n");
+    }
+    auto code = cfo::verify_callback(params, *auth);
+    auto tokens = co_await u->session.client().exchange_code(code, *auth);
+    co_await u->session.adopt(std::move(tokens));
+    u->connected = true;
+
+    // A new session id now that the browser holds a grant: an id planted in
+    // the browser before sign-in (session fixation) is worth nothing after it.
+    auto old_id = session_cookie(req);
+    if (auto it = users_.find(*old_id); it != users_.end() && it->second == u) users_.erase(it);
+    auto new_id = new_session_id();
+    users_.emplace(new_id, u);
+    auto res = redirect_to("/");
+    res.headers.emplace_back("Set-Cookie", cookie(new_id));
+    co_return res;
+  }
+
+  static response not_this_browser() {
+    return page(400, "mismatch", "Sign-in not recognised",
+                paragraph("This response does not belong to a sign-in started in this browser, or that sign-in has "
+                          "expired. Nothing was connected.") +
+                    "<p><a href=\"/\">Start again</a></p>\n");
+  }
+
+  // --- POST /logout ---
+
+  asio::awaitable<response> logout(const request& req) {
+    auto id = session_cookie(req);
+    auto u = find_user(req);
+    if (u) {
+      users_.erase(*id);  // first: a request arriving meanwhile must not find a half-removed user
+      co_await u->session.logout();
+      u->connected = false;
+    }
+    auto res = redirect_to("/");
+    res.headers.emplace_back("Set-Cookie", cookie_name + "=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax");
+    co_return res;
+  }
+
+  // --- users and cookies ---
+
+  std::shared_ptr<user> find_user(const request& req) const {
+    auto id = session_cookie(req);
+    if (!id) return nullptr;
+    auto it = users_.find(*id);
+    return it == users_.end() ? nullptr : it->second;
+  }
+
+  /// Forgets browsers that clicked Connect but never came back.
+  void make_room(std::chrono::steady_clock::time_point now) {
+    if (users_.size() < max_users) return;
+    std::erase_if(users_, [now](const auto& entry) {
+      auto& u = *entry.second;
+      u.drop_expired(now);
+      return !u.connected && u.pending.empty();
+    });
+  }
+
+  std::string cookie(const std::string& id) const {
+    // HttpOnly: scripts never see it. SameSite=Lax: other sites' forms cannot
+    // post with it, yet it comes back with Atlassian's redirect (a top-level GET).
+    return cookie_name + "=" + id + "; Path=/; HttpOnly; SameSite=Lax" + (secure_cookie_ ? "; Secure" : "");
+  }
+
+  /// Posts must come from our own pages (belt and braces beside SameSite).
+  static bool same_origin(const request& req) {
+    const std::string* origin = req.header("origin");
+    if (!origin) return true;  // not a browser, or an old one
+    const std::string* host = req.header("host");
+    return host && (*origin == "http://" + *host || *origin == "https://" + *host);
+  }
+
+  asio::any_io_executor executor_;
+  cfo::client_config config_;
+  std::string callback_path_;
+  bool secure_cookie_;
+  std::unordered_map<std::string, std::shared_ptr<user>> users_;  // by session id
+};
+
+// ---------------------------------------------------------------------------
+// The server: accept, read one request, answer, close
+// ---------------------------------------------------------------------------
+
+/// Counts a connection as open for as long as it lives.
+class connection_count {
+ public:
+  explicit connection_count(std::size_t& open) : open_(open) { ++open_; }
+  connection_count(const connection_count&) = delete;
+  connection_count& operator=(const connection_count&) = delete;
+  ~connection_count() { --open_; }
+
+ private:
+  std::size_t& open_;
+};
+
+asio::awaitable<void> serve(std::shared_ptr<web_app> app, std::shared_ptr<tcp::socket> socket) {
+  connection_count counted(app->connections);
+
+  asio::steady_timer deadline(socket->get_executor());
+  arm_deadline(deadline, socket, read_timeout);
+  std::string buffer;
+  auto [ec, head_size] =
+      co_await asio::async_read_until(*socket, asio::dynamic_buffer(buffer, max_head_bytes), "\r\n\r\n", use_tuple);
+  if (ec && ec != asio::error::not_found) co_return;  // closed, reset, or the read deadline passed
+
+  response res;
+  request req;
+  std::size_t body_size = 0;
+  int refused = ec ? 431 : 0;  // not_found: the buffer filled up before the head ended
+  std::string why = ec ? "request head too large" : "";
+  if (!refused) {
+    try {
+      body_size = parse_head(std::string_view(buffer).substr(0, head_size - 2), req);
+    } catch (const protocol_error& e) {
+      refused = e.status;
+      why = e.what();
+    }
+  }
+  if (std::size_t have = buffer.size() - head_size; !refused && have < body_size) {
+    // The body is read only to be discarded: no route takes one.
+    auto [body_ec, n] = co_await asio::async_read(*socket, asio::dynamic_buffer(buffer),
+                                                  asio::transfer_exactly(body_size - have), use_tuple);
+    if (body_ec) co_return;
+  }
+  deadline.cancel();
+  if (refused) {
+    std::clog << "web-app: refused a request: " << why << std::endl;
+    res = page(refused, "error", "Bad request", paragraph("This request could not be understood: " + why + "."));
+  } else {
+    res = co_await app->handle(req);
+  }
+
+  arm_deadline(deadline, socket, write_timeout);
+  auto bytes = serialize(res);
+  auto [write_ec, written] = co_await asio::async_write(*socket, asio::buffer(bytes), use_tuple);
+  if (!write_ec) {
+    // Closing with unread input would reset the connection and could destroy
+    // the response in flight: half-close, then drain what the client still sends.
+    std::error_code ignored;
+    socket->shutdown(tcp::socket::shutdown_send, ignored);
+    std::array<char, 4096> sink;
+    for (;;) {
+      auto [drain_ec, n] = co_await socket->async_read_some(asio::buffer(sink), use_tuple);
+      if (drain_ec) break;
+    }
+  }
+  deadline.cancel();
+  std::error_code ignored;
+  socket->close(ignored);
+}
+
+asio::awaitable<void> accept_loop(std::shared_ptr<web_app> app, tcp::acceptor& acceptor) {
+  asio::steady_timer backoff(acceptor.get_executor());
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {  // out of descriptors and the like: breathe, then go on
+      backoff.expires_after(50ms);
+      co_await backoff.async_wait(use_tuple);
+      continue;
+    }
+    if (app->connections >= max_connections) continue;  // the socket closes as it goes out of scope
+    auto connection = std::make_shared<tcp::socket>(std::move(socket));
+    asio::co_spawn(acceptor.get_executor(), serve(app, std::move(connection)), asio::detached);
+  }
+}
+
+tcp::acceptor listen_on(asio::io_context& io, const tcp::endpoint& endpoint) {
+  tcp::acceptor acceptor(io);
+  std::error_code ec;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    std::ostringstream where;
+    where << endpoint;
+    throw std::runtime_error("cannot listen on " + where.str() + ": " + ec.message());
+  }
+  return acceptor;
+}
+
+// Write to a temporary file next to `path`, then rename: readers never see a partial file.
+void write_port_file(const std::string& path, std::uint16_t port) {
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::ofstream out(tmp, std::ios::trunc);
+  out << port << '\n';
+  out.close();
+  if (!out || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error("cannot write the port file " + path);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  settings s;
+  try {
+    s = parse_arguments(argc, argv);
+  } catch (const usage_error& e) {
+    std::cerr << "web-app: " << e.what() << "\nTry 'web-app --help'.\n";
+    return 2;
+  }
+
+  asio::io_context io(1);
+  try {
+    auto address = asio::ip::make_address(s.host);
+    auto acceptor = listen_on(io, tcp::endpoint(address, s.port));
+    auto port = acceptor.local_endpoint().port();
+    std::string origin = "http://" + (address.is_v6() ? "[" + s.host + "]" : s.host) + ":" + std::to_string(port);
+    if (!s.redirect_given) s.config.redirect_uri = origin + "/callback";
+    cfo::oauth_client check(io.get_executor(), s.config);  // a bad configuration stops us here, not at the first user
+    auto redirect = cfo::parse_url(s.config.redirect_uri);
+    if (redirect.path() == "/" || redirect.path() == "/connect" || redirect.path() == "/logout") {
+      std::cerr << "web-app: --redirect-uri: the path " << redirect.path() << " is taken by the app's own pages\n";
+      return 2;
+    }
+
+    auto app = std::make_shared<web_app>(io.get_executor(), s.config);
+    asio::co_spawn(io, accept_loop(app, acceptor), asio::detached);
+
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+    signals.async_wait([&](std::error_code, int) { io.stop(); });
+
+    if (!s.port_file.empty()) write_port_file(s.port_file, port);
+    std::cout << "listening on " << origin << std::endl;
+    io.run();
+  } catch (const cfo::oauth_error& e) {
+    std::cerr << "web-app: " << e.what() << '\n';
+    return e.code() == cfo::condition::fix_configuration ? 2 : 1;
+  } catch (const std::exception& e) {
+    std::cerr << "web-app: " << e.what() << '\n';
+    return 1;
+  }
+  return 0;
+}

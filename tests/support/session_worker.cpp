@@ -1,0 +1,162 @@
+// session-worker — one of several processes that share a file token store, for
+// the multi-process test: it loads the saved grant and keeps calling the fake
+// server's Confluence API for a while, refreshing through its session.
+//
+//   session-worker --base-url URL --ca-file PEM --store PATH [--key-file PATH]
+//                  --seconds S [--skew SECS] [--concurrency C]
+//
+// Prints "requests=N failures=F" on stdout and each distinct failure, with its
+// count, on stderr. Exits 0 if every request succeeded, 1 otherwise, 2 on bad
+// arguments.
+#include "confluence_oauth.hpp"
+
+#include <chrono>
+#include <cstdlib>
+#include <exception>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace {
+
+namespace cfo = confluence_oauth;
+
+constexpr std::string_view usage_text =
+    "usage: session-worker --base-url URL --ca-file PEM --store PATH [--key-file PATH]\n"
+    "                      --seconds S [--skew SECS] [--concurrency C]\n"
+    "  --base-url URL   the fake Atlassian server (authorize, token and API endpoints)\n"
+    "  --ca-file PEM    the CA certificate it uses\n"
+    "  --store PATH     the token file, shared with the other workers\n"
+    "  --key-file PATH  the file's AES-256-GCM key: 32 raw bytes (default: not encrypted)\n"
+    "  --seconds S      how long to keep sending requests\n"
+    "  --skew SECS      session_options::refresh_skew (default 60)\n"
+    "  --concurrency C  requests in flight at once (default 4)\n"
+    "Exit status: 0 if every request succeeded, 1 otherwise, 2 on bad arguments.\n";
+
+constexpr const char* pages_target = "/ex/confluence/a1b2c3d4-0000-4000-8000-000000000001/wiki/api/v2/pages?limit=1";
+
+struct arguments {
+  std::string base_url, ca_file, store, key_file;
+  int seconds = -1;
+  int skew = 60;
+  int concurrency = 4;
+};
+
+struct tally {
+  long requests = 0;
+  long failures = 0;
+  std::map<std::string, long> errors;  // text -> how often
+};
+
+[[noreturn]] void usage_error(const std::string& why) {
+  std::cerr << "session-worker: " << why << '\n' << usage_text;
+  std::exit(2);
+}
+
+int to_int(std::string_view flag, const std::string& value, int min) {
+  try {
+    std::size_t used = 0;
+    int n = std::stoi(value, &used);
+    if (used == value.size() && n >= min) return n;
+  } catch (const std::exception&) {
+  }
+  usage_error(std::string(flag) + " needs a whole number of at least " + std::to_string(min));
+}
+
+arguments parse(int argc, char** argv) {
+  arguments a;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::cout << usage_text;
+      std::exit(0);
+    }
+    if (i + 1 >= argc) usage_error("unknown argument or missing value: " + std::string(flag));
+    std::string value = argv[++i];
+    if (flag == "--base-url") a.base_url = value;
+    else if (flag == "--ca-file") a.ca_file = value;
+    else if (flag == "--store") a.store = value;
+    else if (flag == "--key-file") a.key_file = value;
+    else if (flag == "--seconds") a.seconds = to_int(flag, value, 0);
+    else if (flag == "--skew") a.skew = to_int(flag, value, 0);
+    else if (flag == "--concurrency") a.concurrency = to_int(flag, value, 1);
+    else usage_error("unknown argument " + std::string(flag));
+  }
+  if (a.base_url.empty() || a.ca_file.empty() || a.store.empty() || a.seconds < 0)
+    usage_error("--base-url, --ca-file, --store and --seconds are required");
+  return a;
+}
+
+cfo::client_config config_for(const arguments& a) {
+  cfo::client_config c;
+  c.client_id = "test-client-id";
+  c.client_secret = cfo::secret("test-client-secret");
+  c.authorize_url = a.base_url + "/authorize";
+  c.token_url = a.base_url + "/oauth/token";
+  c.api_url = a.base_url;
+  c.tls.ca_file = a.ca_file;
+  return c;
+}
+
+std::optional<cfo::secret> read_key(const std::string& path) {
+  if (path.empty()) return std::nullopt;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read the key file " + path);
+  return cfo::secret(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+}
+
+/// One of the concurrent loops: requests until the deadline, counting failures.
+asio::awaitable<void> request_loop(cfo::session s, std::chrono::steady_clock::time_point deadline, tally& t) {
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::string failure;
+    try {
+      co_await s.get_json(pages_target);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    ++t.requests;
+    if (!failure.empty()) {
+      ++t.failures;
+      ++t.errors[failure];
+    }
+  }
+}
+
+/// Loads the grant, then starts the loops; io_context::run returns when they end.
+asio::awaitable<void> start(cfo::session s, const arguments& a, tally& t) {
+  if (!co_await s.load()) throw std::runtime_error("the store holds no grant");
+  auto ex = co_await asio::this_coro::executor;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(a.seconds);
+  for (int i = 0; i < a.concurrency; ++i) asio::co_spawn(ex, request_loop(s, deadline, t), asio::detached);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const arguments a = parse(argc, argv);
+  tally t;
+  try {
+    auto key = read_key(a.key_file);
+    auto store = key ? std::make_shared<cfo::file_token_store>(a.store, std::move(*key))
+                     : std::make_shared<cfo::file_token_store>(a.store);
+    cfo::session_options options;
+    options.refresh_skew = std::chrono::seconds(a.skew);
+    asio::io_context io(1);
+    cfo::session s(io.get_executor(), config_for(a), store, options);
+    std::exception_ptr failed;
+    asio::co_spawn(io, start(s, a, t), [&](std::exception_ptr e) { failed = e; });
+    io.run();
+    if (failed) std::rethrow_exception(failed);
+  } catch (const std::exception& e) {
+    std::cerr << "session-worker: " << e.what() << '\n';
+    return 1;
+  }
+  std::cout << "requests=" << t.requests << " failures=" << t.failures << std::endl;
+  for (const auto& [text, count] : t.errors) std::cerr << "session-worker: " << count << " x " << text << '\n';
+  return t.failures == 0 ? 0 : 1;
+}
