@@ -1,7 +1,9 @@
 // The README's example: sign in once through the browser, keep the grant in a
-// file, refresh it when it is about to expire. Set ATLASSIAN_CLIENT_ID and
-// ATLASSIAN_CLIENT_SECRET; register http://localhost:3000/callback as the
-// app's callback URL in the Atlassian developer console.
+// file, and list the pages of your Confluence site. The session refreshes the
+// access token by itself and saves each rotated refresh token before using it.
+// Set ATLASSIAN_CLIENT_ID and ATLASSIAN_CLIENT_SECRET; register
+// http://localhost:3000/callback as the app's callback URL in the Atlassian
+// developer console.
 #include <confluence_oauth.hpp>
 
 #include <cstdlib>
@@ -11,18 +13,16 @@ namespace cfo = confluence_oauth;
 
 asio::awaitable<void> run(cfo::client_config config) {
   auto ex = co_await asio::this_coro::executor;
-  cfo::oauth_client client(ex, config);
-  cfo::file_token_store store("tokens.json");
+  auto store = std::make_shared<cfo::file_token_store>("tokens.json");
+  cfo::session session(ex, config, store);
+  if (!co_await session.load())                     // no saved grant yet:
+    co_await session.authorize(cfo::open_browser);  // the user consents in the browser
 
-  auto tokens = co_await store.load();
-  if (!tokens) {  // first run: the user consents in the browser
-    tokens = co_await cfo::authorize(client, cfo::open_browser);
-    co_await store.save(*tokens);
-  } else if (tokens->expires_within(std::chrono::seconds(60))) {
-    tokens = co_await client.refresh(*tokens);  // Atlassian rotates the refresh token:
-    co_await store.save(*tokens);               // save it before anything uses it
-  }
-  std::cout << "Signed in; access token " << *tokens << '\n';  // secrets print as fingerprints
+  auto sites = co_await session.accessible_resources();
+  cfo::confluence wiki(session, sites.at(0));
+  auto pages = co_await wiki.get_all("/wiki/api/v2/pages?limit=50", 200);  // at most 200
+  for (const auto& page : pages)
+    std::cout << page["id"].get<std::string>() << '\t' << page["title"].get<std::string>() << '\n';
 }
 
 int main() {
