@@ -2845,7 +2845,8 @@ inline bool is_scope_mismatch(const http_response& res) {
 [[noreturn]] inline void fail_api(const http_response& res, const std::string& what) {
   auto details = response_details(res);
   details.error_description = api_message(res);
-  const std::string said = details.error_description.empty() ? "" : ": " + details.error_description;
+  std::string said = details.error_description.empty() ? "" : ": " + details.error_description;
+  while (!said.empty() && said.back() == '.') said.pop_back();  // sentences follow
   if (res.status >= 300 && res.status < 400) {
     auto location = res.headers.get("Location");
     fail(errc::http_error, what + ": redirect to " + sanitize_text(location.value_or("nowhere"), 200) +
@@ -3121,7 +3122,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
       co_return;
     }
     if (!tokens_->has_refresh_token())
-      fail(errc::invalid_grant, "the access token was refused and the grant has no refresh token (ask for the "
+      fail(errc::invalid_grant, "the grant has no refresh token to renew the access token with (ask for the "
                                 "offline_access scope)");
     const token_set base = *tokens_;
     token_set next;

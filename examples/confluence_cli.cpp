@@ -310,7 +310,7 @@ settings parse_arguments(int argc, char** argv) {
       s.wait_timeout = parse_seconds(name, value(), 24 * 3600);
     } else if (name == "--request-timeout") {
       s.config.timeout.request = parse_seconds(name, value(), 3600);
-    } else if (name == "--refresh") {  // command options: main checks that the command takes them
+    } else if (name == "--refresh") {  // command options: find_command checks that the command takes them
       flag();
       s.refresh = true;
       s.command_options.emplace_back(name);

@@ -196,21 +196,7 @@ settings parse_arguments(int argc, char** argv) {
 // HTML
 // ---------------------------------------------------------------------------
 
-std::string html_escape(std::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  for (char c : in) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
+using cfo::detail::html_escape;  // the library's own, which its listener pages use too
 
 /// A whole page. `id` names the page for scripts and tests; `content` is HTML.
 std::string html_page(std::string_view id, std::string_view title, std::string_view content) {

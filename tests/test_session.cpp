@@ -306,18 +306,14 @@ TEST_CASE("a failed refresh fails every waiter with the same error, and invalid_
     asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
     for (int i = 0; i < 20; ++i)
       asio::co_spawn(ex, s.token(), [results, &all_done](std::exception_ptr e, cfo::secret) {
-        try {
-          if (e) std::rethrow_exception(e);
-          results->push_back({});
-        } catch (const cfo::oauth_error& err) {
-          results->push_back(err.code());
-        }
+        results->push_back(test_util::code_of(e));
         if (results->size() == 20) all_done.cancel();
       });
     co_await all_done.async_wait(cfo::detail::use_tuple);
     // Later calls fail at once, without asking the server again.
-    auto later = co_await asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
-    (void)later;
+    auto [later, unused] = co_await asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
+    (void)unused;
+    CHECK(test_util::code_of(later) == cfo::errc::invalid_grant);
     co_return *results;
   });
   REQUIRE(codes.size() == 20);
@@ -354,14 +350,7 @@ TEST_CASE("a failed save is reported, the new tokens are kept and saved before u
     cfo::session s(ex, f.cfg, store);
     co_await s.load();
     auto [e1, t1] = co_await asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
-    REQUIRE(e1);
-    std::error_code ec;
-    try {
-      std::rethrow_exception(e1);
-    } catch (const cfo::oauth_error& err) {
-      ec = err.code();
-    }
-    CHECK(ec == cfo::errc::store_error);
+    CHECK(test_util::code_of(e1) == cfo::errc::store_error);
     auto held = co_await s.tokens();
     REQUIRE(held);
     CHECK_FALSE(held->refresh_token == f.granted.refresh_token);  // not thrown away
@@ -380,16 +369,10 @@ TEST_CASE("a persistent 401 causes exactly one refresh and is reported") {
   f.srv.push_status("/ex/", 401, R"({"code":401,"message":"Unauthorized"})", {{"WWW-Authenticate", "Bearer"}});
   f.srv.push_status("/ex/", 401, R"({"code":401,"message":"Unauthorized"})", {{"WWW-Authenticate", "Bearer"}});
   const auto before = f.srv.stats();
-  std::string what;
-  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+  auto [ec, what] = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
-    try {
-      co_await s.get_json(pages_of(f.srv));
-    } catch (const cfo::oauth_error& e) {
-      what = e.what();
-      throw;
-    }
+    co_await s.get_json(pages_of(f.srv));
   });
   CHECK(ec == cfo::errc::unauthorized);
   CHECK(what.find("Unauthorized") != std::string::npos);
@@ -399,17 +382,11 @@ TEST_CASE("a persistent 401 causes exactly one refresh and is reported") {
 TEST_CASE("a scope mismatch is a configuration problem, not a reason to refresh") {
   session_fixture f({}, "read:page:confluence offline_access");
   const auto before = f.srv.stats();
-  std::string what;
-  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+  auto [ec, what] = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
     cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
-    try {
-      co_await wiki.get("/wiki/api/v2/spaces");
-    } catch (const cfo::oauth_error& e) {
-      what = e.what();
-      throw;
-    }
+    co_await wiki.get("/wiki/api/v2/spaces");
   });
   CHECK(ec == cfo::errc::scope_mismatch);
   CHECK(ec == cfo::condition::fix_configuration);
@@ -419,17 +396,11 @@ TEST_CASE("a scope mismatch is a configuration problem, not a reason to refresh"
 
 TEST_CASE("410 Gone on v1 content says to use v2") {
   session_fixture f;
-  std::string what;
-  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+  auto [ec, what] = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
     cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
-    try {
-      co_await wiki.get("/wiki/rest/api/content");
-    } catch (const cfo::oauth_error& e) {
-      what = e.what();
-      throw;
-    }
+    co_await wiki.get("/wiki/rest/api/content");
   });
   CHECK(ec == cfo::errc::api_gone);
   CHECK(what.find("/wiki/api/v2") != std::string::npos);
@@ -500,16 +471,10 @@ TEST_CASE("a redirect is returned, never followed with the bearer token") {
   session_fixture f;
   f.srv.push_raw_response("/ex/", "HTTP/1.1 302 Found\r\nLocation: https://evil.example/steal\r\nContent-Length: 0\r\n\r\n");
   const auto before = f.srv.stats();
-  std::string what;
-  auto ec = test_util::error_of([&](auto ex) -> asio::awaitable<void> {
+  auto [ec, what] = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
-    try {
-      co_await s.get_json(pages_of(f.srv));
-    } catch (const cfo::oauth_error& e) {
-      what = e.what();
-      throw;
-    }
+    co_await s.get_json(pages_of(f.srv));
   });
   CHECK(ec == cfo::errc::http_error);
   CHECK(what.find("not followed") != std::string::npos);
@@ -713,18 +678,10 @@ TEST_CASE("a next link to another origin or back to the same page is refused") {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
     cfo::confluence wiki(s, "a1b2c3d4-0000-4000-8000-000000000001");
-    auto code_of = [](std::exception_ptr e) {
-      try {
-        if (e) std::rethrow_exception(e);
-      } catch (const cfo::oauth_error& err) {
-        return err.code();
-      }
-      return std::error_code();
-    };
     auto [e1, r1] = co_await asio::co_spawn(ex, wiki.get_all("/wiki/api/v2/pages"), cfo::detail::use_tuple);
-    CHECK(code_of(e1) == cfo::errc::protocol_error);  // to another origin
+    CHECK(test_util::code_of(e1) == cfo::errc::protocol_error);  // to another origin
     auto [e2, r2] = co_await asio::co_spawn(ex, wiki.get_all("/wiki/api/v2/pages?limit=5"), cfo::detail::use_tuple);
-    CHECK(code_of(e2) == cfo::errc::protocol_error);  // back to itself
+    CHECK(test_util::code_of(e2) == cfo::errc::protocol_error);  // back to itself
   });
 }
 

@@ -66,6 +66,32 @@ std::error_code error_of(Make make, std::chrono::seconds limit = std::chrono::se
   return {};
 }
 
+/// How a coroutine failed: its error code and message (both empty if it did not fail).
+struct failure {
+  std::error_code code;
+  std::string what;
+};
+
+template <typename Make>
+failure failure_of(Make make, std::chrono::seconds limit = std::chrono::seconds(60)) {
+  try {
+    run(std::move(make), limit);
+  } catch (const cfo::oauth_error& e) {
+    return {e.code(), e.what()};
+  }
+  return {};
+}
+
+/// The code an exception_ptr from a completion handler carries (empty when none).
+inline std::error_code code_of(const std::exception_ptr& e) {
+  try {
+    if (e) std::rethrow_exception(e);
+  } catch (const std::system_error& err) {
+    return err.code();
+  }
+  return {};
+}
+
 /// A fresh directory under the system temp folder, removed with the object.
 class temp_dir {
  public:
