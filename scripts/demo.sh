@@ -147,7 +147,7 @@ printf '%s…\n' "${token:0:8}"
 step "Running 'confluence-cli sites' (accessible-resources through the session)"
 "$cli" "${cli_args[@]}" sites
 
-step "Running 'confluence-cli pages --limit 5' (Confluence v2, following the Link header)"
+step "Running 'confluence-cli pages --limit 5' (Confluence v2 pages through the API gateway)"
 "$cli" "${cli_args[@]}" pages --limit 5
 
 step "Demo finished"
