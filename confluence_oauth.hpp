@@ -3352,6 +3352,10 @@ class session {
       auto used = co_await detail::on_strand(state->strand(), state->token());
       req.headers.set("Authorization", "Bearer " + used.access.reveal());
       auto res = co_await state->client().http().send(target, req, limits);
+      if (res.status >= 300) {  // an error page that echoes the token must not carry it into a message
+        const secret* sent[] = {&used.access};
+        res.body = detail::redact(std::move(res.body), sent);
+      }
       if (!refreshed && state->rejects(res, used)) {
         refreshed = true;
         co_await detail::on_strand(state->strand(), state->replace_rejected(used.access));

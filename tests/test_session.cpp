@@ -379,6 +379,19 @@ TEST_CASE("a persistent 401 causes exactly one refresh and is reported") {
   CHECK(f.srv.stats().token_requests - before.token_requests == 1);
 }
 
+TEST_CASE("an API error that echoes the access token does not carry it into the message") {
+  session_fixture f;
+  f.srv.push_status("/ex/", 400, R"({"message":"bad request with token )" + f.granted.access_token.reveal() + R"("})");
+  auto [ec, what] = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    co_await s.get_json(pages_of(f.srv));
+  });
+  CHECK(ec == cfo::errc::http_error);
+  CHECK(what.find("bad request with token [redacted]") != std::string::npos);
+  CHECK(what.find(f.granted.access_token.reveal()) == std::string::npos);
+}
+
 TEST_CASE("a scope mismatch is a configuration problem, not a reason to refresh") {
   session_fixture f({}, "read:page:confluence offline_access");
   const auto before = f.srv.stats();
