@@ -124,7 +124,7 @@ cmake_stage "CMake build + ctest with address,undefined sanitizers (build/asan)"
   -DCONFLUENCE_OAUTH_SANITIZE=address,undefined
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
-export TSAN_OPTIONS=halt_on_error=1
+export TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/tsan.supp"
 cmake_stage "CMake build + ctest with the thread sanitizer (build/tsan)" build/tsan "-O1 -g1" \
   -DCONFLUENCE_OAUTH_SANITIZE=thread
 unset TSAN_OPTIONS
