@@ -25,10 +25,10 @@
 //    coroutines TS, so C++20 coroutines are switched on here for clang.
 // ============================================================================
 
-#define CONFLUENCE_OAUTH_VERSION_MAJOR 0
-#define CONFLUENCE_OAUTH_VERSION_MINOR 1
+#define CONFLUENCE_OAUTH_VERSION_MAJOR 1
+#define CONFLUENCE_OAUTH_VERSION_MINOR 0
 #define CONFLUENCE_OAUTH_VERSION_PATCH 0
-#define CONFLUENCE_OAUTH_VERSION "0.1.0"
+#define CONFLUENCE_OAUTH_VERSION "1.0.0"
 
 #if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
 #define ASIO_HAS_CO_AWAIT 1
