@@ -3,7 +3,7 @@
 //
 // One header. Sections, top to bottom; each uses only what is above it:
 //   1. Version, includes, Asio compatibility
-//   2. Errors
+//   2. Errors and completion tokens
 //   3. Text and crypto helpers
 //   4. secret
 //   5. URLs
@@ -99,7 +99,7 @@ inline constexpr auto use_tuple = as_tuple(asio::use_awaitable);
 }  // namespace detail
 
 // ============================================================================
-// 2. Errors
+// 2. Errors and completion tokens
 //    Every failure is an `oauth_error` (a std::system_error) whose code is in
 //    `confluence_oauth::errc` or is Asio's operation_aborted for cancellation.
 //    Compare a code with `condition` to know what to do about it: ask the user
@@ -334,6 +334,147 @@ namespace detail {
 [[noreturn]] inline void fail(errc e, const std::string& context, error_details details = {}) {
   throw oauth_error(make_error_code(e), context, std::move(details));
 }
+}  // namespace detail
+
+// ----------------------------------------------------------------------------
+// Completion tokens
+//   Every asynchronous operation takes an Asio completion token last. The
+//   default, use_awaitable, returns an awaitable that throws oauth_error. Any
+//   other token (a callback, use_future, deferred, as_tuple...) completes with
+//   (std::error_code, T), or (std::error_code) when there is no result; wrap
+//   it in with_error_details to also receive the oauth_error behind the code.
+// ----------------------------------------------------------------------------
+
+/// The completion token operations use when given none: `co_await` them.
+using default_completion_token = asio::use_awaitable_t<>;
+
+/// A completion token adapter, like asio::redirect_error: the operation
+/// completes `token` with (error_code, T) and, when it fails, also stores the
+/// full oauth_error (HTTP status, server error, Retry-After) in `out`. It must
+/// be the outermost adapter.
+template <typename CompletionToken>
+struct with_error_details_t {
+  CompletionToken token;
+  std::optional<oauth_error>* out;
+};
+
+template <typename CompletionToken>
+with_error_details_t<std::decay_t<CompletionToken>> with_error_details(CompletionToken&& token,
+                                                                      std::optional<oauth_error>& out) {
+  return {std::forward<CompletionToken>(token), &out};
+}
+
+namespace detail {
+
+template <typename T>
+struct completion_of {
+  using type = void(std::error_code, T);
+};
+template <>
+struct completion_of<void> {
+  using type = void(std::error_code);
+};
+
+/// The code an exception stands for; the exception itself goes to `out`.
+inline std::error_code error_code_of(std::exception_ptr failure, std::optional<oauth_error>* out) {
+  if (!failure) return {};
+  try {
+    std::rethrow_exception(failure);
+  } catch (const oauth_error& e) {
+    if (out) *out = e;
+    return e.code();
+  } catch (const std::system_error& e) {
+    if (out) out->emplace(e.code(), e.what());
+    return e.code();
+  } catch (const std::bad_alloc&) {
+    if (out) out->emplace(std::make_error_code(std::errc::not_enough_memory), "out of memory");
+    return std::make_error_code(std::errc::not_enough_memory);
+  } catch (const std::exception& e) {  // from user code (a store, a browser opener): not ours to type
+    auto ec = std::make_error_code(std::errc::state_not_recoverable);
+    if (out) out->emplace(ec, std::string("unexpected exception: ") + e.what());
+    return ec;
+  } catch (...) {
+    auto ec = std::make_error_code(std::errc::state_not_recoverable);
+    if (out) out->emplace(ec, "unexpected exception");
+    return ec;
+  }
+}
+
+/// Completes a co_spawned operation's handler with an error code in place of
+/// the exception. Keeps the handler's executor, cancellation slot and
+/// allocator, so co_spawn connects the caller's cancellation to the operation.
+template <typename Handler>
+class error_code_handler {
+ public:
+  using executor_type = asio::associated_executor_t<Handler, asio::any_io_executor>;
+  using cancellation_slot_type = asio::associated_cancellation_slot_t<Handler>;
+  using allocator_type = asio::associated_allocator_t<Handler>;
+
+  error_code_handler(Handler handler, asio::any_io_executor ex, std::optional<oauth_error>* out)
+      : handler_(std::move(handler)), ex_(std::move(ex)), out_(out) {}
+
+  executor_type get_executor() const noexcept { return asio::get_associated_executor(handler_, ex_); }
+  cancellation_slot_type get_cancellation_slot() const noexcept {
+    return asio::get_associated_cancellation_slot(handler_);
+  }
+  allocator_type get_allocator() const noexcept { return asio::get_associated_allocator(handler_); }
+
+  template <typename... Result>
+  void operator()(std::exception_ptr failure, Result&&... result) {
+    std::move(handler_)(error_code_of(failure, out_), std::forward<Result>(result)...);
+  }
+
+ private:
+  Handler handler_;
+  asio::any_io_executor ex_;
+  std::optional<oauth_error>* out_;
+};
+
+template <typename T>
+struct spawn_initiation {
+  asio::any_io_executor ex;
+  std::optional<oauth_error>* out;
+
+  template <typename Handler>
+  void operator()(Handler&& handler, asio::awaitable<T> op) const {
+    asio::co_spawn(ex, std::move(op), error_code_handler<std::decay_t<Handler>>(std::forward<Handler>(handler), ex, out));
+  }
+};
+
+/// Awaits the operation `make()` returns while owning `make`, so what it
+/// captured (the operation's arguments) lives as long as the operation.
+template <typename T, typename Make>
+asio::awaitable<T> run_owned(Make make) {
+  if constexpr (std::is_void_v<T>)
+    co_await make();
+  else
+    co_return co_await make();
+}
+
+template <typename CompletionToken>
+struct is_with_error_details : std::false_type {};
+template <typename CompletionToken>
+struct is_with_error_details<with_error_details_t<CompletionToken>> : std::true_type {};
+
+/// Starts the operation `make()` returns (an awaitable<T>) the way `token`
+/// asks: returned as it is for the default token, else co_spawned on `ex`
+/// and completed with an error code.
+template <typename T, typename CompletionToken, typename Make>
+auto launch(const asio::any_io_executor& ex, CompletionToken&& token, Make&& make) {
+  using token_type = std::decay_t<CompletionToken>;
+  using signature = typename completion_of<T>::type;
+  if constexpr (std::is_same_v<token_type, default_completion_token>) {
+    return run_owned<T>(std::forward<Make>(make));
+  } else if constexpr (is_with_error_details<token_type>::value) {
+    auto inner = token.token;
+    return asio::async_initiate<decltype(inner), signature>(spawn_initiation<T>{ex, token.out}, inner,
+                                                            run_owned<T>(std::forward<Make>(make)));
+  } else {
+    return asio::async_initiate<CompletionToken, signature>(spawn_initiation<T>{ex, nullptr}, token,
+                                                            run_owned<T>(std::forward<Make>(make)));
+  }
+}
+
 }  // namespace detail
 
 // ============================================================================
@@ -2200,6 +2341,8 @@ class oauth_client {
 
   const client_config& config() const noexcept { return *config_; }
   detail::http_client& http() const noexcept { return *http_; }
+  /// Where operations given a completion token other than use_awaitable run.
+  const asio::any_io_executor& get_executor() const noexcept { return http_->get_executor(); }
 
   /// A new authorization: the URL to send the user to, a fresh 256-bit state
   /// and, with PKCE, a verifier. `redirect_uri` overrides the configured one
@@ -2231,8 +2374,26 @@ class oauth_client {
     return a;
   }
 
-  /// Trades an authorization code for tokens.
-  asio::awaitable<token_set> exchange_code(const secret& code, const authorization& auth) const {
+  /// Trades an authorization code for tokens. Completes with (error_code, token_set).
+  template <typename CompletionToken = default_completion_token>
+  auto exchange_code(secret code, authorization auth, CompletionToken&& token = {}) const {
+    return detail::launch<token_set>(get_executor(), std::forward<CompletionToken>(token),
+                                     [self = *this, code = std::move(code), auth = std::move(auth)] {
+                                       return self.exchange_code_op(code, auth);
+                                     });
+  }
+
+  /// Trades the refresh token of `current` for a new token set. When the
+  /// server rotates, the new refresh token is in the result; when it sends
+  /// none, the current one is kept. Completes with (error_code, token_set).
+  template <typename CompletionToken = default_completion_token>
+  auto refresh(token_set current, CompletionToken&& token = {}) const {
+    return detail::launch<token_set>(get_executor(), std::forward<CompletionToken>(token),
+                                     [self = *this, current = std::move(current)] { return self.refresh_op(current); });
+  }
+
+ private:
+  asio::awaitable<token_set> exchange_code_op(const secret& code, const authorization& auth) const {
     if (code.empty()) detail::fail(errc::invalid_config, "authorization code is empty");
     // Filled one by one: GCC 12 rejects some braced lists in coroutines ("array used as initializer").
     std::vector<std::pair<std::string_view, std::string_view>> fields;
@@ -2245,10 +2406,7 @@ class oauth_client {
     co_return co_await token_request(fields, redact_list(&code, &auth.code_verifier));
   }
 
-  /// Trades the refresh token of `current` for a new token set. When the
-  /// server rotates, the new refresh token is in the result; when it sends
-  /// none, the current one is kept.
-  asio::awaitable<token_set> refresh(const token_set& current) const {
+  asio::awaitable<token_set> refresh_op(const token_set& current) const {
     if (!current.has_refresh_token())
       detail::fail(errc::invalid_grant, "no refresh token: the grant lacks offline_access");
     std::vector<std::pair<std::string_view, std::string_view>> fields;
@@ -2262,7 +2420,6 @@ class oauth_client {
     co_return next;
   }
 
- private:
   /// The secrets a token request carries, so that an echo of one is redacted.
   std::vector<const secret*> redact_list(const secret* a, const secret* b) const {
     std::vector<const secret*> out;
@@ -2597,12 +2754,19 @@ class redirect_listener {
   const std::string& redirect_uri() const noexcept { return redirect_uri_; }
   std::uint16_t port() const noexcept { return port_; }
 
-  /// Waits for the callback answering `auth` and returns its code. Throws
-  /// authorization_denied, authorization_failed, listener_timeout, or
-  /// operation_aborted when cancelled. Callbacks for other states are
-  /// answered with a 400 page and the wait goes on.
-  asio::awaitable<secret> wait(const authorization& auth) {
-    co_return co_await detail::on_strand(state_->strand(), state_->run(auth));
+  /// Where operations given a completion token other than use_awaitable run.
+  asio::any_io_executor get_executor() const { return state_->strand().get_inner_executor(); }
+
+  /// Waits for the callback answering `auth` and completes with (error_code,
+  /// secret code): authorization_denied, authorization_failed,
+  /// listener_timeout, or operation_aborted when cancelled. Callbacks for
+  /// other states are answered with a 400 page and the wait goes on.
+  template <typename CompletionToken = default_completion_token>
+  auto wait(authorization auth, CompletionToken&& token = {}) {
+    return detail::launch<secret>(get_executor(), std::forward<CompletionToken>(token),
+                                  [state = state_, auth = std::move(auth)] {
+                                    return detail::on_strand(state->strand(), state->run(auth));
+                                  });
   }
 
   /// Stops listening; a pending wait ends with operation_aborted.
@@ -2748,23 +2912,36 @@ inline asio::awaitable<void> open_browser(const std::string& url) {
   co_await detail::spawn_detached(std::move(argv));
 }
 
-/// The whole interactive authorization: listen on the redirect URI, send the
-/// browser to the authorization URL, wait for the callback, trade the code.
-inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_opener open,
-                                            listener_options options) {
-  auto ex = co_await asio::this_coro::executor;
-  redirect_listener listener(ex, client.config().redirect_uri, std::move(options));
+namespace detail {
+
+inline asio::awaitable<token_set> authorize(const oauth_client& client, const browser_opener& open,
+                                            const listener_options& options) {
+  redirect_listener listener(client.get_executor(), client.config().redirect_uri, options);
   auto auth = client.begin_authorization(listener.redirect_uri());
   co_await open(auth.url);
   auto code = co_await listener.wait(auth);
   listener.close();
-  co_return co_await client.exchange_code(code, auth);
+  co_return co_await client.exchange_code(std::move(code), std::move(auth));
 }
 
-// Not a default argument: GCC 12 destroys defaulted class-type arguments of a
-// coroutine twice.
-inline asio::awaitable<token_set> authorize(const oauth_client& client, browser_opener open) {
-  return authorize(client, std::move(open), listener_options{});
+}  // namespace detail
+
+/// The whole interactive authorization: listen on the redirect URI, send the
+/// browser to the authorization URL, wait for the callback, trade the code.
+/// Completes with (error_code, token_set).
+template <typename CompletionToken = default_completion_token>
+auto authorize(oauth_client client, browser_opener open, listener_options options, CompletionToken&& token = {}) {
+  auto ex = client.get_executor();
+  return detail::launch<token_set>(ex, std::forward<CompletionToken>(token),
+                                   [client = std::move(client), open = std::move(open), options = std::move(options)] {
+                                     return detail::authorize(client, open, options);
+                                   });
+}
+
+template <typename CompletionToken = default_completion_token>
+  requires asio::completion_token_for<CompletionToken, void(std::error_code, token_set)>
+auto authorize(oauth_client client, browser_opener open, CompletionToken&& token = {}) {
+  return authorize(std::move(client), std::move(open), listener_options{}, std::forward<CompletionToken>(token));
 }
 
 // ============================================================================
@@ -2869,6 +3046,15 @@ inline bool is_scope_mismatch(const http_response& res) {
 }
 
 /// The JSON body of a successful API answer, or the typed error.
+/// `body` as JSON text; a string in it that is not UTF-8 is a caller's error.
+inline std::string dump_json(const nlohmann::json& body) {
+  try {
+    return body.dump();
+  } catch (const nlohmann::json::exception&) {
+    fail(errc::invalid_config, "the JSON body holds a string that is not valid UTF-8");
+  }
+}
+
 inline nlohmann::json parse_api_json(const http_response& res, const std::string& what) {
   if (res.status < 200 || res.status >= 300) fail_api(res, what);
   if (res.body.empty()) return nullptr;
@@ -3290,57 +3476,135 @@ class session {
   /// The API base without a trailing slash, e.g. "https://api.atlassian.com".
   std::string api_base() const { return state_->api_base(); }
 
-  /// Reads the grant from the store; false when there is none.
-  asio::awaitable<bool> load() {
-    auto state = state_;
-    co_return co_await detail::on_strand(state->strand(), state->load());
+  /// Where operations given a completion token other than use_awaitable run.
+  const asio::any_io_executor& get_executor() const noexcept { return state_->client().get_executor(); }
+
+  // Each operation below takes an Asio completion token last (default:
+  // use_awaitable) and completes with (error_code, T) or (error_code).
+
+  /// Reads the grant from the store: true when there is one.
+  template <typename CompletionToken = default_completion_token>
+  auto load(CompletionToken&& token = {}) {
+    return on_state<bool>(std::forward<CompletionToken>(token), [](detail::session_state& s) { return s.load(); });
   }
 
   /// Signs in interactively (listener, browser, code exchange) and saves the grant.
-  asio::awaitable<void> authorize(browser_opener open) {
-    auto state = state_;
-    auto tokens = co_await confluence_oauth::authorize(state->client(), std::move(open), state->options().listener);
-    co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+  template <typename CompletionToken = default_completion_token>
+  auto authorize(browser_opener open, CompletionToken&& token = {}) {
+    return detail::launch<void>(get_executor(), std::forward<CompletionToken>(token),
+                                [state = state_, open = std::move(open)]() -> asio::awaitable<void> {
+                                  auto tokens = co_await detail::authorize(state->client(), open, state->options().listener);
+                                  co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+                                });
   }
 
   /// Saves a grant obtained elsewhere (a web app's exchange_code) and uses it.
-  asio::awaitable<void> adopt(token_set tokens) {
-    auto state = state_;
-    co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+  template <typename CompletionToken = default_completion_token>
+  auto adopt(token_set tokens, CompletionToken&& token = {}) {
+    return on_state<void>(std::forward<CompletionToken>(token),
+                          [tokens = std::move(tokens)](detail::session_state& s) mutable { return s.adopt(std::move(tokens)); });
   }
 
   /// Forgets the grant: clears the store and the session.
-  asio::awaitable<void> logout() {
-    auto state = state_;
-    co_await detail::on_strand(state->strand(), state->logout());
+  template <typename CompletionToken = default_completion_token>
+  auto logout(CompletionToken&& token = {}) {
+    return on_state<void>(std::forward<CompletionToken>(token), [](detail::session_state& s) { return s.logout(); });
   }
 
   /// A valid access token, refreshed when needed.
-  asio::awaitable<secret> token() {
-    auto state = state_;
-    auto t = co_await detail::on_strand(state->strand(), state->token());
-    co_return std::move(t.access);
+  template <typename CompletionToken = default_completion_token>
+  auto token(CompletionToken&& token = {}) {
+    return detail::launch<secret>(get_executor(), std::forward<CompletionToken>(token),
+                                  [state = state_]() -> asio::awaitable<secret> {
+                                    auto t = co_await detail::on_strand(state->strand(), state->token());
+                                    co_return std::move(t.access);
+                                  });
   }
 
   /// Refreshes now (joining a refresh in flight) and returns the new token set.
-  asio::awaitable<token_set> refresh() {
-    auto state = state_;
-    co_return co_await detail::on_strand(state->strand(), state->refresh_now());
+  template <typename CompletionToken = default_completion_token>
+  auto refresh(CompletionToken&& token = {}) {
+    return on_state<token_set>(std::forward<CompletionToken>(token),
+                               [](detail::session_state& s) { return s.refresh_now(); });
   }
 
   /// The token set the session holds now, if any.
-  asio::awaitable<std::optional<token_set>> tokens() {
-    auto state = state_;
-    co_return co_await detail::on_strand(state->strand(), state->tokens());
+  template <typename CompletionToken = default_completion_token>
+  auto tokens(CompletionToken&& token = {}) {
+    return on_state<std::optional<token_set>>(std::forward<CompletionToken>(token),
+                                              [](detail::session_state& s) { return s.tokens(); });
   }
 
   /// Sends `req` with the access token to `req.target`: a path under api_url,
   /// or an absolute URL on its origin. Refreshes once on 401 (or a 403/404
   /// close to expiry) and sends again; retries 429 and 503 within the policy.
-  /// Returns the final response whatever its status, except a 401 that
-  /// persists (unauthorized) or names a missing scope (scope_mismatch), which throw.
-  asio::awaitable<http_response> request(http_request req) {
-    auto state = state_;
+  /// Completes with the final response whatever its status, except a 401 that
+  /// persists (unauthorized) or names a missing scope (scope_mismatch).
+  template <typename CompletionToken = default_completion_token>
+  auto request(http_request req, CompletionToken&& token = {}) {
+    return detail::launch<http_response>(get_executor(), std::forward<CompletionToken>(token),
+                                         [state = state_, req = std::move(req)]() mutable {
+                                           return send(state, std::move(req));
+                                         });
+  }
+
+  /// The sites the grant reaches (GET /oauth/token/accessible-resources).
+  template <typename CompletionToken = default_completion_token>
+  auto accessible_resources(CompletionToken&& token = {}) {
+    return detail::launch<std::vector<site>>(get_executor(), std::forward<CompletionToken>(token),
+                                             [state = state_]() -> asio::awaitable<std::vector<site>> {
+                                               http_request req;
+                                               req.target = "/oauth/token/accessible-resources";
+                                               co_return detail::parse_sites(co_await send_for_json(state, std::move(req)));
+                                             });
+  }
+
+  /// GET `target` and its JSON body; any status but 2xx fails with the typed error.
+  template <typename CompletionToken = default_completion_token>
+  auto get_json(std::string target, CompletionToken&& token = {}) {
+    http_request req;
+    req.target = std::move(target);
+    return json_request(std::move(req), std::nullopt, std::forward<CompletionToken>(token));
+  }
+
+  /// Sends `body` as JSON with `method` (POST, PUT, PATCH, DELETE) and
+  /// completes with the JSON answer (null when it has no body).
+  template <typename CompletionToken = default_completion_token>
+  auto send_json(std::string method, std::string target, nlohmann::json body, CompletionToken&& token = {}) {
+    http_request req;
+    req.method = std::move(method);
+    req.target = std::move(target);
+    req.headers.add("Content-Type", "application/json");
+    return json_request(std::move(req), std::move(body), std::forward<CompletionToken>(token));
+  }
+
+ private:
+  /// Runs `op(state)` on the session's strand; `op` returns an awaitable.
+  template <typename T, typename CompletionToken, typename Op>
+  auto on_state(CompletionToken&& token, Op op) {
+    return detail::launch<T>(get_executor(), std::forward<CompletionToken>(token),
+                             [state = state_, op = std::move(op)]() mutable {
+                               return detail::on_strand(state->strand(), op(*state));
+                             });
+  }
+
+  template <typename CompletionToken>
+  auto json_request(http_request req, std::optional<nlohmann::json> body, CompletionToken&& token) {
+    return detail::launch<nlohmann::json>(get_executor(), std::forward<CompletionToken>(token),
+                                          [state = state_, req = std::move(req), body = std::move(body)]() mutable {
+                                            if (body) req.body = detail::dump_json(*body);
+                                            return send_for_json(state, std::move(req));
+                                          });
+  }
+
+  static asio::awaitable<nlohmann::json> send_for_json(std::shared_ptr<detail::session_state> state, http_request req) {
+    req.headers.add("Accept", "application/json");
+    const std::string what = detail::describe(req, state->resolve(req.target));
+    auto res = co_await send(state, std::move(req));
+    co_return detail::parse_api_json(res, what);
+  }
+
+  static asio::awaitable<http_response> send(std::shared_ptr<detail::session_state> state, http_request req) {
     const url target = state->resolve(req.target);
     const auto& options = state->options();
     http_limits limits;
@@ -3376,38 +3640,6 @@ class session {
       }
       co_return res;
     }
-  }
-
-  /// The sites the grant reaches (GET /oauth/token/accessible-resources).
-  asio::awaitable<std::vector<site>> accessible_resources() {
-    auto listing = co_await get_json("/oauth/token/accessible-resources");
-    co_return detail::parse_sites(listing);
-  }
-
-  /// GET `target` and its JSON body; any status but 2xx throws the typed error.
-  asio::awaitable<nlohmann::json> get_json(std::string target) {
-    http_request req;
-    req.target = std::move(target);
-    co_return co_await json_request(std::move(req));
-  }
-
-  /// Sends `body` as JSON with `method` (POST, PUT, PATCH, DELETE) and returns
-  /// the JSON answer (null when it has no body).
-  asio::awaitable<nlohmann::json> send_json(std::string method, std::string target, nlohmann::json body) {
-    http_request req;
-    req.method = std::move(method);
-    req.target = std::move(target);
-    req.body = body.dump();
-    req.headers.add("Content-Type", "application/json");
-    co_return co_await json_request(std::move(req));
-  }
-
- private:
-  asio::awaitable<nlohmann::json> json_request(http_request req) {
-    req.headers.add("Accept", "application/json");
-    const std::string what = detail::describe(req, state_->resolve(req.target));
-    auto res = co_await request(std::move(req));
-    co_return detail::parse_api_json(res, what);
   }
 
   std::shared_ptr<detail::session_state> state_;
@@ -3472,23 +3704,64 @@ class confluence {
   /// "https://api.atlassian.com/ex/confluence/{cloudid}": paths go after it.
   const std::string& base_url() const noexcept { return base_; }
 
-  /// Sends `req` with req.target a path on the site ("/wiki/api/v2/pages?limit=25").
-  asio::awaitable<http_response> request(http_request req) {
-    req.target = on_site(req.target);
-    co_return co_await session_.request(std::move(req));
+  /// Where operations given a completion token other than use_awaitable run.
+  const asio::any_io_executor& get_executor() const noexcept { return session_.get_executor(); }
+
+  // Each operation below takes an Asio completion token last (default:
+  // use_awaitable) and completes with (error_code, T). A path on the site
+  // starts with '/', e.g. "/wiki/api/v2/pages?limit=25".
+
+  /// Sends `req`, req.target being a path on the site; see session::request.
+  template <typename CompletionToken = default_completion_token>
+  auto request(http_request req, CompletionToken&& token = {}) {
+    return detail::launch<http_response>(get_executor(), std::forward<CompletionToken>(token),
+                                         [self = *this, req = std::move(req)]() mutable {
+                                           req.target = self.on_site(req.target);
+                                           return self.session_.request(std::move(req));
+                                         });
   }
 
-  asio::awaitable<nlohmann::json> get(std::string path) { co_return co_await session_.get_json(on_site(path)); }
-
-  asio::awaitable<nlohmann::json> send_json(std::string method, std::string path, nlohmann::json body) {
-    co_return co_await session_.send_json(std::move(method), on_site(path), std::move(body));
+  /// GET `path` and its JSON body; any status but 2xx fails with the typed error.
+  template <typename CompletionToken = default_completion_token>
+  auto get(std::string path, CompletionToken&& token = {}) {
+    return detail::launch<nlohmann::json>(get_executor(), std::forward<CompletionToken>(token),
+                                          [self = *this, path = std::move(path)]() mutable {
+                                            return self.session_.get_json(self.on_site(path));
+                                          });
   }
 
-  /// Walks a paginated listing one page at a time.
+  /// Sends `body` as JSON to `path` with `method`; see session::send_json.
+  template <typename CompletionToken = default_completion_token>
+  auto send_json(std::string method, std::string path, nlohmann::json body, CompletionToken&& token = {}) {
+    return detail::launch<nlohmann::json>(
+        get_executor(), std::forward<CompletionToken>(token),
+        [self = *this, method = std::move(method), path = std::move(path), body = std::move(body)]() mutable {
+          return self.session_.send_json(std::move(method), self.on_site(path), std::move(body));
+        });
+  }
+
+  /// Walks a paginated listing one page at a time. Keep it alive until a
+  /// call to next() completes; one call at a time.
   class pager {
    public:
-    /// The next page's JSON body; nullopt after the last.
-    asio::awaitable<std::optional<nlohmann::json>> next() {
+    const asio::any_io_executor& get_executor() const noexcept { return session_.get_executor(); }
+
+    /// Completes with (error_code, the next page's JSON body), nullopt after
+    /// the last. After a failure the same page is asked for again.
+    template <typename CompletionToken = default_completion_token>
+    auto next(CompletionToken&& token = {}) {
+      return detail::launch<std::optional<nlohmann::json>>(get_executor(), std::forward<CompletionToken>(token),
+                                                           [this] { return next_page(); });
+    }
+
+    bool done() const noexcept { return !next_; }
+
+   private:
+    friend class confluence;
+    pager(session s, std::string base, std::string first)
+        : session_(std::move(s)), base_(std::move(base)), next_(std::move(first)) {}
+
+    asio::awaitable<std::optional<nlohmann::json>> next_page() {
       if (!next_) co_return std::nullopt;
       http_request req;
       req.target = *next_;  // kept until the page arrives, so a failed call can be repeated
@@ -3503,12 +3776,6 @@ class confluence {
       next_ = following(current, page, link);
       co_return std::optional<nlohmann::json>(std::move(page));
     }
-    bool done() const noexcept { return !next_; }
-
-   private:
-    friend class confluence;
-    pager(session s, std::string base, std::string first)
-        : session_(std::move(s)), base_(std::move(base)), next_(std::move(first)) {}
 
     /// The absolute URL of the page after `current`. v2 links ("/wiki/api/v2/...")
     /// are relative to the site base; v1 links ("/rest/api/...") to its context.
@@ -3547,8 +3814,25 @@ class confluence {
 
   pager pages(std::string path) const { return pager(session_, base_, on_site(path)); }
 
-  /// Every item of every page's "results", up to `max_items`.
-  asio::awaitable<std::vector<nlohmann::json>> get_all(std::string path, std::size_t max_items = 10000) {
+  /// Every item of every page's "results", up to `max_items`. Completes with
+  /// (error_code, std::vector<nlohmann::json>).
+  template <typename CompletionToken = default_completion_token>
+  auto get_all(std::string path, std::size_t max_items, CompletionToken&& token = {}) {
+    return detail::launch<std::vector<nlohmann::json>>(get_executor(), std::forward<CompletionToken>(token),
+                                                       [self = *this, path = std::move(path), max_items]() mutable {
+                                                         return self.collect(std::move(path), max_items);
+                                                       });
+  }
+
+  /// get_all with at most 10,000 items.
+  template <typename CompletionToken = default_completion_token>
+    requires asio::completion_token_for<CompletionToken, void(std::error_code, std::vector<nlohmann::json>)>
+  auto get_all(std::string path, CompletionToken&& token = {}) {
+    return get_all(std::move(path), 10000, std::forward<CompletionToken>(token));
+  }
+
+ private:
+  asio::awaitable<std::vector<nlohmann::json>> collect(std::string path, std::size_t max_items) {
     std::vector<nlohmann::json> items;
     auto walk = pages(std::move(path));
     int empty_pages = 0;  // a server that keeps sending empty pages with new links is not followed forever
@@ -3568,7 +3852,6 @@ class confluence {
     co_return items;
   }
 
- private:
   std::string on_site(std::string_view path) const {
     if (path.empty() || path.front() != '/')
       detail::fail(errc::invalid_url, "a path on the site starts with '/': \"" + detail::sanitize_text(path, 100) + "\"");
