@@ -25,10 +25,10 @@
 //    coroutines TS, so C++20 coroutines are switched on here for clang.
 // ============================================================================
 
-#define CONFLUENCE_OAUTH_VERSION_MAJOR 1
-#define CONFLUENCE_OAUTH_VERSION_MINOR 0
-#define CONFLUENCE_OAUTH_VERSION_PATCH 0
-#define CONFLUENCE_OAUTH_VERSION "1.0.0"
+#define CONFLUENCE_OAUTH_VERSION_MAJOR 1        ///< The major version: 1.
+#define CONFLUENCE_OAUTH_VERSION_MINOR 0        ///< The minor version: 0.
+#define CONFLUENCE_OAUTH_VERSION_PATCH 0        ///< The patch version: 0.
+#define CONFLUENCE_OAUTH_VERSION "1.0.0"        ///< The version as a string literal.
 
 #if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
 #define ASIO_HAS_CO_AWAIT 1
@@ -106,48 +106,51 @@ inline constexpr auto use_tuple = as_tuple(asio::use_awaitable);
 //    to consent again, retry later, or fix the configuration.
 // ============================================================================
 
+/// Every failure the library reports, as the code of an oauth_error. Compare a
+/// code with a `condition` to know what to do about it.
 enum class errc {
-  invalid_config = 1,         // client_config or an argument is malformed
-  insecure_transport,         // http:// to a host that is not loopback
-  invalid_url,                // a URL that cannot be parsed
-  resolve_failed,             // DNS lookup failed
-  connect_failed,             // TCP connect failed
-  tls_handshake_failed,       // TLS failed for a reason other than the certificate
-  certificate_rejected,       // the peer's certificate is untrusted or names another host
-  timeout,                    // a deadline passed
-  connection_closed,          // the peer closed the connection before the message ended
-  network_error,              // any other socket error
-  protocol_error,             // malformed HTTP
-  header_too_large,           // HTTP head over its limit
-  body_too_large,             // HTTP body over its limit
-  invalid_token_response,     // token endpoint answer is not JSON or lacks access_token
-  invalid_grant,              // refresh token or code rejected: consent again
-  invalid_request,            // the token endpoint refused the request (Atlassian: code expired or reused)
-  invalid_client,             // client id or secret rejected
-  oauth_error_response,       // any other OAuth error from the token endpoint
-  server_unavailable,         // 5xx or temporarily_unavailable
-  rate_limited,               // 429
-  http_error,                 // an unexpected HTTP status
-  authorization_denied,       // the user declined (error=access_denied)
-  authorization_failed,       // the authorization server redirected back with another error
-  state_mismatch,             // a callback whose state belongs to no pending authorization
-  listener_timeout,           // nobody came back to the redirect listener in time
-  address_in_use,             // the redirect listener's port is taken
-  browser_launch_failed,      // the browser command could not be started
-  store_error,                // a token store failed to read or write
-  store_corrupt,              // a token store holds something that is not a token set
-  store_key_mismatch,         // an encrypted store and the key given do not belong together
-  not_signed_in,              // the session holds no grant: authorize first
-  unauthorized,               // the API refused a freshly refreshed access token
-  scope_mismatch,             // the access token lacks a scope the endpoint needs
-  api_gone,                   // 410 Gone: the endpoint is retired (Confluence v1 through OAuth)
-  site_not_found,             // no accessible site matches the one asked for
+  invalid_config = 1,         ///< client_config or an argument is malformed
+  insecure_transport,         ///< http:// to a host that is not loopback
+  invalid_url,                ///< a URL that cannot be parsed, or a target that is not a path or URL
+  resolve_failed,             ///< DNS lookup failed
+  connect_failed,             ///< TCP connect failed
+  tls_handshake_failed,       ///< TLS failed for a reason other than the certificate
+  certificate_rejected,       ///< the peer's certificate is untrusted or names another host
+  timeout,                    ///< a deadline passed
+  connection_closed,          ///< the peer closed the connection before the message ended
+  network_error,              ///< any other socket error
+  protocol_error,             ///< malformed HTTP, or an API answer the library cannot use
+  header_too_large,           ///< HTTP head over its limit
+  body_too_large,             ///< HTTP body over its limit
+  invalid_token_response,     ///< token endpoint answer is not JSON or lacks access_token
+  invalid_grant,              ///< refresh token or code rejected: consent again
+  invalid_request,            ///< the token endpoint refused the request (Atlassian: code expired or reused)
+  invalid_client,             ///< client id or secret rejected
+  oauth_error_response,       ///< any other OAuth error from the token endpoint
+  server_unavailable,         ///< 5xx or temporarily_unavailable
+  rate_limited,               ///< 429
+  http_error,                 ///< an unexpected HTTP status
+  authorization_denied,       ///< the user declined (error=access_denied)
+  authorization_failed,       ///< the authorization server redirected back with another error
+  state_mismatch,             ///< a callback whose state belongs to no pending authorization
+  listener_timeout,           ///< nobody came back to the redirect listener in time
+  address_in_use,             ///< the redirect listener's port is taken
+  browser_launch_failed,      ///< the browser command could not be started
+  store_error,                ///< a token store failed to read or write
+  store_corrupt,              ///< a token store holds something that is not a token set
+  store_key_mismatch,         ///< an encrypted store and the key given do not belong together
+  not_signed_in,              ///< the session holds no grant: authorize first
+  unauthorized,               ///< the API refused a freshly refreshed access token
+  scope_mismatch,             ///< the access token lacks a scope the endpoint needs
+  api_gone,                   ///< 410 Gone: the endpoint is retired (Confluence v1 through OAuth)
+  site_not_found,             ///< no accessible site matches the one asked for
 };
 
+/// What to do about a failure; `ec == condition::retry_later` works for any errc code.
 enum class condition {
-  reauthenticate = 1,  // the grant is gone: run the authorization again
-  retry_later,         // transient: the same call may succeed later
-  fix_configuration,   // wrong settings: retrying will not help
+  reauthenticate = 1,  ///< the grant is gone: run the authorization again
+  retry_later,         ///< transient: the same call may succeed later
+  fix_configuration,   ///< wrong settings: retrying will not help
 };
 
 namespace detail {
@@ -268,7 +271,9 @@ inline const std::error_category& condition_category() noexcept {
   return category;
 }
 
+/// An errc as a std::error_code, so that `ec == errc::timeout` works.
 inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
+/// A condition as a std::error_condition, so that `ec == condition::retry_later` works.
 inline std::error_condition make_error_condition(condition c) noexcept {
   return {static_cast<int>(c), condition_category()};
 }
@@ -290,12 +295,12 @@ namespace confluence_oauth {
 
 /// What a server said about a failure, as far as it said anything.
 struct error_details {
-  std::string error;              // RFC 6749 `error`
-  std::string error_description;  // RFC 6749 `error_description` (secrets redacted)
-  std::string error_uri;          // RFC 6749 `error_uri`
-  int http_status = 0;            // 0 when no HTTP response was involved
-  std::string www_authenticate;
-  std::optional<std::chrono::seconds> retry_after;
+  std::string error;              ///< RFC 6749 `error`
+  std::string error_description;  ///< RFC 6749 `error_description`, or the API's message (secrets redacted)
+  std::string error_uri;          ///< RFC 6749 `error_uri`
+  int http_status = 0;            ///< 0 when no HTTP response was involved
+  std::string www_authenticate;   ///< the WWW-Authenticate header
+  std::optional<std::chrono::seconds> retry_after;  ///< Retry-After, when the server sent one
 };
 
 /// The one exception type: a std::system_error with the server's details.
@@ -304,12 +309,19 @@ class oauth_error : public std::system_error {
   oauth_error(std::error_code ec, const std::string& context, error_details details = {})
       : std::system_error(ec, compose(context, details)), details_(std::move(details)) {}
 
+  /// All of what the server said.
   const error_details& details() const noexcept { return details_; }
+  /// details().error: the RFC 6749 `error`, empty when there was none.
   const std::string& error() const noexcept { return details_.error; }
+  /// details().error_description.
   const std::string& error_description() const noexcept { return details_.error_description; }
+  /// details().error_uri.
   const std::string& error_uri() const noexcept { return details_.error_uri; }
+  /// details().http_status: 0 when no HTTP response was involved.
   int http_status() const noexcept { return details_.http_status; }
+  /// details().www_authenticate.
   const std::string& www_authenticate() const noexcept { return details_.www_authenticate; }
+  /// details().retry_after: how long the server asked us to wait, if it did.
   std::optional<std::chrono::seconds> retry_after() const noexcept { return details_.retry_after; }
 
  private:
@@ -354,10 +366,12 @@ using default_completion_token = asio::use_awaitable_t<>;
 /// be the outermost adapter.
 template <typename CompletionToken>
 struct with_error_details_t {
-  CompletionToken token;
-  std::optional<oauth_error>* out;
+  CompletionToken token;            ///< the wrapped completion token
+  std::optional<oauth_error>* out;  ///< where a failure's oauth_error goes
 };
 
+/// Wraps `token` so that a failed operation also stores its oauth_error in
+/// `out`; see with_error_details_t. `out` must outlive the operation.
 template <typename CompletionToken>
 with_error_details_t<std::decay_t<CompletionToken>> with_error_details(CompletionToken&& token,
                                                                       std::optional<oauth_error>& out) {
@@ -756,6 +770,8 @@ inline std::optional<Int> parse_uint(std::string_view s) noexcept {
 //    Compares in constant time; wipes its storage when it goes away.
 // ============================================================================
 
+/// A string that never prints, compares in constant time and is wiped when it
+/// goes away. Streams show its fingerprint().
 class secret {
  public:
   secret() = default;
@@ -783,6 +799,7 @@ class secret {
 
   /// The plain value. Every call site of this is a place a secret leaves the vault.
   const std::string& reveal() const noexcept { return value_; }
+  /// True when there is no value.
   bool empty() const noexcept { return value_.empty(); }
 
   /// "sha256:1a2b3c4d": enough to tell two secrets apart in a log, useless to an attacker.
@@ -837,14 +854,18 @@ inline std::string redact(std::string text, std::span<const secret* const> secre
 //    composed back to text, and relative references resolved against a base.
 // ============================================================================
 
+/// An absolute http(s) URL, as parse_url reads it.
 struct url {
-  std::string scheme;       // "http" or "https", lower case
-  std::string host;         // name or address; IPv6 without brackets
-  std::uint16_t port = 0;   // explicit or the scheme's default
-  std::string target = "/"; // path and query, never empty
+  std::string scheme;       ///< "http" or "https", lower case
+  std::string host;         ///< name or address; IPv6 without brackets
+  std::uint16_t port = 0;   ///< explicit or the scheme's default
+  std::string target = "/"; ///< path and query, never empty
 
+  /// True when the scheme is https.
   bool is_https() const noexcept { return scheme == "https"; }
+  /// The target without its query.
   std::string_view path() const noexcept { return std::string_view(target).substr(0, target.find('?')); }
+  /// The query without its '?'; empty when there is none.
   std::string_view query() const noexcept {
     auto q = target.find('?');
     return q == std::string::npos ? std::string_view{} : std::string_view(target).substr(q + 1);
@@ -855,7 +876,9 @@ struct url {
     if (port != (is_https() ? 443 : 80)) out += ":" + std::to_string(port);
     return out;
   }
+  /// "scheme://authority".
   std::string origin() const { return scheme + "://" + authority(); }
+  /// The whole URL as text.
   std::string str() const { return origin() + target; }
 };
 
@@ -941,19 +964,23 @@ inline url resolve_reference(const url& base, std::string_view ref) {
 //    hard limits on head and body sizes. Tolerates bare LF line endings.
 // ============================================================================
 
+/// One header of an HTTP message.
 struct http_header {
-  std::string name;
-  std::string value;
+  std::string name;   ///< header name
+  std::string value;  ///< header value
 };
 
+/// An ordered list of headers, looked up case-insensitively.
 class http_headers {
  public:
+  /// Appends a header, keeping any of the same name.
   void add(std::string name, std::string value) { items_.push_back({std::move(name), std::move(value)}); }
   /// Sets a header, replacing every earlier one of the same name.
   void set(std::string_view name, std::string value) {
     erase(name);
     items_.push_back({std::string(name), std::move(value)});
   }
+  /// Removes every header of that name.
   void erase(std::string_view name) {
     std::erase_if(items_, [&](const http_header& h) { return detail::iequals(h.name, name); });
   }
@@ -963,37 +990,45 @@ class http_headers {
       if (detail::iequals(h.name, name)) return std::string_view(h.value);
     return std::nullopt;
   }
+  /// How many headers have that name.
   std::size_t count(std::string_view name) const noexcept {
     return static_cast<std::size_t>(
         std::count_if(items_.begin(), items_.end(), [&](const http_header& h) { return detail::iequals(h.name, name); }));
   }
+  /// Iteration over the http_headers in order.
   auto begin() const noexcept { return items_.begin(); }
+  /// The end of the iteration.
   auto end() const noexcept { return items_.end(); }
+  /// The number of headers.
   std::size_t size() const noexcept { return items_.size(); }
+  /// Removes all headers.
   void clear() noexcept { items_.clear(); }
 
  private:
   std::vector<http_header> items_;
 };
 
+/// An HTTP request to send through a session or a confluence site.
 struct http_request {
-  std::string method = "GET";
-  std::string target = "/";
-  http_headers headers;
-  std::string body;
+  std::string method = "GET";  ///< the request method
+  std::string target = "/";    ///< a path under api_url or an absolute URL on its origin (a path on the site for confluence)
+  http_headers headers;        ///< Host, Content-Length and Transfer-Encoding are set by the library
+  std::string body;            ///< sent with a Content-Length
 };
 
+/// An HTTP response, read whole.
 struct http_response {
-  int status = 0;
-  std::string reason;
-  http_headers headers;
-  std::string body;
+  int status = 0;        ///< the status code
+  std::string reason;    ///< the reason phrase
+  http_headers headers;  ///< the response headers
+  std::string body;      ///< the whole body
 };
 
+/// Limits on one HTTP message the library reads; over them is header_too_large or body_too_large.
 struct http_limits {
-  std::size_t max_head_bytes = 64 * 1024;   // start line plus headers
-  std::size_t max_header_count = 128;
-  std::size_t max_body_bytes = 8 * 1024 * 1024;
+  std::size_t max_head_bytes = 64 * 1024;        ///< start line plus headers
+  std::size_t max_header_count = 128;            ///< headers in one message
+  std::size_t max_body_bytes = 8 * 1024 * 1024;  ///< set by the library from max_token_response_bytes or max_response_bytes
 };
 
 namespace detail {
@@ -1368,15 +1403,17 @@ inline std::string serialize_response(const http_response& res) {
 //    a reused one that fails before any response byte is retried once fresh.
 // ============================================================================
 
+/// Whom TLS trusts. Peer verification and host-name checking are always on.
 struct tls_options {
-  std::string ca_file;            // extra trusted CA certificates, PEM file
-  std::string ca_pem;             // extra trusted CA certificates, PEM text
-  bool use_system_trust = true;   // the system's default trust store
+  std::string ca_file;            ///< extra trusted CA certificates, PEM file
+  std::string ca_pem;             ///< extra trusted CA certificates, PEM text
+  bool use_system_trust = true;   ///< the system's default trust store
 };
 
+/// Deadlines of the HTTP client.
 struct timeouts {
-  std::chrono::milliseconds request{std::chrono::seconds(30)};  // one HTTP exchange, connect included
-  std::chrono::milliseconds idle{std::chrono::seconds(30)};     // a pooled connection unused this long is dropped
+  std::chrono::milliseconds request{std::chrono::seconds(30)};  ///< one HTTP exchange, connect included
+  std::chrono::milliseconds idle{std::chrono::seconds(30)};     ///< a pooled connection unused this long is dropped
 };
 
 namespace detail {
@@ -1717,15 +1754,17 @@ class http_client {
 //    half-written file and a rotated refresh token is never lost.
 // ============================================================================
 
+/// What the token endpoint grants. Streams print the secrets as fingerprints.
 struct token_set {
-  using clock = std::chrono::system_clock;
+  using clock = std::chrono::system_clock;  ///< the clock of expires_at
 
-  secret access_token;
-  secret refresh_token;                              // empty without offline_access
-  clock::time_point expires_at = clock::time_point::max();  // max(): the server gave no lifetime
-  std::string scope;                                 // space separated, as granted
-  std::string token_type = "Bearer";
+  secret access_token;                               ///< the bearer token for API calls
+  secret refresh_token;                              ///< empty without offline_access
+  clock::time_point expires_at = clock::time_point::max();  ///< max(): the server gave no lifetime
+  std::string scope;                                 ///< space separated, as granted
+  std::string token_type = "Bearer";                 ///< as the server named it
 
+  /// Whether there is a refresh token (the grant asked for offline_access).
   bool has_refresh_token() const noexcept { return !refresh_token.empty(); }
 
   /// True when the access token is gone or will be within `skew`.
@@ -1747,7 +1786,7 @@ struct token_set {
     return j;
   }
 
-  /// Reads the storage form; throws oauth_error(store_error) naming what is wrong.
+  /// Reads the storage form; throws oauth_error(store_corrupt) naming what is wrong.
   static token_set from_json(const nlohmann::json& j) {
     auto bad = [](const char* what) -> token_set { detail::fail(errc::store_corrupt, std::string("stored token set: ") + what); };
     if (!j.is_object()) return bad("not a JSON object");
@@ -1796,6 +1835,7 @@ class store_lock {
     return *this;
   }
   ~store_lock() { unlock(); }
+  /// Releases the section now; later calls do nothing.
   void unlock() noexcept {
     if (auto release = std::exchange(release_, nullptr)) release();
   }
@@ -1822,8 +1862,11 @@ inline bool same_grant(const std::optional<token_set>& a, const std::optional<to
 class token_store {
  public:
   virtual ~token_store() = default;
+  /// The stored grant, or nullopt when there is none. Throws on failure.
   virtual asio::awaitable<std::optional<token_set>> load() = 0;
+  /// Stores `tokens`, durably by the time it completes. Throws on failure.
   virtual asio::awaitable<void> save(const token_set& tokens) = 0;
+  /// Forgets the grant. Throws on failure.
   virtual asio::awaitable<void> clear() = 0;
 
   /// An exclusive section across everyone who shares this grant. The default
@@ -1845,20 +1888,24 @@ class token_store {
 /// per-user storage. Thread-safe; `replace` is atomic.
 class memory_token_store final : public token_store {
  public:
+  /// The grant held, if any.
   asio::awaitable<std::optional<token_set>> load() override {
     std::lock_guard lock(mutex_);
     co_return tokens_;
   }
+  /// Holds `tokens`.
   asio::awaitable<void> save(const token_set& tokens) override {
     std::lock_guard lock(mutex_);
     tokens_ = tokens;
     co_return;
   }
+  /// Holds nothing.
   asio::awaitable<void> clear() override {
     std::lock_guard lock(mutex_);
     tokens_.reset();
     co_return;
   }
+  /// An atomic compare-and-swap: holds `next` only if it holds `expected`.
   asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next) override {
     std::lock_guard lock(mutex_);
     if (!same_grant(tokens_, expected)) co_return false;
@@ -1986,12 +2033,16 @@ class file_token_store final : public token_store {
     return secret(std::move(key));
   }
 
+  /// The file.
   const std::filesystem::path& path() const noexcept { return path_; }
+  /// Whether a key was given.
   bool encrypted() const noexcept { return !key_.empty(); }
 
   /// How long lock() waits for another process before failing with store_error.
   void set_lock_timeout(std::chrono::milliseconds timeout) noexcept { lock_timeout_ = timeout; }
 
+  /// Reads the file (at most 1 MiB); nullopt when it does not exist. Throws
+  /// store_corrupt, store_key_mismatch or store_error.
   asio::awaitable<std::optional<token_set>> load() override {
     auto text = detail::read_file(path_, 1024 * 1024);
     if (!text) co_return std::nullopt;
@@ -2012,6 +2063,8 @@ class file_token_store final : public token_store {
     co_return token_set::from_json(inner);
   }
 
+  /// Writes the file atomically, mode 0600; missing folders are created 0700.
+  /// Throws store_error.
   asio::awaitable<void> save(const token_set& tokens) override {
     std::string text = tokens.to_json().dump(2) + "\n";
     detail::wipe_on_exit wipe{text};
@@ -2025,6 +2078,7 @@ class file_token_store final : public token_store {
     co_return;
   }
 
+  /// Removes the file; a missing one is fine. Throws store_error.
   asio::awaitable<void> clear() override {
     if (::unlink(path_.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + path_.string());
     co_return;
@@ -2092,25 +2146,31 @@ class file_token_store final : public token_store {
 //    error whatever the status, and a grant must hold an access token.
 // ============================================================================
 
-enum class token_encoding { json, form };
+/// How token request bodies are encoded.
+enum class token_encoding {
+  json,  ///< application/json, as Atlassian wants
+  form   ///< application/x-www-form-urlencoded (RFC 6749)
+};
 
+/// The app's registration and the endpoints; README.md, "Configuration
+/// reference", gives the rules. Checked by validate() when a client is made.
 struct client_config {
-  std::string client_id;
-  secret client_secret;
-  std::string redirect_uri = "http://localhost:3000/callback";
-  std::vector<std::string> scopes = {"read:page:confluence", "read:space:confluence", "offline_access"};
-  std::string audience = "api.atlassian.com";  // empty: parameter left out
-  std::string prompt = "consent";              // empty: parameter left out
-  std::string authorize_url = "https://auth.atlassian.com/authorize";
-  std::string token_url = "https://auth.atlassian.com/oauth/token";
-  std::string api_url = "https://api.atlassian.com";
-  token_encoding encoding = token_encoding::json;
-  bool use_pkce = false;  // Atlassian does not document PKCE; standard servers use it
-  std::vector<std::pair<std::string, std::string>> extra_authorize_params;
-  tls_options tls;
-  timeouts timeout;
-  std::size_t max_token_response_bytes = 1024 * 1024;
-  std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;
+  std::string client_id;  ///< the app's client id
+  secret client_secret;   ///< the app's secret; may be empty only with use_pkce
+  std::string redirect_uri = "http://localhost:3000/callback";  ///< the registered callback URL
+  std::vector<std::string> scopes = {"read:page:confluence", "read:space:confluence", "offline_access"};  ///< requested scopes
+  std::string audience = "api.atlassian.com";  ///< empty: parameter left out
+  std::string prompt = "consent";              ///< empty: parameter left out
+  std::string authorize_url = "https://auth.atlassian.com/authorize";  ///< where the user consents
+  std::string token_url = "https://auth.atlassian.com/oauth/token";    ///< where codes and refresh tokens are traded
+  std::string api_url = "https://api.atlassian.com";                   ///< the base of session requests
+  token_encoding encoding = token_encoding::json;  ///< token request bodies
+  bool use_pkce = false;  ///< Atlassian does not document PKCE; standard servers use it
+  std::vector<std::pair<std::string, std::string>> extra_authorize_params;  ///< more authorization URL parameters; empty values left out
+  tls_options tls;        ///< whom TLS trusts
+  timeouts timeout;       ///< HTTP deadlines
+  std::size_t max_token_response_bytes = 1024 * 1024;  ///< largest token endpoint answer
+  std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;  ///< sent with every request
 
   /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
   void validate() const {
@@ -2138,19 +2198,19 @@ struct client_config {
 
 /// One authorization attempt: send the user to `url`, keep the rest for the callback.
 struct authorization {
-  std::string url;
-  secret state;          // 256 bits, single use
-  secret code_verifier;  // PKCE; empty when not used
-  std::string redirect_uri;
+  std::string url;           ///< where to send the user
+  secret state;              ///< 256 bits, single use
+  secret code_verifier;      ///< PKCE; empty when not used
+  std::string redirect_uri;  ///< the redirect URI this attempt used
 };
 
 /// The query of a redirect back from the authorization server.
 struct callback_params {
-  secret code;
-  std::optional<secret> state;
-  std::string error;
-  std::string error_description;
-  std::string error_uri;
+  secret code;                    ///< the authorization code; empty when absent
+  std::optional<secret> state;    ///< the state echoed back, if any
+  std::string error;              ///< the `error` parameter
+  std::string error_description;  ///< the `error_description` parameter
+  std::string error_uri;          ///< the `error_uri` parameter
 };
 
 /// Parses a callback target ("/callback?code=...&state=..."), a full URL, or a bare query.
@@ -2171,7 +2231,13 @@ inline callback_params parse_callback(std::string_view target) {
 }
 
 /// How a callback relates to the authorization it may answer.
-enum class callback_match { code, denied, failed, state_mismatch, incomplete };
+enum class callback_match {
+  code,            ///< the state matches and there is a code
+  denied,          ///< error=access_denied (with a matching state, or none)
+  failed,          ///< another error (with a matching state, or none)
+  state_mismatch,  ///< the state belongs to another authorization
+  incomplete       ///< neither a code with its state nor an error
+};
 
 /// Classifies a callback without throwing: a matching state with a code, an
 /// error (whose state, when echoed, must match), or something to ignore.
@@ -2331,6 +2397,8 @@ inline token_set parse_token_response(const http_response& res, std::span<const 
 
 }  // namespace detail
 
+/// Builds authorization URLs and makes the two token requests (code exchange
+/// and refresh). A cheap handle: copies share the configuration and HTTP client.
 class oauth_client {
  public:
   /// Validates the configuration and prepares TLS; throws oauth_error.
@@ -2339,7 +2407,9 @@ class oauth_client {
         http_(std::make_shared<detail::http_client>(std::move(ex), config_->tls, config_->timeout)),
         token_url_(parse_url(config_->token_url)) {}
 
+  /// The validated configuration.
   const client_config& config() const noexcept { return *config_; }
+  /// The HTTP client with its connection pool; its type is in detail and may change.
   detail::http_client& http() const noexcept { return *http_; }
   /// Where operations given a completion token other than use_awaitable run.
   const asio::any_io_executor& get_executor() const noexcept { return http_->get_executor(); }
@@ -2476,11 +2546,12 @@ class oauth_client {
 //     state, or at its overall deadline. Its pages never carry the code.
 // ============================================================================
 
+/// Deadlines and limits of the redirect listener.
 struct listener_options {
-  std::chrono::milliseconds timeout{std::chrono::minutes(5)};        // whole wait for the redirect
-  std::chrono::milliseconds read_timeout{std::chrono::seconds(10)};  // one connection: request in, page out
-  std::size_t max_connections = 32;                                  // more are closed at once
-  std::string app_name = "confluence_oauth";                         // shown on the pages
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};        ///< whole wait for the redirect
+  std::chrono::milliseconds read_timeout{std::chrono::seconds(10)};  ///< one connection: request in, page out
+  std::size_t max_connections = 32;                                  ///< connections at once; when full, the oldest is closed
+  std::string app_name = "confluence_oauth";                         ///< shown on the pages
 };
 
 namespace detail {
@@ -2752,6 +2823,7 @@ class redirect_listener {
 
   /// The redirect URI with the port actually bound (differs when asked for port 0).
   const std::string& redirect_uri() const noexcept { return redirect_uri_; }
+  /// The port bound.
   std::uint16_t port() const noexcept { return port_; }
 
   /// Where operations given a completion token other than use_awaitable run.
@@ -2938,6 +3010,7 @@ auto authorize(oauth_client client, browser_opener open, listener_options option
                                    });
 }
 
+/// authorize with the default listener_options.
 template <typename CompletionToken = default_completion_token>
   requires asio::completion_token_for<CompletionToken, void(std::error_code, token_set)>
 auto authorize(oauth_client client, browser_opener open, CompletionToken&& token = {}) {
@@ -2956,18 +3029,19 @@ auto authorize(oauth_client client, browser_opener open, CompletionToken&& token
 
 /// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
 struct retry_policy {
-  int max_attempts = 4;                        // tries per request, the first included; 1 = no retry
-  std::chrono::milliseconds base_delay{500};   // backoff: random in [0, min(max_delay, base * 2^(n-1))]
-  std::chrono::milliseconds max_delay{std::chrono::seconds(30)};
-  std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  // a longer Retry-After is not waited for
+  int max_attempts = 4;                        ///< tries per request, the first included; 1 = no retry
+  std::chrono::milliseconds base_delay{500};   ///< backoff: random in [0, min(max_delay, base * 2^(n-1))]
+  std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap
+  std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  ///< a longer Retry-After is not waited for
 };
 
+/// The session's settings; the session checks them when it is made.
 struct session_options {
-  std::chrono::seconds refresh_skew{60};  // refresh this long before the access token expires
-  std::chrono::seconds near_expiry{300};  // a 403 or 404 this close to expiry counts as a 401
-  retry_policy retry;
-  std::size_t max_response_bytes = 16 * 1024 * 1024;
-  listener_options listener;  // for authorize()
+  std::chrono::seconds refresh_skew{60};  ///< refresh this long before the access token expires
+  std::chrono::seconds near_expiry{300};  ///< a 403 or 404 this close to expiry counts as a 401
+  retry_policy retry;                     ///< retries of 429, 503 and refreshes that failed in transit
+  std::size_t max_response_bytes = 16 * 1024 * 1024;  ///< largest API answer
+  listener_options listener;              ///< for authorize()
 };
 
 namespace detail {
@@ -3404,11 +3478,11 @@ class session_state : public std::enable_shared_from_this<session_state> {
 
 /// A site the grant reaches, from accessible-resources. `id` is the cloud id.
 struct site {
-  std::string id;
-  std::string name;
-  std::string url;
-  std::vector<std::string> scopes;
-  std::string avatar_url;
+  std::string id;                   ///< the cloud id
+  std::string name;                 ///< the site's name
+  std::string url;                  ///< e.g. "https://example.atlassian.net"
+  std::vector<std::string> scopes;  ///< the scopes granted on it, joined across products
+  std::string avatar_url;           ///< the site's avatar
 };
 
 namespace detail {
@@ -3471,7 +3545,9 @@ class session {
           session_options options = {})
       : state_(std::make_shared<detail::session_state>(ex, std::move(config), store, std::move(options))) {}
 
+  /// The OAuth client the session refreshes with.
   const oauth_client& client() const noexcept { return state_->client(); }
+  /// The session's settings.
   const session_options& options() const noexcept { return state_->options(); }
   /// The API base without a trailing slash, e.g. "https://api.atlassian.com".
   std::string api_base() const { return state_->api_base(); }
@@ -3700,6 +3776,7 @@ class confluence {
   }
   confluence(session s, const site& site) : confluence(std::move(s), site.id) {}
 
+  /// The site's cloud id.
   const std::string& cloud_id() const noexcept { return cloud_id_; }
   /// "https://api.atlassian.com/ex/confluence/{cloudid}": paths go after it.
   const std::string& base_url() const noexcept { return base_; }
@@ -3744,6 +3821,7 @@ class confluence {
   /// call to next() completes; one call at a time.
   class pager {
    public:
+    /// Where operations given a completion token other than use_awaitable run.
     const asio::any_io_executor& get_executor() const noexcept { return session_.get_executor(); }
 
     /// Completes with (error_code, the next page's JSON body), nullopt after
@@ -3754,6 +3832,7 @@ class confluence {
                                                            [this] { return next_page(); });
     }
 
+    /// True after the last page.
     bool done() const noexcept { return !next_; }
 
    private:
@@ -3812,6 +3891,7 @@ class confluence {
     std::optional<std::string> next_;
   };
 
+  /// A pager over the paginated listing at `path`; nothing is fetched until next().
   pager pages(std::string path) const { return pager(session_, base_, on_site(path)); }
 
   /// Every item of every page's "results", up to `max_items`. Completes with

@@ -25,7 +25,17 @@
 # `cfo::X::y`) where X is a public class or enum must name a member of X, and
 # `confluence_oauth::n` / `cfo::n` must name a public top-level name.
 #
-# Usage: scripts/check_api_doc.sh [--list]   (--list prints what was extracted)
+# Check 2 (strict): each public name has a doc comment in the header itself:
+# a `///` line (or block of them) directly above its declaration (template
+# headers, requires-clauses, attributes and preprocessor conditionals may sit
+# in between), or a `///<` trailing comment on the line that names it (an
+# enumerator on its enum's own line needs the latter). Every
+# declaration counts (each overload), except that an overload directly below
+# another declaration of the same name, with no blank line between, shares
+# that one's comment. Constructors, destructors and operators are exempt.
+#
+# Usage: scripts/check_api_doc.sh [--list]   (--list prints what was extracted,
+#        with the header line of each name)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -66,7 +76,7 @@ def clean(text):
                 break
             m = re.match(r"#\s*define\s+(CONFLUENCE_OAUTH_\w+)", text[i:e])
             if m:
-                macros.append(m.group(1))
+                macros.append((m.group(1), text.count("\n", 0, i) + 1))
             out.append("\n" * text.count("\n", i, e))
             i = e
             continue
@@ -86,7 +96,7 @@ def clean(text):
         elif c == 'R' and text.startswith('R"', i) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
             m = re.match(r'R"([^(\s]*)\(', text[i:])
             end = text.find(")" + m.group(1) + '"', i)
-            out.append('""')
+            out.append('""' + "\n" * text.count("\n", i, end))
             i = end + len(m.group(1)) + 2
         elif c == '"' or c == "'":
             j = i + 1
@@ -103,8 +113,25 @@ def clean(text):
 TOKEN_RE = re.compile(r"[A-Za-z_]\w*|\d[\w.']*|::|->|\.\.\.|\S")
 
 
+class Tok(str):
+    """A token that knows its line in the header."""
+    line = 0
+
+
 def tokenize(text):
-    return TOKEN_RE.findall(text)
+    toks = []
+    line, last = 1, 0
+    for m in TOKEN_RE.finditer(text):
+        line += text.count("\n", last, m.start())
+        last = m.start()
+        t = Tok(m.group(0))
+        t.line = line
+        toks.append(t)
+    return toks
+
+
+def line_of(t):
+    return getattr(t, "line", 0)
 
 
 def is_ident(t):
@@ -232,6 +259,11 @@ class Model:
         self.top = {}        # name -> kind
         self.classes = {}    # qualified class name -> {"members": {name: kind}, "bases": [..], "kind": ...}
         self.macros = []
+        self.where = {}      # qualified name -> [(first line of the declaration, line of the name)]
+
+    def place(self, qual, start, name_tok):
+        if line_of(name_tok):
+            self.where.setdefault(qual, []).append((line_of(start) or line_of(name_tok), line_of(name_tok)))
 
 
 def parse_scope(toks, i, model, scope, class_name=None, default_public=True, record=True):
@@ -309,7 +341,10 @@ def parse_scope(toks, i, model, scope, class_name=None, default_public=True, rec
             if name and scope is not None and public and record:
                 qual = f"{scope}::{name}" if scope else name
                 add_top_or_member(model, scope, name, "enum")
+                model.place(qual, decl[0] if decl else name, name)
                 model.classes[qual] = {"members": {e: "enumerator" for e in enumerators}, "bases": [], "kind": "enum"}
+                for e in enumerators:
+                    model.place(f"{qual}::{e}", e, e)
             i = end
             decl = ["enum", name or "?"]  # the rest, up to ';'
             continue
@@ -329,6 +364,7 @@ def parse_scope(toks, i, model, scope, class_name=None, default_public=True, rec
             qual = (f"{scope}::{name}" if scope else name) if keep else None
             if keep:
                 add_top_or_member(model, scope, name, "class")
+                model.place(qual, decl[0], name)
                 model.classes[qual] = {"members": {}, "bases": bases, "kind": head[0]}
             i = parse_scope(toks, i + 1, model, qual if keep else scope, class_name=name,
                             default_public=head[0] != "class", record=keep)
@@ -392,6 +428,7 @@ def declare(model, scope, class_name, decl, record):
     if kind in ("skip", "operator", "out_of_line", "ctor", "dtor") or not name:
         return
     add_top_or_member(model, scope, name, kind)
+    model.place(f"{scope}::{name}" if scope else name, decl[0], name)
 
 
 def load_model():
@@ -400,9 +437,64 @@ def load_model():
     model = Model()
     model.macros = macros
     parse_scope(tokenize(cleaned), 0, model, None, record=True)
-    for m in macros:
+    for m, line in macros:
         model.top.setdefault(m, "macro")
+        model.where.setdefault(m, []).append((line, line))
+    model.lines = text.split("\n")
     return model
+
+
+def all_names(model):
+    """(qualified name, kind) of every public name, in --list order."""
+    out = sorted(model.top.items())
+    for cls in sorted(model.classes):
+        out += [(f"{cls}::{name}", kind) for name, kind in sorted(model.classes[cls]["members"].items())]
+    return out
+
+# ---------------------------------------------------------------------------
+# Check 2: doc comments in the header
+# ---------------------------------------------------------------------------
+
+SKIPPABLE_RE = re.compile(r"^(template\s*<.*|requires\b.*|\[\[.*\]\]\s*|#\s*(if|ifdef|ifndef|elif|else)\b.*)$")
+
+
+def has_doc(model, start, name_line, group_above):
+    """Whether the declaration starting on line `start` (1-based), naming its
+    name on `name_line`, carries a doc comment. `group_above`: the lines of
+    declarations of the same name above it (an overload set)."""
+    lines = model.lines
+    if "///<" in lines[name_line - 1]:
+        return True
+    k = start - 1  # 1-based line above the declaration
+    while k >= 1:
+        text = lines[k - 1].strip()
+        if text.startswith("///") and not text.startswith("///<"):
+            return True
+        if SKIPPABLE_RE.match(text):
+            k -= 1
+            continue
+        # an overload right below a declaration of the same name
+        return bool(text) and any(s <= k <= e for s, e in group_above)
+    return False
+
+
+def undocumented(model):
+    out = []
+    for qual, kind in all_names(model):
+        decls = sorted(model.where.get(qual, []))
+        group = []  # (first line, last line) of the declarations above, approximated
+        for i, (start, name_line) in enumerate(decls):
+            # An enumerator on its enum's line cannot take the enum's comment as its own.
+            owner = model.where.get(qual.rsplit("::", 1)[0], []) if kind == "enumerator" else []
+            if any(name_line == n for _, n in owner):
+                documented = "///<" in model.lines[name_line - 1]
+            else:
+                documented = has_doc(model, start, name_line, group)
+            if not documented:
+                out.append((name_line, kind, qual))
+            nxt = decls[i + 1][0] if i + 1 < len(decls) else start
+            group.append((start, max(name_line, nxt - 1)))
+    return out
 
 # ---------------------------------------------------------------------------
 # The documentation side
@@ -507,12 +599,12 @@ def resolve_qualified(model, head):
 def main():
     model = load_model()
     if "--list" in sys.argv[1:]:
-        for name, kind in sorted(model.top.items()):
-            print(f"{kind:10} {name}")
-        for cls in sorted(model.classes):
-            for name, kind in sorted(model.classes[cls]["members"].items()):
-                print(f"{kind:10} {cls}::{name}")
+        for qual, kind in all_names(model):
+            lines = ",".join(str(n) for _, n in sorted(model.where.get(qual, [])))
+            print(f"{kind:10} {qual:60} {HEADER}:{lines}")
         return 0
+
+    undoc = sorted(undocumented(model))
 
     try:
         api_lines = prose_lines(API_DOC)
@@ -590,10 +682,15 @@ def main():
         print(f"check_api_doc: {len(stale)} references to names {HEADER} does not have:")
         for s in stale:
             print(f"  {s}")
-    if missing or stale:
+    if undoc:
+        print(f"check_api_doc: {len(undoc)} declarations of public names in {HEADER} have no /// doc comment:")
+        for line, kind, qual in undoc:
+            print(f"  {HEADER}:{line}: {kind} `{qual}`")
+    if missing or stale or undoc:
         return 1
     total = len(model.top) + sum(len(c["members"]) for c in model.classes.values())
     print(f"check_api_doc: {API_DOC} documents all {total} public names of {HEADER}")
+    print(f"check_api_doc: {HEADER} has a /// doc comment on every one of them")
     return 0
 
 
