@@ -20,8 +20,10 @@ done
 
 packages=(
   g++ cmake ninja-build pkg-config
+  clang-14 libclang-rt-14-dev  # test.sh's ASan+UBSan stage (libclang-rt: sanitizer runtimes)
   libasio-dev libssl-dev nlohmann-json3-dev doctest-dev
   meson ca-certificates
+  python3-venv  # scripts/test-consumers.sh: pinned conan and meson from PyPI in a venv
 )
 if (( with_browser )); then
   packages+=(chromium)

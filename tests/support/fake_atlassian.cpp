@@ -7,6 +7,13 @@
 // behind one mutex; the network side runs on a single thread with its own io_context.
 #include "fake_atlassian.hpp"
 
+// Asio 1.22 only knows clang's coroutines TS: switch C++20 coroutines on for
+// clang, as confluence_oauth.hpp does (this file does not include it).
+#if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#define ASIO_HAS_STD_COROUTINE 1
+#endif
+
 #include <asio.hpp>
 #include <asio/ssl.hpp>
 #include <nlohmann/json.hpp>

@@ -1,0 +1,28 @@
+# Checks shared by the add_subdirectory() and FetchContent consumers, run after
+# confluence_oauth was added. Sets confluence_oauth_package_version (the
+# project() version of the added tree) in the caller's scope.
+function(confluence_oauth_check_in_tree source_dir)
+  if(NOT TARGET confluence_oauth::confluence_oauth)
+    message(FATAL_ERROR "no target confluence_oauth::confluence_oauth")
+  endif()
+  foreach(option IN ITEMS CONFLUENCE_OAUTH_BUILD_TESTS CONFLUENCE_OAUTH_BUILD_EXAMPLES CONFLUENCE_OAUTH_INSTALL)
+    if(${option})
+      message(FATAL_ERROR "${option} is ON in a project that is not the top level")
+    endif()
+  endforeach()
+  foreach(target IN ITEMS confluence_oauth_tests fake_atlassian fake-atlassian fake-browser
+                          session-worker confluence-cli web-app quickstart)
+    if(TARGET ${target})
+      message(FATAL_ERROR "target ${target} of confluence_oauth's own suite was defined")
+    endif()
+  endforeach()
+  if(DEFINED CACHE{doctest_DIR})
+    message(FATAL_ERROR "doctest was looked for")
+  endif()
+  get_directory_property(version DIRECTORY "${source_dir}" DEFINITION confluence_oauth_VERSION)
+  if(NOT version)
+    message(FATAL_ERROR "confluence_oauth_VERSION is not set in ${source_dir}")
+  endif()
+  message(STATUS "confluence_oauth ${version} from ${source_dir}: suite, examples and install rules off")
+  set(confluence_oauth_package_version "${version}" PARENT_SCOPE)
+endfunction()
