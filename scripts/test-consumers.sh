@@ -13,8 +13,9 @@
 #                       tarball of this tree with its real sha256), run with
 #                       Debian's meson and with a current one from PyPI
 #   conan               conan create . (recipe + test_package) offline, against
-#                       the system's asio/openssl/nlohmann_json through small
-#                       wrapper recipes (tests/consumers/conan/recipes)
+#                       the system's asio/openssl/nlohmann_json through one
+#                       wrapper recipe exported under each name
+#                       (tests/consumers/conan/system_package)
 #   pkg-config          the installed confluence_oauth.pc: validate, build, run;
 #                       the one Meson generates agrees with it
 #
@@ -264,10 +265,11 @@ meson_consumer() {
 
 # ---------------------------------------------------------------------------
 # 5. Conan 2: conan create . (export, package, test_package) with no remote.
-#    asio, openssl and nlohmann_json are the system's, through wrapper recipes
-#    named like ConanCenter's (same CMake files and targets) whose versions are
-#    read from the installed headers, so the recipe's version ranges resolve
-#    to them and CMakeDeps generates real find files and targets.
+#    asio, openssl and nlohmann_json are the system's, through one wrapper
+#    recipe exported under each of ConanCenter's names (same CMake files and
+#    targets) whose versions are read from the installed headers, so the
+#    recipe's version ranges resolve to them and CMakeDeps generates real find
+#    files and targets.
 # ---------------------------------------------------------------------------
 consumer_conan() {
   [[ -z "$venv_error" ]] || fail "$venv_error"
@@ -294,7 +296,8 @@ EOF
 
   local r
   for r in asio openssl nlohmann_json; do
-    "$conan" export "tests/consumers/conan/recipes/$r" || fail "exporting the $r wrapper failed"
+    "$conan" export tests/consumers/conan/system_package --name "$r" ||
+      fail "exporting the system_package wrapper as $r failed"
   done
   # --version: the recipe checks it against the header's version.
   "$conan" create . --version "$version" --build=missing || fail "conan create failed"
