@@ -53,10 +53,6 @@ if command -v ninja >/dev/null 2>&1; then
   generator=(-G Ninja)
 fi
 
-passed=0
-failed=0
-results=()
-
 # step <name> <function>: runs the function in a subshell with errexit, its
 # output in build/consumers/logs/<name>.log. The function (or the ERR trap,
 # naming the failed command) writes the reason of a failure to $reason_file.
@@ -74,18 +70,16 @@ step() {
   local line
   if (( rc == 0 )); then
     line="consumer $name: ok"
-    passed=$((passed + 1))
   else
     local reason="exit status $rc"
     [[ -s "$reason_file" ]] && reason=$(head -n 1 "$reason_file")
     line="consumer $name: FAILED ($reason; log: ${log#"$repo"/})"
-    failed=$((failed + 1))
     echo "(last lines of ${log#"$repo"/})"
     tail -n 40 "$log" | sed 's/^/  | /'
   fi
   echo "$name: $((SECONDS - start)) s"
   echo "$line"
-  results+=("$line")
+  echo "$line" >"$logs/$name.result"
 }
 
 # fail <reason>: ends the current step.
@@ -364,24 +358,43 @@ consumer_pkg_config() {
   echo "CMake's and Meson's confluence_oauth.pc agree in Name, Version, Requires, Cflags, Libs"
 }
 
-current_step=dropin;             step dropin consumer_dropin
-current_step=cmake-install;      step cmake-install consumer_cmake_install
-current_step=cmake-subdirectory; step cmake-subdirectory consumer_cmake_subdirectory
-current_step=cmake-fetchcontent; step cmake-fetchcontent consumer_cmake_fetchcontent
-
 system_meson=/usr/bin/meson   # Debian's
 [[ -x "$system_meson" ]] || system_meson=$(command -v meson || echo meson)
 meson_system() { meson_consumer "$system_meson"; }
-current_step=meson-$("$system_meson" --version 2>/dev/null || echo system)
-step "$current_step" meson_system
-
 meson_venv() { [[ -z "$venv_error" ]] || fail "$venv_error"; meson_consumer "$venv/bin/meson"; }
-current_step=meson-$MESON_PIN;   step "$current_step" meson_venv
 
-current_step=conan;              step conan consumer_conan
-current_step=pkg-config;         step pkg-config consumer_pkg_config
+# Two lanes at once (one compiler each on 2 cores); pkg-config needs
+# cmake-install's prefix, so they share a lane.
+lane_install() {
+  current_step=dropin;             step dropin consumer_dropin
+  current_step=cmake-install;      step cmake-install consumer_cmake_install
+  current_step=pkg-config;         step pkg-config consumer_pkg_config
+  current_step=conan;              step conan consumer_conan
+}
+lane_source() {
+  current_step=cmake-subdirectory; step cmake-subdirectory consumer_cmake_subdirectory
+  current_step=cmake-fetchcontent; step cmake-fetchcontent consumer_cmake_fetchcontent
+  current_step=meson-$("$system_meson" --version 2>/dev/null || echo system)
+  step "$current_step" meson_system
+  current_step=meson-$MESON_PIN;   step "$current_step" meson_venv
+}
+lane_install >"$logs/lane-install.out" 2>&1 &
+lane_install_pid=$!
+lane_source >"$logs/lane-source.out" 2>&1
+wait "$lane_install_pid"
+cat "$logs/lane-install.out" "$logs/lane-source.out"
 
+passed=0
+failed=0
 echo
-printf '%s\n' "${results[@]}"
+for name in dropin cmake-install pkg-config conan cmake-subdirectory cmake-fetchcontent \
+            "meson-$("$system_meson" --version 2>/dev/null || echo system)" "meson-$MESON_PIN"; do
+  if [[ -s "$logs/$name.result" ]]; then
+    cat "$logs/$name.result"
+  else
+    echo "consumer $name: FAILED (did not run to its end; see ${logs#"$repo"/}/lane-*.out)"
+  fi
+  if grep -q ': ok$' "$logs/$name.result" 2>/dev/null; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+done
 echo "consumers: $passed passed, $failed failed"
 (( failed == 0 ))

@@ -2,8 +2,8 @@
 # Build and run the whole confluence_oauth test suite:
 #   1. CMake + Ninja, g++,      -O1 -g1              -> build/test
 #   2. CMake + Ninja, clang 14, -O0 -g1, ASan + UBSan -> build/asan
-#   3. CMake + Ninja, g++,      -O1 -g1, TSan        -> build/tsan
-#   4. Meson, default C++ compiler (g++), -O1 -g1    -> build/meson
+#   3. CMake + Ninja, clang 14, -O0 -g1, TSan        -> build/tsan
+#   4. Meson, clang 14, -O0                          -> build/meson
 #   5. scripts/test-consumers.sh: a consumer project for each way in (drop-in,
 #      CMake installed / add_subdirectory / FetchContent, Meson wrap with two
 #      Meson versions, Conan, pkg-config)               -> build/consumers
@@ -107,10 +107,18 @@ cmake_stage() {
 }
 
 meson_stage() {
-  local title="Meson build + meson test (build/meson)" dir=build/meson start=$SECONDS
+  local title="Meson build + meson test, clang 14 (build/meson)" dir=build/meson start=$SECONDS
   banner "$title"
-  local opts=(-Doptimization=1 -Ddebug=false -Dcpp_args=-g1)
+  local opts=(-Doptimization=0 -Ddebug=false)
   local ok=1
+  # clang at -O0: 255 s for the stage (measured) against 437 s with g++ at
+  # -O1; g++ already builds everything in the first stage. Meson keeps the compiler
+  # of an existing build dir, so a dir set up with another one starts over.
+  export CXX=clang++-14
+  if [[ -f "$dir/meson-private/coredata.dat" && "$(cat "$dir/.cxx" 2>/dev/null)" != "$CXX" ]]; then
+    echo "test.sh: $dir was set up with another C++ compiler; removing it"
+    rm -rf "$dir"
+  fi
   if [[ -f "$dir/meson-private/coredata.dat" ]]; then
     # (meson 1.0 ignores changed compiler options given to "setup
     # --reconfigure", so apply them with "meson configure" first; the
@@ -120,6 +128,8 @@ meson_stage() {
   else
     meson setup "$dir" "${opts[@]}" || ok=0
   fi
+  unset CXX
+  (( ok )) && echo "clang++-14" >"$dir/.cxx"
   if (( ok )); then
     meson compile -C "$dir" || ok=0
   fi
@@ -142,8 +152,10 @@ cmake_stage "CMake build + ctest (build/test)" build/test g++ "-O1 -g1" \
 
 export ASAN_OPTIONS=detect_leaks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-# clang 14 here, g++ elsewhere: one stage each keeps both compilers' warnings
-# (-Werror) honest without adding a stage. (CMakeLists.txt drops clang's
+# g++ builds everything in stage 1, clang 14 in stages 2 to 4: both compilers'
+# warnings (-Werror) stay honest, and clang compiles this code base in less
+# than half g++'s time (measured: 548 s vs 1278 s CPU for the ASan build),
+# which keeps CI within its budget. (CMakeLists.txt drops clang's
 # -fsanitize=function, which cannot compile coroutines before clang 17.)
 # -O0: with ASan+UBSan instrumentation -O1 doubles the compile time (measured
 # with g++: ~66 s vs ~31 s CPU for one test file); the tests are I/O-bound anyway.
@@ -152,7 +164,9 @@ cmake_stage "CMake build + ctest with address,undefined sanitizers, clang 14 (bu
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
 export TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/tsan.supp"
-cmake_stage "CMake build + ctest with the thread sanitizer (build/tsan)" build/tsan g++ "-O1 -g1" \
+# -O0 here too: measured with clang 14, the TSan stage takes 304 s at -O0
+# (build 223 s) against 505 s for g++ at -O1.
+cmake_stage "CMake build + ctest with the thread sanitizer, clang 14 (build/tsan)" build/tsan clang++-14 "-O0 -g1" \
   -DCONFLUENCE_OAUTH_SANITIZE=thread -DCONFLUENCE_OAUTH_README_SNIPPETS=OFF
 unset TSAN_OPTIONS
 

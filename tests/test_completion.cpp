@@ -223,7 +223,7 @@ TEST_CASE("deferred and as_tuple tokens") {
   });
 }
 
-TEST_CASE("session and Confluence operations are cancelled by awaitable operators; the grant survives") {
+TEST_CASE("session and Confluence operations are cancelled by awaitable operators, and the grant survives") {
   fixture f;
   const std::string api_prefix = "/ex/confluence/";
   test_util::run([&](auto ex) -> asio::awaitable<void> {
@@ -279,7 +279,7 @@ TEST_CASE("token() and refresh() give up when cancelled while the refresh goes o
   CHECK(f.srv.stats().refresh_grants == 1);
 }
 
-TEST_CASE("store-bound session operations are cancelled while the store is slow; the saved grant stays") {
+TEST_CASE("store-bound session operations are cancelled while the store is slow, and the saved grant stays") {
   fixture f;
   auto store = std::make_shared<slow_store>(1s);
   test_util::run([&](auto ex) -> asio::awaitable<void> {
