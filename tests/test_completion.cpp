@@ -72,18 +72,37 @@ struct fixture {
   }
 };
 
-/// Races `op` against a 100 ms timer: the timer must win, and the cancelled
-/// operation must be over well before any deadline of its own (10 s).
-template <typename T>
-asio::awaitable<void> expect_cancelled(asio::awaitable<T> op, const char* what) {
+/// Races `op` against a timer that fires 100 ms after `reached()` turns true
+/// (checked every 10 ms: the request has reached the fault that holds it),
+/// so the cancellation lands while the operation waits. The timer must win,
+/// and the cancelled operation must be over well before any deadline of its
+/// own (10 s).
+template <typename T, typename Reached>
+asio::awaitable<void> expect_cancelled(asio::awaitable<T> op, const char* what, Reached reached) {
   using namespace asio::experimental::awaitable_operators;
-  asio::steady_timer patience(co_await asio::this_coro::executor, 100ms);
+  auto ex = co_await asio::this_coro::executor;
+  auto patience = [ex, reached]() -> asio::awaitable<void> {
+    asio::steady_timer timer(ex);
+    for (int polls = 0; !reached() && polls < 1000; ++polls) {
+      timer.expires_after(10ms);
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+    timer.expires_after(100ms);
+    co_await timer.async_wait(asio::use_awaitable);
+  };
   const auto start = std::chrono::steady_clock::now();
-  auto winner = co_await (std::move(op) || patience.async_wait(asio::use_awaitable));
+  auto winner = co_await (std::move(op) || patience());
   const auto took = std::chrono::steady_clock::now() - start;
   INFO(what);
   CHECK(winner.index() == 1);
-  CHECK(took < 2s);
+  CHECK(reached());
+  CHECK(took < 12s);
+}
+
+/// The same, for an operation that waits on something other than the fake server.
+template <typename T>
+asio::awaitable<void> expect_cancelled(asio::awaitable<T> op, const char* what) {
+  co_await expect_cancelled(std::move(op), what, [] { return true; });
 }
 
 /// A GET of `target` (a function: GCC 12 rejects braced temporaries in coroutines).
@@ -231,26 +250,27 @@ TEST_CASE("session and Confluence operations are cancelled by awaitable operator
     co_await s.load();
     cfo::confluence wiki(s, cloud_id);
     const std::string page_url = api_prefix + cloud_id + pages;
+    auto stalled = [&srv = f.srv] { return srv.queued_faults() == 0; };
 
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(s.request(get_of(page_url)), "session::request");
+    co_await expect_cancelled(s.request(get_of(page_url)), "session::request", stalled);
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(s.get_json(page_url), "session::get_json");
+    co_await expect_cancelled(s.get_json(page_url), "session::get_json", stalled);
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(s.send_json("POST", page_url, nlohmann::json::object()), "session::send_json");
+    co_await expect_cancelled(s.send_json("POST", page_url, nlohmann::json::object()), "session::send_json", stalled);
     f.srv.push_stall("/oauth/token/accessible-resources");
-    co_await expect_cancelled(s.accessible_resources(), "session::accessible_resources");
+    co_await expect_cancelled(s.accessible_resources(), "session::accessible_resources", stalled);
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(wiki.request(get_of(pages)), "confluence::request");
+    co_await expect_cancelled(wiki.request(get_of(pages)), "confluence::request", stalled);
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(wiki.get(pages), "confluence::get");
+    co_await expect_cancelled(wiki.get(pages), "confluence::get", stalled);
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(wiki.send_json("PUT", "/wiki/api/v2/pages/1", nlohmann::json::object()), "confluence::send_json");
+    co_await expect_cancelled(wiki.send_json("PUT", "/wiki/api/v2/pages/1", nlohmann::json::object()), "confluence::send_json", stalled);
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(wiki.get_all(pages), "confluence::get_all");
+    co_await expect_cancelled(wiki.get_all(pages), "confluence::get_all", stalled);
     auto walk = wiki.pages(pages);
     f.srv.push_stall(api_prefix);
-    co_await expect_cancelled(walk.next(), "confluence::pager::next");
+    co_await expect_cancelled(walk.next(), "confluence::pager::next", stalled);
     auto first = co_await walk.next();  // the cancelled page is asked for again
     CHECK((first && (*first)["results"].size() == 5));
 
@@ -267,8 +287,9 @@ TEST_CASE("token() and refresh() give up when cancelled while the refresh goes o
   test_util::run([&](auto ex) -> asio::awaitable<void> {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
-    f.srv.push_delay("/oauth/token", 400ms);
-    co_await expect_cancelled(s.token(), "session::token");
+    f.srv.push_delay("/oauth/token", 1500ms);
+    auto refreshing = [&srv = f.srv] { return srv.queued_faults() == 0; };
+    co_await expect_cancelled(s.token(), "session::token", refreshing);
     co_await expect_cancelled(s.refresh(), "session::refresh (joins the round in flight)");
     auto token = co_await s.token();  // joins the same round, which went on
     CHECK_FALSE(token == f.granted.access_token);
@@ -304,15 +325,16 @@ TEST_CASE("the OAuth client, the listener and authorize() are cancelled by await
   fixture f;
   auto cfg = f.cfg;
   cfg.redirect_uri = "http://127.0.0.1:" + std::to_string(test_util::free_port()) + "/callback";
+  auto stalled = [&srv = f.srv] { return srv.queued_faults() == 0; };
   test_util::run([&](auto ex) -> asio::awaitable<void> {
     cfo::oauth_client client(ex, cfg);
     cfo::authorization auth;
     auth.redirect_uri = cfg.redirect_uri;
     f.srv.push_stall("/oauth/token");
     co_await expect_cancelled(client.exchange_code(cfo::secret(f.srv.issue_code(cfg.redirect_uri, scopes)), auth),
-                              "oauth_client::exchange_code");
+                              "oauth_client::exchange_code", stalled);
     f.srv.push_stall("/oauth/token");
-    co_await expect_cancelled(client.refresh(f.granted), "oauth_client::refresh");
+    co_await expect_cancelled(client.refresh(f.granted), "oauth_client::refresh", stalled);
 
     cfo::redirect_listener listener(ex, "http://127.0.0.1:0/callback");
     co_await expect_cancelled(listener.wait(client.begin_authorization(listener.redirect_uri())),

@@ -1249,6 +1249,11 @@ void server::push_delay(std::string path_prefix, std::chrono::milliseconds delay
   impl_->faults.push_back({std::move(path_prefix), {outcome::delay, {}, {}, false, delay}});
 }
 
+std::size_t server::queued_faults() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->faults.size();
+}
+
 void server::push_status(std::string path_prefix, int status, std::string json_body,
                          std::vector<std::pair<std::string, std::string>> headers) {
   if (std::none_of(headers.begin(), headers.end(), [](const auto& h) { return iequals(h.first, "content-type"); }))

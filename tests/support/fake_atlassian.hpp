@@ -118,6 +118,9 @@ class server {
   // Answer normally, but only after `delay`; the answer is computed when the delay ends
   // (clock and token state as they are then). Other connections are served meanwhile.
   void push_delay(std::string path_prefix, std::chrono::milliseconds delay);
+  // How many queued faults no request has consumed yet (a test cancels a stalled request
+  // only once the stall has it).
+  std::size_t queued_faults() const;
 
   // A valid code, as if the user had consented (no PKCE challenge). redirect_uri is not
   // checked against the registered ones, so tests can also make mismatching codes.
