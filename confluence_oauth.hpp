@@ -2047,7 +2047,13 @@ class file_token_store final : public token_store {
     auto text = detail::read_file(path_, 1024 * 1024);
     if (!text) co_return std::nullopt;
     detail::wipe_on_exit wipe{*text};
-    auto j = nlohmann::json::parse(*text, nullptr, false);
+    co_return decode(*text);
+  }
+
+  /// Decodes text read from the file, as load() does, without touching the
+  /// file. Throws store_corrupt or store_key_mismatch.
+  token_set decode(std::string_view text) const {
+    auto j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
     const bool sealed = j.is_object() && j.contains("format");
     if (sealed != encrypted())
@@ -2055,12 +2061,12 @@ class file_token_store final : public token_store {
                    sealed ? path_.string() + " is encrypted: give file_token_store its key"
                           : path_.string() + " is not encrypted, but a key was given: drop the key, or remove the "
                                              "file and sign in again");
-    if (!sealed) co_return token_set::from_json(j);
+    if (!sealed) return token_set::from_json(j);
     auto plain = open_sealed(j);
     detail::wipe_on_exit wipe_plain{plain};
     auto inner = nlohmann::json::parse(plain, nullptr, false);
     if (inner.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " holds no JSON token set");
-    co_return token_set::from_json(inner);
+    return token_set::from_json(inner);
   }
 
   /// Writes the file atomically, mode 0600; missing folders are created 0700.
