@@ -916,7 +916,9 @@ inline url parse_url(std::string_view text) {
   if (u.host.empty()) return bad("missing host");
   for (char& c : u.host) {
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-    if (static_cast<unsigned char>(c) <= 0x20 || c == '/' || c == '\\' || c == '%') return bad("invalid host");
+    // Brackets only delimit an IPv6 literal: in a name they would change what authority() means.
+    if (static_cast<unsigned char>(c) <= 0x20 || c == '/' || c == '\\' || c == '%' || c == '[' || c == ']')
+      return bad("invalid host");
   }
   for (char c : u.target)
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return bad("invalid character in path");
@@ -1800,8 +1802,9 @@ struct token_set {
       t.refresh_token = secret(r->get<std::string>());
     }
     if (auto e = j.find("expires_at"); e != j.end()) {
-      // Up to the year 9999: anything larger would overflow the clock's duration.
-      if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > 253402300799)
+      // Up to what the clock holds (the year 2262 with nanoseconds): more would overflow it.
+      constexpr auto latest = std::chrono::duration_cast<std::chrono::seconds>(clock::duration::max()).count();
+      if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > latest)
         return bad("expires_at is not a time");
       t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
     }
@@ -2320,10 +2323,10 @@ inline std::optional<std::chrono::seconds> parse_retry_after(std::string_view v,
       *mm > 59 || *ss > 60)
     return std::nullopt;
   auto m = static_cast<unsigned>(month - std::begin(months)) + 1;
-  std::chrono::system_clock::time_point when(std::chrono::seconds(days_from_civil(*year, m, *day) * 86400 +
-                                                                  *hh * 3600 + *mm * 60 + *ss));
-  if (when <= now) return std::chrono::seconds(0);
-  return std::chrono::duration_cast<std::chrono::seconds>(when - now);
+  // In seconds since the epoch: a date after 2262 would overflow the clock's nanoseconds.
+  const std::int64_t when = days_from_civil(*year, m, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss;
+  const std::int64_t at = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  return std::chrono::seconds(when > at ? when - at : 0);
 }
 
 inline errc errc_for_oauth_error(std::string_view error, int status) noexcept {

@@ -92,6 +92,17 @@ inline std::error_code code_of(const std::exception_ptr& e) {
   return {};
 }
 
+/// The code of the std::system_error that `f` throws (empty when it throws none).
+template <typename F>
+std::error_code thrown_code(F&& f) {
+  try {
+    f();
+  } catch (const std::system_error& err) {
+    return err.code();
+  }
+  return {};
+}
+
 /// A fresh directory under the system temp folder, removed with the object.
 class temp_dir {
  public:
