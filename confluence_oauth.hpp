@@ -835,14 +835,28 @@ class secret {
 };
 
 namespace detail {
-/// Replaces every occurrence of the given secrets in server-supplied text.
+/// Replaces every occurrence of the given secrets in server-supplied text:
+/// raw, and as a request carried them (percent-encoded in a form or query,
+/// escaped in a JSON body), which a server reflecting the request sends back.
 inline std::string redact(std::string text, std::span<const secret* const> secrets) {
+  static constexpr std::string_view mark = "[redacted]";
   for (const secret* s : secrets) {
     if (!s || s->reveal().size() < 4) continue;
-    static constexpr std::string_view mark = "[redacted]";
-    // Search on after the mark, which may itself contain a short secret.
-    for (auto pos = text.find(s->reveal()); pos != std::string::npos; pos = text.find(s->reveal(), pos + mark.size()))
-      text.replace(pos, s->reveal().size(), mark);
+    nlohmann::json as_json = s->reveal();
+    std::string forms[] = {s->reveal(), percent_encode(s->reveal()),
+                           as_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+    auto& copy = as_json.get_ref<std::string&>();
+    OPENSSL_cleanse(copy.data(), copy.size());
+    forms[2].erase(0, 1);  // without the quotes
+    forms[2].pop_back();
+    for (std::size_t i = 0; i < std::size(forms); ++i) {
+      // A form equal to an earlier one is done: searching again would find it inside a mark.
+      if (std::find(forms, forms + i, forms[i]) == forms + i)
+        // Search on after the mark, which may itself contain a short secret.
+        for (auto pos = text.find(forms[i]); pos != std::string::npos; pos = text.find(forms[i], pos + mark.size()))
+          text.replace(pos, forms[i].size(), mark);
+    }
+    for (auto& f : forms) OPENSSL_cleanse(f.data(), f.size());
   }
   return text;
 }
@@ -882,10 +896,12 @@ struct url {
   std::string str() const { return origin() + target; }
 };
 
-/// Parses an absolute http(s) URL. Userinfo and fragments are refused: neither
-/// belongs in an OAuth endpoint or redirect URI.
-inline url parse_url(std::string_view text) {
-  auto bad = [&](const char* why) -> url { detail::fail(errc::invalid_url, std::string(why) + ": " + detail::sanitize_text(text, 200)); };
+namespace detail {
+
+/// parse_url, quoting `shown` in its errors: a copy of the text with the
+/// secrets it may hold redacted.
+inline url parse_url_showing(std::string_view text, std::string_view shown) {
+  auto bad = [&](const char* why) -> url { detail::fail(errc::invalid_url, std::string(why) + ": " + detail::sanitize_text(shown, 200)); };
   url u;
   auto colon = text.find("://");
   if (colon == std::string_view::npos) return bad("missing scheme");
@@ -931,6 +947,12 @@ inline url parse_url(std::string_view text) {
   }
   return u;
 }
+
+}  // namespace detail
+
+/// Parses an absolute http(s) URL. Userinfo and fragments are refused: neither
+/// belongs in an OAuth endpoint or redirect URI.
+inline url parse_url(std::string_view text) { return detail::parse_url_showing(text, text); }
 
 /// True for "localhost", 127.0.0.0/8 and ::1 (with or without brackets).
 inline bool is_loopback(std::string_view host) noexcept {
@@ -2183,6 +2205,9 @@ struct client_config {
 
   /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
   void validate() const {
+    // A secret pasted into another field (a URL, a scope) must not reach a message.
+    const secret* own[] = {&client_secret};
+    auto shown = [&](const std::string& field) { return detail::redact(field, own); };
     auto bad = [](const std::string& why) { detail::fail(errc::invalid_config, why); };
     auto printable = [](std::string_view s) {
       return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x20 && c != 0x7f; });
@@ -2192,13 +2217,14 @@ struct client_config {
     if (client_secret.empty() && !use_pkce) bad("client_secret is empty (Atlassian apps are confidential clients)");
     if (scopes.empty()) bad("no scopes requested");
     for (const auto& s : scopes)
-      if (s.empty() || !printable(s)) bad("scope \"" + detail::sanitize_text(s, 60) + "\" is empty or contains spaces");
+      if (s.empty() || !printable(s))
+        bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
     for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
-      auto u = parse_url(*endpoint);
+      auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
       if (!u.is_https() && !is_loopback(u.host))
-        detail::fail(errc::insecure_transport, "endpoint " + u.origin() + " must use https");
+        detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
     }
-    auto r = parse_url(redirect_uri);
+    auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
     if (!r.is_https() && !is_loopback(r.host))
       detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
     if (timeout.request.count() <= 0) bad("request timeout must be positive");
@@ -2263,7 +2289,10 @@ inline callback_match match_callback(const callback_params& p, const authorizati
 
 /// Returns the code of a callback that answers `auth`, or throws the typed error.
 inline secret verify_callback(const callback_params& p, const authorization& auth) {
-  error_details d{p.error, detail::sanitize_text(p.error_description), detail::sanitize_text(p.error_uri), 0, {}, {}};
+  // The server's words are kept, but not what they echo of this authorization.
+  const secret* own[] = {&p.code, &auth.state, &auth.code_verifier};
+  error_details d{detail::redact(p.error, own), detail::sanitize_text(detail::redact(p.error_description, own)),
+                  detail::sanitize_text(detail::redact(p.error_uri, own)), 0, {}, {}};
   switch (match_callback(p, auth)) {
     case callback_match::code: return p.code;
     case callback_match::denied: detail::fail(errc::authorization_denied, "the user declined the authorization", d);
@@ -2345,10 +2374,11 @@ inline errc errc_for_status(int status) noexcept {
   return errc::http_error;
 }
 
-inline error_details response_details(const http_response& res) {
+/// `redact` as for parse_token_response: redacted before shortened, or a cut could hide an echo.
+inline error_details response_details(const http_response& res, std::span<const secret* const> redact = {}) {
   error_details d;
   d.http_status = res.status;
-  if (auto w = res.headers.get("WWW-Authenticate")) d.www_authenticate = sanitize_text(*w);
+  if (auto w = res.headers.get("WWW-Authenticate")) d.www_authenticate = sanitize_text(detail::redact(std::string(*w), redact));
   if (auto r = res.headers.get("Retry-After")) d.retry_after = parse_retry_after(*r, std::chrono::system_clock::now());
   return d;
 }
@@ -2356,7 +2386,7 @@ inline error_details response_details(const http_response& res) {
 /// Turns a token endpoint answer into a token_set or the precise oauth_error.
 /// `redact` lists the secrets that were sent, so an echo of one never reaches a message.
 inline token_set parse_token_response(const http_response& res, std::span<const secret* const> redact) {
-  auto details = response_details(res);
+  auto details = response_details(res, redact);
   auto j = parse_json(res.body);
   const bool success = res.status >= 200 && res.status < 300;
   if (j.is_object() && j.contains("error")) {
@@ -2493,13 +2523,14 @@ class oauth_client {
     fields.emplace_back("client_id", config_->client_id);
     fields.emplace_back("refresh_token", current.refresh_token.reveal());
     if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
-    auto next = co_await token_request(fields, redact_list(&current.refresh_token, nullptr));
+    auto next = co_await token_request(fields, redact_list(&current.refresh_token, &current.access_token));
     if (!next.has_refresh_token()) next.refresh_token = current.refresh_token;
     if (next.scope.empty()) next.scope = current.scope;
     co_return next;
   }
 
-  /// The secrets a token request carries, so that an echo of one is redacted.
+  /// The secrets a token request carries (and, for a refresh, the access token
+  /// the server knows), so that an echo of one is redacted.
   std::vector<const secret*> redact_list(const secret* a, const secret* b) const {
     std::vector<const secret*> out;
     out.push_back(&config_->client_secret);
@@ -2767,9 +2798,11 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
           failure_ = std::current_exception();
         }
         finished_ = ended_wait = true;
+        // The page shows the server's words, escaped, but never the code or the state.
+        const secret* own[] = {&params.code, &auth_->state, &auth_->code_verifier};
         std::string message = denied ? "Access was not granted, so the application cannot continue."
-                                     : "The authorization server reported an error: " + sanitize_text(params.error, 60) + ".";
-        if (!params.error_description.empty()) message += " " + sanitize_text(params.error_description, 200);
+                                     : "The authorization server reported an error: " + sanitize_text(redact(params.error, own), 60) + ".";
+        if (!params.error_description.empty()) message += " " + sanitize_text(redact(params.error_description, own), 200);
         return page_response(denied ? 403 : 400, denied ? "Forbidden" : "Bad Request",
                              html_page(app, denied ? "Authorization denied" : "Authorization failed", message));
       }
@@ -3099,6 +3132,16 @@ inline bool is_scope_mismatch(const http_response& res) {
   std::string lower = res.body.substr(0, 4096);
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return lower.find("scope does not match") != std::string::npos;
+}
+
+/// Removes the secrets from everything of `res` that may reach a message:
+/// reason, header values (WWW-Authenticate, Location) and body.
+inline void redact_response(http_response& res, std::span<const secret* const> secrets) {
+  res.reason = redact(std::move(res.reason), secrets);
+  http_headers headers;
+  for (const auto& h : res.headers) headers.add(h.name, redact(h.value, secrets));
+  res.headers = std::move(headers);
+  res.body = redact(std::move(res.body), secrets);
 }
 
 /// Throws the typed error for an API answer that is not a success.
@@ -3701,9 +3744,9 @@ class session {
       auto used = co_await detail::on_strand(state->strand(), state->token());
       req.headers.set("Authorization", "Bearer " + used.access.reveal());
       auto res = co_await state->client().http().send(target, req, limits);
-      if (res.status >= 300) {  // an error page that echoes the token must not carry it into a message
+      if (res.status >= 300) {  // an error answer that echoes the token must not carry it into a message
         const secret* sent[] = {&used.access};
-        res.body = detail::redact(std::move(res.body), sent);
+        detail::redact_response(res, sent);
       }
       if (!refreshed && state->rejects(res, used)) {
         refreshed = true;

@@ -621,9 +621,11 @@ class web_app {
                      paragraph("You declined to connect your Confluence account, so the app cannot show your spaces.") +
                          "<p><a href=\"/\" id=\"try-again\">Try again</a></p>\n");
     if (!params.error.empty()) {
-      // Text from the query string: shown escaped and cut short.
-      std::string message = "Atlassian reported an error: " + params.error.substr(0, 60);
-      if (!params.error_description.empty()) message += " (" + params.error_description.substr(0, 200) + ")";
+      // Text from the query string: shown escaped and cut short, without what it echoes of the sign-in.
+      const cfo::secret* own[] = {&params.code, auth ? &auth->state : nullptr};
+      std::string message = "Atlassian reported an error: " + cfo::detail::redact(params.error, own).substr(0, 60);
+      if (!params.error_description.empty())
+        message += " (" + cfo::detail::redact(params.error_description, own).substr(0, 200) + ")";
       co_return page(502, "error", "Authorization failed", paragraph(message) + "<p><a href=\"/\">Try again</a></p>\n");
     }
     auto code = cfo::verify_callback(params, *auth);
