@@ -1098,6 +1098,8 @@ class http_parser {
   void expect_no_body() noexcept { no_body_ = true; }
 
   bool done() const noexcept { return state_ == state::done; }
+  /// The body runs until the peer closes the connection (no length, not chunked).
+  bool reading_to_close() const noexcept { return state_ == state::close_body; }
   bool started() const noexcept { return started_; }
   std::error_code error() const noexcept { return ec_; }
   const std::string& error_text() const noexcept { return error_text_; }
@@ -1644,6 +1646,11 @@ class connection : public std::enable_shared_from_this<connection> {
       r.response_started = parser.started() || n > 0;
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
+      // RFC 9112 9.8: over TLS only close_notify ends a body that the close delimits;
+      // a bare TCP close there may be an attacker's truncation.
+      if (rec == asio::ssl::error::stream_truncated && parser.reading_to_close())
+        co_return failure(make_error_code(errc::connection_closed),
+                          "connection closed without TLS close_notify: the body may be truncated", r.response_started);
       if (rec == asio::error::eof || rec == asio::ssl::error::stream_truncated) {
         parser.on_eof();
       } else if (rec) {

@@ -295,10 +295,12 @@ void add_subject_alt_names(X509* cert, const std::vector<std::string>& hosts) {
   check(X509_add1_ext_i2d(cert, NID_subject_alt_name, names.get(), 0, X509V3_ADD_DEFAULT) == 1, "subjectAltName");
 }
 
-// A v3 certificate for `key`, valid from an hour ago for a day, signed by issuer_key.
-// Without an issuer it is a self-signed CA; with one it is a TLS server leaf for `hosts`.
+// A v3 certificate for `key`, valid from now + not_before to now + not_after (by
+// default from an hour ago for a day), signed by issuer_key. Without an issuer it is a
+// self-signed CA; with one it is a TLS server leaf for `hosts`.
 x509_ptr make_cert(EVP_PKEY* key, const std::string& cn, X509* issuer, EVP_PKEY* issuer_key,
-                   const std::vector<std::string>& hosts) {
+                   const std::vector<std::string>& hosts, std::chrono::seconds not_before = -1h,
+                   std::chrono::seconds not_after = 24h) {
   x509_ptr cert{X509_new()};
   check(cert != nullptr, "X509_new");
   X509* c = cert.get();
@@ -310,8 +312,8 @@ x509_ptr make_cert(EVP_PKEY* key, const std::string& cn, X509* issuer, EVP_PKEY*
   bn_ptr bn{BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr)};
   check(bn && BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(c)) != nullptr, "serial");
 
-  check(X509_gmtime_adj(X509_getm_notBefore(c), -3600) != nullptr, "notBefore");
-  check(X509_gmtime_adj(X509_getm_notAfter(c), 24 * 3600) != nullptr, "notAfter");
+  check(X509_gmtime_adj(X509_getm_notBefore(c), static_cast<long>(not_before.count())) != nullptr, "notBefore");
+  check(X509_gmtime_adj(X509_getm_notAfter(c), static_cast<long>(not_after.count())) != nullptr, "notAfter");
   check(X509_set_pubkey(c, key) == 1, "X509_set_pubkey");
   X509_NAME* name = X509_get_subject_name(c);
   check(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(cn.c_str()),
@@ -811,14 +813,14 @@ response server::impl::refresh_grant_answer(const fields& f) {
 
 response server::impl::token_success(const std::string& family_id, bool with_refresh) {
   const family& fam = families.at(family_id);
-  std::string access = random_token();
+  std::string access = opts.token_prefix + random_token();
   access_tokens[access] = {family_id, now() + opts.access_token_lifetime};
   json body{{"access_token", access},
             {"expires_in", opts.access_token_lifetime.count()},
             {"token_type", "Bearer"},
             {"scope", fam.scope}};
   if (with_refresh && has_scope(fam.scope, "offline_access")) {
-    std::string refresh = random_token();
+    std::string refresh = opts.token_prefix + random_token();
     refresh_tokens[refresh] = {family_id, now(), std::nullopt};
     body["refresh_token"] = refresh;
   }
@@ -1271,6 +1273,29 @@ std::string server::issue_code(const std::string& redirect_uri, const std::strin
 void server::revoke_all() {
   std::lock_guard lock(impl_->mu);
   for (auto& [id, fam] : impl_->families) impl_->revoke(fam);
+}
+
+struct test_ca::impl {
+  pkey_ptr key = make_p256_key();
+  x509_ptr cert = make_cert(key.get(), "confluence_oauth test CA", nullptr, key.get(), {});
+};
+
+test_ca::test_ca() : impl_(std::make_unique<impl>()) {}
+test_ca::~test_ca() = default;
+
+std::string test_ca::pem() const { return to_pem(impl_->cert.get()); }
+
+certified_key test_ca::issue(const std::vector<std::string>& hosts, std::chrono::seconds not_before,
+                             std::chrono::seconds not_after) const {
+  pkey_ptr key = make_p256_key();
+  x509_ptr leaf = make_cert(key.get(), hosts.empty() ? "localhost" : strip_brackets(hosts.front()), impl_->cert.get(),
+                            impl_->key.get(), hosts, not_before, not_after);
+  bio_ptr bio{BIO_new(BIO_s_mem())};
+  check(bio && PEM_write_bio_PrivateKey(bio.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr) == 1,
+        "PEM_write_bio_PrivateKey");
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &data);
+  return {to_pem(leaf.get()), std::string(data, static_cast<std::size_t>(n))};
 }
 
 }  // namespace fake_atlassian

@@ -59,6 +59,7 @@ struct options {
   // instead of its normal answer. 0 = off.
   std::chrono::seconds near_expiry_window{0};
   int near_expiry_status = 403;
+  std::string token_prefix;  // prepended to every access and refresh token issued (e.g. a marker tests look for)
 };
 
 // Cumulative since start. A request answered by an injected fault still counts in
@@ -126,6 +127,35 @@ class server {
   // checked against the registered ones, so tests can also make mismatching codes.
   std::string issue_code(const std::string& redirect_uri, const std::string& scope);
   void revoke_all();  // revoke every token family (refresh and access tokens)
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+// ---------------------------------------------------------------------------
+// The in-memory PKI, for the other servers tests run (tests/support/hostile_server.cpp)
+// ---------------------------------------------------------------------------
+
+// A server certificate and its private key, both PEM.
+struct certified_key {
+  std::string certificate_pem;
+  std::string private_key_pem;
+};
+
+// A fresh self-signed P-256 CA that issues server certificates.
+class test_ca {
+ public:
+  test_ca();
+  ~test_ca();
+  test_ca(const test_ca&) = delete;
+  test_ca& operator=(const test_ca&) = delete;
+
+  std::string pem() const;  // the CA certificate clients trust
+  // A certificate for `hosts` (DNS names or IP literals) valid from now + not_before to
+  // now + not_after: negative both for one that has expired.
+  certified_key issue(const std::vector<std::string>& hosts, std::chrono::seconds not_before = std::chrono::hours(-1),
+                      std::chrono::seconds not_after = std::chrono::hours(24)) const;
 
  private:
   struct impl;
