@@ -1735,7 +1735,10 @@ class http_client {
   }
 
  private:
-  static constexpr std::size_t max_idle_per_origin = 8;
+  // As many as a busy program has in flight (a session shared by hundreds of
+  // concurrent requests): a connection dropped here is a TLS handshake for
+  // the next request. Idle ones never outnumber those that were in use.
+  static constexpr std::size_t max_idle_per_origin = 256;
 
   std::shared_ptr<connection> acquire(const url& u, bool& reused, bool pooled) {
     std::lock_guard lock(mutex_);
@@ -1764,6 +1767,12 @@ class http_client {
   void release(const url& u, std::shared_ptr<connection> c) {
     std::lock_guard lock(mutex_);
     auto& conns = idle_[u.origin()];
+    // The oldest are at the front; those idle too long go, so that a burst's
+    // connections do not linger while a trickle reuses the newest.
+    const auto now = connection::clock::now();
+    conns.erase(conns.begin(), std::find_if(conns.begin(), conns.end(), [&](const auto& k) {
+                  return now - k->last_used() < timeouts_.idle;
+                }));
     if (conns.size() < max_idle_per_origin) conns.push_back(std::move(c));
   }
 
@@ -2019,7 +2028,27 @@ inline void create_private_folders(const std::filesystem::path& dir) {
   }
 }
 
-/// Replaces `path` atomically: a crash leaves either the old or the new file.
+/// "<file>.tmp-" and this many random characters: a save's temporary file.
+inline constexpr std::size_t temporary_suffix_chars = 8;  // random_token(6)
+
+/// Removes the temporaries that saves killed before their rename left beside
+/// `path`, once untouched for ten minutes: a save in progress (another
+/// process's) renames its own within moments. Best effort.
+inline void remove_stale_temporaries(const std::filesystem::path& path, const std::filesystem::path& dir) {
+  const std::string prefix = path.filename().string() + ".tmp-";
+  const auto now = std::filesystem::file_time_type::clock::now();
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() != prefix.size() + temporary_suffix_chars || name.compare(0, prefix.size(), prefix) != 0) continue;
+    std::error_code time_ec;
+    const auto written = it->last_write_time(time_ec);
+    if (!time_ec && now - written > std::chrono::minutes(10)) ::unlink(it->path().c_str());
+  }
+}
+
+/// Replaces `path` atomically: a crash leaves either the old or the new file
+/// (and a temporary file, which a later save removes).
 inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
   auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
   create_private_folders(dir);
@@ -2038,6 +2067,7 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
   }
   unique_fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dfd && ::fsync(dfd.get()) != 0) fail_errno("cannot sync " + dir.string());
+  remove_stale_temporaries(path, dir);
 }
 
 }  // namespace detail
@@ -2102,7 +2132,8 @@ class file_token_store final : public token_store {
   }
 
   /// Writes the file atomically, mode 0600; missing folders are created 0700.
-  /// Throws store_error.
+  /// Removes temporary files that saves killed mid-way left over ten minutes
+  /// ago. Throws store_error.
   asio::awaitable<void> save(const token_set& tokens) override {
     std::string text = tokens.to_json().dump(2) + "\n";
     detail::wipe_on_exit wipe{text};
@@ -3324,6 +3355,19 @@ class session_state : public std::enable_shared_from_this<session_state> {
       co_await join_round();
     }
     if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
+    // The resend is the last try. A newer token that is already inside its
+    // refresh window may expire on the way as well: wait for the refresh it
+    // is due: the round in flight, or a new one unless proactive refreshes
+    // are backing off after a failure. If that fails, the current token still goes.
+    if (!grant_error_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+        (round_ || std::chrono::steady_clock::now() >= next_proactive_)) {
+      try {
+        co_await join_round();
+      } catch (const oauth_error& e) {
+        if (e.code() == asio::error::operation_aborted) throw;
+      }
+      if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
+    }
   }
 
   asio::awaitable<token_set> refresh_now() {

@@ -19,6 +19,9 @@
 #include <string>
 #include <vector>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_transport {
+
 namespace {
 
 namespace cfo = confluence_oauth;
@@ -503,6 +506,32 @@ TEST_CASE("concurrent requests use separate connections which are then pooled") 
   CHECK(srv.stats().connections == 3);
 }
 
+TEST_CASE("a burst of concurrent requests leaves its connections pooled for the next burst") {
+  // Found by bench/soak.cpp: with 8 idle connections kept per origin, most
+  // requests at concurrency 256 paid for a new TLS handshake.
+  fake_atlassian::server srv;
+  constexpr int burst = 32;
+  auto opened = test_util::run(
+      [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
+        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{30s, 30s});
+        const std::string url = srv.base_url() + resources_path;
+        for (int round = 0; round < 2; ++round) {
+          int left = burst;
+          asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
+          for (int i = 0; i < burst; ++i)  // each takes its connection before any finishes
+            asio::co_spawn(ex, status_of(client, url), [&](std::exception_ptr, int) {
+              if (--left == 0) all_done.cancel();
+            });
+          co_await all_done.async_wait(cfo::detail::use_tuple);
+          CHECK(client.idle_connections() == burst);
+        }
+        co_return client.connections_opened();
+      },
+      60s);
+  CHECK(opened == burst);
+  CHECK(srv.stats().connections == burst);
+}
+
 TEST_CASE("a pooled connection the server closed is retried transparently on a new connection") {
   for (bool tls : {true, false}) {
     CAPTURE(tls);
@@ -640,7 +669,7 @@ TEST_CASE("one client shared by threads of a thread pool") {
     CHECK(client.connections_opened() == srv.stats().connections);
     CHECK(client.connections_opened() >= 1);
     CHECK(client.connections_opened() <= 16);
-    CHECK(client.idle_connections() <= 8);
+    CHECK(client.idle_connections() <= 16);
   }
   pool.join();
   CHECK(srv.stats().requests == 16);
@@ -785,3 +814,5 @@ TEST_CASE("transport errors map to the expected conditions") {
 }
 
 }  // TEST_SUITE("transport")
+
+}  // namespace test_transport

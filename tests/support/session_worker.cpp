@@ -9,6 +9,7 @@
 // count, on stderr. Exits 0 if every request succeeded, 1 otherwise, 2 on bad
 // arguments.
 #include "confluence_oauth.hpp"
+#include "program_args.hpp"
 
 #include <chrono>
 #include <cstdlib>
@@ -53,19 +54,10 @@ struct tally {
   std::map<std::string, long> errors;  // text -> how often
 };
 
-[[noreturn]] void usage_error(const std::string& why) {
-  std::cerr << "session-worker: " << why << '\n' << usage_text;
-  std::exit(2);
-}
+[[noreturn]] void usage_error(const std::string& why) { program_args::usage_error("session-worker", why, usage_text); }
 
 int to_int(std::string_view flag, const std::string& value, int min) {
-  try {
-    std::size_t used = 0;
-    int n = std::stoi(value, &used);
-    if (used == value.size() && n >= min) return n;
-  } catch (const std::exception&) {
-  }
-  usage_error(std::string(flag) + " needs a whole number of at least " + std::to_string(min));
+  return program_args::to_number("session-worker", flag, value, min, usage_text);
 }
 
 arguments parse(int argc, char** argv) {

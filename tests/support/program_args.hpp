@@ -1,0 +1,33 @@
+// program_args.hpp — the command-line helpers of the test and bench programs
+// (session-worker, soak): a usage error, and a whole number with a minimum.
+#pragma once
+
+#include <cstdlib>
+#include <exception>
+#include <iostream>
+#include <limits>
+#include <string>
+#include <string_view>
+
+namespace program_args {
+
+/// Prints "<program>: <why>" and the usage to stderr, then exits with status 2.
+[[noreturn]] inline void usage_error(std::string_view program, const std::string& why, std::string_view usage) {
+  std::cerr << program << ": " << why << '\n' << usage;
+  std::exit(2);
+}
+
+/// `value` as a whole number of at least `min`, or a usage error naming `flag`.
+template <typename Int>
+Int to_number(std::string_view program, std::string_view flag, const std::string& value, Int min, std::string_view usage) {
+  try {
+    std::size_t used = 0;
+    const long long n = std::stoll(value, &used);
+    if (used == value.size() && n >= min && n <= static_cast<long long>(std::numeric_limits<Int>::max()))
+      return static_cast<Int>(n);
+  } catch (const std::exception&) {
+  }
+  usage_error(program, std::string(flag) + " needs a whole number of at least " + std::to_string(min), usage);
+}
+
+}  // namespace program_args
