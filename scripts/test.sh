@@ -4,16 +4,21 @@
 #   2. CMake + Ninja, clang 14, -O0 -g1, ASan + UBSan -> build/asan
 #   3. CMake + Ninja, clang 14, -O0 -g1, TSan        -> build/tsan
 #   4. Meson, clang 14, -O0                          -> build/meson
-#   5. scripts/test-consumers.sh: a consumer project for each way in (drop-in,
+#   5. scripts/fuzz.sh: every libFuzzer target replays its regressions and
+#      fuzzes for FUZZ_SECONDS (default 10)            -> build/fuzz
+#   6. scripts/test-consumers.sh: a consumer project for each way in (drop-in,
 #      CMake installed / add_subdirectory / FetchContent, Meson wrap with two
 #      Meson versions, Conan, pkg-config)               -> build/consumers
 # So every target builds warning-free (-Werror) with both g++ 12 and clang 14.
+# The test files compile as two unity translation units (CMake's
+# CONFLUENCE_OAUTH_UNITY_TESTS, Meson always): a third of the CPU time.
 # The last line of output is "N passed, N failed" (CTest results of stages 1
-# to 3, the Meson stage as one test, each consumer as one). Exits non-zero on
+# to 3, the Meson stage as one test, each fuzz target and each consumer as one). Exits non-zero on
 # any failure.
 #
 # Environment:
 #   CTEST_PARALLEL_LEVEL   parallel ctest jobs (default 2)
+#   FUZZ_SECONDS           how long stage 5 fuzzes each target (default 10, at least 1)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -74,6 +79,7 @@ cmake_stage() {
          "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=$flags" \
          -DCONFLUENCE_OAUTH_BUILD_TESTS=ON \
          -DCONFLUENCE_OAUTH_BUILD_EXAMPLES=ON \
+         -DCONFLUENCE_OAUTH_UNITY_TESTS=ON \
          "$@"; then
     echo "test.sh: [$title] CMake configure FAILED after $((SECONDS - start)) s"
     failed=$((failed + 1))
@@ -171,6 +177,32 @@ cmake_stage "CMake build + ctest with the thread sanitizer, clang 14 (build/tsan
 unset TSAN_OPTIONS
 
 meson_stage
+
+# Each libFuzzer target (fuzz/, clang 14, ASan+UBSan) replays its regression
+# inputs and fuzzes briefly; one test each. docs/RELIABILITY.md has the long runs.
+fuzz_stage() {
+  local seconds=${FUZZ_SECONDS:-10}
+  (( seconds >= 1 )) || seconds=1  # a summary line per target needs a run
+  local title="libFuzzer targets, $seconds s each (build/fuzz)" start=$SECONDS
+  local log="$log_dir/fuzz.log" ok bad
+  banner "$title"
+  bash scripts/fuzz.sh --seconds "$seconds" 2>&1 | tee "$log" || true
+  # one line per target: "<target>  Ns  execs ... crashes N[  FAILED ...]"
+  ok=$(grep -cE '^[a-z_]+ +[0-9]+s +execs .* crashes 0$' "$log" || true)
+  bad=$(grep -cE '^[a-z_]+ +[0-9]+s +execs .*FAILED' "$log" || true)
+  if grep -q '^fuzz.sh: FAILED\|^fuzz.sh: .*failed\|^fuzz.sh: cannot\|^fuzz.sh: .* not found' "$log" && (( bad == 0 )); then
+    bad=1
+  fi
+  if (( ok + bad == 0 )); then
+    echo "test.sh: [$title] no fuzz target ran"
+    bad=1
+  fi
+  passed=$((passed + ok))
+  failed=$((failed + bad))
+  echo "test.sh: [$title] finished in $((SECONDS - start)) s"
+}
+
+fuzz_stage
 
 consumers_stage() {
   local title="Consumer projects, one for each way in (build/consumers)" start=$SECONDS

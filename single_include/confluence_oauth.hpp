@@ -835,14 +835,28 @@ class secret {
 };
 
 namespace detail {
-/// Replaces every occurrence of the given secrets in server-supplied text.
+/// Replaces every occurrence of the given secrets in server-supplied text:
+/// raw, and as a request carried them (percent-encoded in a form or query,
+/// escaped in a JSON body), which a server reflecting the request sends back.
 inline std::string redact(std::string text, std::span<const secret* const> secrets) {
+  static constexpr std::string_view mark = "[redacted]";
   for (const secret* s : secrets) {
     if (!s || s->reveal().size() < 4) continue;
-    static constexpr std::string_view mark = "[redacted]";
-    // Search on after the mark, which may itself contain a short secret.
-    for (auto pos = text.find(s->reveal()); pos != std::string::npos; pos = text.find(s->reveal(), pos + mark.size()))
-      text.replace(pos, s->reveal().size(), mark);
+    nlohmann::json as_json = s->reveal();
+    std::string forms[] = {s->reveal(), percent_encode(s->reveal()),
+                           as_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+    auto& copy = as_json.get_ref<std::string&>();
+    OPENSSL_cleanse(copy.data(), copy.size());
+    forms[2].erase(0, 1);  // without the quotes
+    forms[2].pop_back();
+    for (std::size_t i = 0; i < std::size(forms); ++i) {
+      // A form equal to an earlier one is done: searching again would find it inside a mark.
+      if (std::find(forms, forms + i, forms[i]) == forms + i)
+        // Search on after the mark, which may itself contain a short secret.
+        for (auto pos = text.find(forms[i]); pos != std::string::npos; pos = text.find(forms[i], pos + mark.size()))
+          text.replace(pos, forms[i].size(), mark);
+    }
+    for (auto& f : forms) OPENSSL_cleanse(f.data(), f.size());
   }
   return text;
 }
@@ -882,10 +896,12 @@ struct url {
   std::string str() const { return origin() + target; }
 };
 
-/// Parses an absolute http(s) URL. Userinfo and fragments are refused: neither
-/// belongs in an OAuth endpoint or redirect URI.
-inline url parse_url(std::string_view text) {
-  auto bad = [&](const char* why) -> url { detail::fail(errc::invalid_url, std::string(why) + ": " + detail::sanitize_text(text, 200)); };
+namespace detail {
+
+/// parse_url, quoting `shown` in its errors: a copy of the text with the
+/// secrets it may hold redacted.
+inline url parse_url_showing(std::string_view text, std::string_view shown) {
+  auto bad = [&](const char* why) -> url { detail::fail(errc::invalid_url, std::string(why) + ": " + detail::sanitize_text(shown, 200)); };
   url u;
   auto colon = text.find("://");
   if (colon == std::string_view::npos) return bad("missing scheme");
@@ -916,7 +932,9 @@ inline url parse_url(std::string_view text) {
   if (u.host.empty()) return bad("missing host");
   for (char& c : u.host) {
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
-    if (static_cast<unsigned char>(c) <= 0x20 || c == '/' || c == '\\' || c == '%') return bad("invalid host");
+    // Brackets only delimit an IPv6 literal: in a name they would change what authority() means.
+    if (static_cast<unsigned char>(c) <= 0x20 || c == '/' || c == '\\' || c == '%' || c == '[' || c == ']')
+      return bad("invalid host");
   }
   for (char c : u.target)
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return bad("invalid character in path");
@@ -929,6 +947,12 @@ inline url parse_url(std::string_view text) {
   }
   return u;
 }
+
+}  // namespace detail
+
+/// Parses an absolute http(s) URL. Userinfo and fragments are refused: neither
+/// belongs in an OAuth endpoint or redirect URI.
+inline url parse_url(std::string_view text) { return detail::parse_url_showing(text, text); }
 
 /// True for "localhost", 127.0.0.0/8 and ::1 (with or without brackets).
 inline bool is_loopback(std::string_view host) noexcept {
@@ -1074,6 +1098,8 @@ class http_parser {
   void expect_no_body() noexcept { no_body_ = true; }
 
   bool done() const noexcept { return state_ == state::done; }
+  /// The body runs until the peer closes the connection (no length, not chunked).
+  bool reading_to_close() const noexcept { return state_ == state::close_body; }
   bool started() const noexcept { return started_; }
   std::error_code error() const noexcept { return ec_; }
   const std::string& error_text() const noexcept { return error_text_; }
@@ -1620,6 +1646,11 @@ class connection : public std::enable_shared_from_this<connection> {
       r.response_started = parser.started() || n > 0;
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
+      // RFC 9112 9.8: over TLS only close_notify ends a body that the close delimits;
+      // a bare TCP close there may be an attacker's truncation.
+      if (rec == asio::ssl::error::stream_truncated && parser.reading_to_close())
+        co_return failure(make_error_code(errc::connection_closed),
+                          "connection closed without TLS close_notify: the body may be truncated", r.response_started);
       if (rec == asio::error::eof || rec == asio::ssl::error::stream_truncated) {
         parser.on_eof();
       } else if (rec) {
@@ -1704,7 +1735,10 @@ class http_client {
   }
 
  private:
-  static constexpr std::size_t max_idle_per_origin = 8;
+  // As many as a busy program has in flight (a session shared by hundreds of
+  // concurrent requests): a connection dropped here is a TLS handshake for
+  // the next request. Idle ones never outnumber those that were in use.
+  static constexpr std::size_t max_idle_per_origin = 256;
 
   std::shared_ptr<connection> acquire(const url& u, bool& reused, bool pooled) {
     std::lock_guard lock(mutex_);
@@ -1733,6 +1767,12 @@ class http_client {
   void release(const url& u, std::shared_ptr<connection> c) {
     std::lock_guard lock(mutex_);
     auto& conns = idle_[u.origin()];
+    // The oldest are at the front; those idle too long go, so that a burst's
+    // connections do not linger while a trickle reuses the newest.
+    const auto now = connection::clock::now();
+    conns.erase(conns.begin(), std::find_if(conns.begin(), conns.end(), [&](const auto& k) {
+                  return now - k->last_used() < timeouts_.idle;
+                }));
     if (conns.size() < max_idle_per_origin) conns.push_back(std::move(c));
   }
 
@@ -1800,8 +1840,9 @@ struct token_set {
       t.refresh_token = secret(r->get<std::string>());
     }
     if (auto e = j.find("expires_at"); e != j.end()) {
-      // Up to the year 9999: anything larger would overflow the clock's duration.
-      if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > 253402300799)
+      // Up to what the clock holds (the year 2262 with nanoseconds): more would overflow it.
+      constexpr auto latest = std::chrono::duration_cast<std::chrono::seconds>(clock::duration::max()).count();
+      if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > latest)
         return bad("expires_at is not a time");
       t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
     }
@@ -1987,7 +2028,27 @@ inline void create_private_folders(const std::filesystem::path& dir) {
   }
 }
 
-/// Replaces `path` atomically: a crash leaves either the old or the new file.
+/// "<file>.tmp-" and this many random characters: a save's temporary file.
+inline constexpr std::size_t temporary_suffix_chars = 8;  // random_token(6)
+
+/// Removes the temporaries that saves killed before their rename left beside
+/// `path`, once untouched for ten minutes: a save in progress (another
+/// process's) renames its own within moments. Best effort.
+inline void remove_stale_temporaries(const std::filesystem::path& path, const std::filesystem::path& dir) {
+  const std::string prefix = path.filename().string() + ".tmp-";
+  const auto now = std::filesystem::file_time_type::clock::now();
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() != prefix.size() + temporary_suffix_chars || name.compare(0, prefix.size(), prefix) != 0) continue;
+    std::error_code time_ec;
+    const auto written = it->last_write_time(time_ec);
+    if (!time_ec && now - written > std::chrono::minutes(10)) ::unlink(it->path().c_str());
+  }
+}
+
+/// Replaces `path` atomically: a crash leaves either the old or the new file
+/// (and a temporary file, which a later save removes).
 inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
   auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
   create_private_folders(dir);
@@ -2006,6 +2067,7 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
   }
   unique_fd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dfd && ::fsync(dfd.get()) != 0) fail_errno("cannot sync " + dir.string());
+  remove_stale_temporaries(path, dir);
 }
 
 }  // namespace detail
@@ -2070,7 +2132,8 @@ class file_token_store final : public token_store {
   }
 
   /// Writes the file atomically, mode 0600; missing folders are created 0700.
-  /// Throws store_error.
+  /// Removes temporary files that saves killed mid-way left over ten minutes
+  /// ago. Throws store_error.
   asio::awaitable<void> save(const token_set& tokens) override {
     std::string text = tokens.to_json().dump(2) + "\n";
     detail::wipe_on_exit wipe{text};
@@ -2180,6 +2243,9 @@ struct client_config {
 
   /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
   void validate() const {
+    // A secret pasted into another field (a URL, a scope) must not reach a message.
+    const secret* own[] = {&client_secret};
+    auto shown = [&](const std::string& field) { return detail::redact(field, own); };
     auto bad = [](const std::string& why) { detail::fail(errc::invalid_config, why); };
     auto printable = [](std::string_view s) {
       return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x20 && c != 0x7f; });
@@ -2189,13 +2255,14 @@ struct client_config {
     if (client_secret.empty() && !use_pkce) bad("client_secret is empty (Atlassian apps are confidential clients)");
     if (scopes.empty()) bad("no scopes requested");
     for (const auto& s : scopes)
-      if (s.empty() || !printable(s)) bad("scope \"" + detail::sanitize_text(s, 60) + "\" is empty or contains spaces");
+      if (s.empty() || !printable(s))
+        bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
     for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
-      auto u = parse_url(*endpoint);
+      auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
       if (!u.is_https() && !is_loopback(u.host))
-        detail::fail(errc::insecure_transport, "endpoint " + u.origin() + " must use https");
+        detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
     }
-    auto r = parse_url(redirect_uri);
+    auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
     if (!r.is_https() && !is_loopback(r.host))
       detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
     if (timeout.request.count() <= 0) bad("request timeout must be positive");
@@ -2260,7 +2327,10 @@ inline callback_match match_callback(const callback_params& p, const authorizati
 
 /// Returns the code of a callback that answers `auth`, or throws the typed error.
 inline secret verify_callback(const callback_params& p, const authorization& auth) {
-  error_details d{p.error, detail::sanitize_text(p.error_description), detail::sanitize_text(p.error_uri), 0, {}, {}};
+  // The server's words are kept, but not what they echo of this authorization.
+  const secret* own[] = {&p.code, &auth.state, &auth.code_verifier};
+  error_details d{detail::redact(p.error, own), detail::sanitize_text(detail::redact(p.error_description, own)),
+                  detail::sanitize_text(detail::redact(p.error_uri, own)), 0, {}, {}};
   switch (match_callback(p, auth)) {
     case callback_match::code: return p.code;
     case callback_match::denied: detail::fail(errc::authorization_denied, "the user declined the authorization", d);
@@ -2320,10 +2390,10 @@ inline std::optional<std::chrono::seconds> parse_retry_after(std::string_view v,
       *mm > 59 || *ss > 60)
     return std::nullopt;
   auto m = static_cast<unsigned>(month - std::begin(months)) + 1;
-  std::chrono::system_clock::time_point when(std::chrono::seconds(days_from_civil(*year, m, *day) * 86400 +
-                                                                  *hh * 3600 + *mm * 60 + *ss));
-  if (when <= now) return std::chrono::seconds(0);
-  return std::chrono::duration_cast<std::chrono::seconds>(when - now);
+  // In seconds since the epoch: a date after 2262 would overflow the clock's nanoseconds.
+  const std::int64_t when = days_from_civil(*year, m, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss;
+  const std::int64_t at = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  return std::chrono::seconds(when > at ? when - at : 0);
 }
 
 inline errc errc_for_oauth_error(std::string_view error, int status) noexcept {
@@ -2342,10 +2412,11 @@ inline errc errc_for_status(int status) noexcept {
   return errc::http_error;
 }
 
-inline error_details response_details(const http_response& res) {
+/// `redact` as for parse_token_response: redacted before shortened, or a cut could hide an echo.
+inline error_details response_details(const http_response& res, std::span<const secret* const> redact = {}) {
   error_details d;
   d.http_status = res.status;
-  if (auto w = res.headers.get("WWW-Authenticate")) d.www_authenticate = sanitize_text(*w);
+  if (auto w = res.headers.get("WWW-Authenticate")) d.www_authenticate = sanitize_text(detail::redact(std::string(*w), redact));
   if (auto r = res.headers.get("Retry-After")) d.retry_after = parse_retry_after(*r, std::chrono::system_clock::now());
   return d;
 }
@@ -2353,7 +2424,7 @@ inline error_details response_details(const http_response& res) {
 /// Turns a token endpoint answer into a token_set or the precise oauth_error.
 /// `redact` lists the secrets that were sent, so an echo of one never reaches a message.
 inline token_set parse_token_response(const http_response& res, std::span<const secret* const> redact) {
-  auto details = response_details(res);
+  auto details = response_details(res, redact);
   auto j = parse_json(res.body);
   const bool success = res.status >= 200 && res.status < 300;
   if (j.is_object() && j.contains("error")) {
@@ -2490,13 +2561,14 @@ class oauth_client {
     fields.emplace_back("client_id", config_->client_id);
     fields.emplace_back("refresh_token", current.refresh_token.reveal());
     if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
-    auto next = co_await token_request(fields, redact_list(&current.refresh_token, nullptr));
+    auto next = co_await token_request(fields, redact_list(&current.refresh_token, &current.access_token));
     if (!next.has_refresh_token()) next.refresh_token = current.refresh_token;
     if (next.scope.empty()) next.scope = current.scope;
     co_return next;
   }
 
-  /// The secrets a token request carries, so that an echo of one is redacted.
+  /// The secrets a token request carries (and, for a refresh, the access token
+  /// the server knows), so that an echo of one is redacted.
   std::vector<const secret*> redact_list(const secret* a, const secret* b) const {
     std::vector<const secret*> out;
     out.push_back(&config_->client_secret);
@@ -2764,9 +2836,11 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
           failure_ = std::current_exception();
         }
         finished_ = ended_wait = true;
+        // The page shows the server's words, escaped, but never the code or the state.
+        const secret* own[] = {&params.code, &auth_->state, &auth_->code_verifier};
         std::string message = denied ? "Access was not granted, so the application cannot continue."
-                                     : "The authorization server reported an error: " + sanitize_text(params.error, 60) + ".";
-        if (!params.error_description.empty()) message += " " + sanitize_text(params.error_description, 200);
+                                     : "The authorization server reported an error: " + sanitize_text(redact(params.error, own), 60) + ".";
+        if (!params.error_description.empty()) message += " " + sanitize_text(redact(params.error_description, own), 200);
         return page_response(denied ? 403 : 400, denied ? "Forbidden" : "Bad Request",
                              html_page(app, denied ? "Authorization denied" : "Authorization failed", message));
       }
@@ -3098,6 +3172,16 @@ inline bool is_scope_mismatch(const http_response& res) {
   return lower.find("scope does not match") != std::string::npos;
 }
 
+/// Removes the secrets from everything of `res` that may reach a message:
+/// reason, header values (WWW-Authenticate, Location) and body.
+inline void redact_response(http_response& res, std::span<const secret* const> secrets) {
+  res.reason = redact(std::move(res.reason), secrets);
+  http_headers headers;
+  for (const auto& h : res.headers) headers.add(h.name, redact(h.value, secrets));
+  res.headers = std::move(headers);
+  res.body = redact(std::move(res.body), secrets);
+}
+
 /// Throws the typed error for an API answer that is not a success.
 [[noreturn]] inline void fail_api(const http_response& res, const std::string& what) {
   auto details = response_details(res);
@@ -3271,6 +3355,19 @@ class session_state : public std::enable_shared_from_this<session_state> {
       co_await join_round();
     }
     if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
+    // The resend is the last try. A newer token that is already inside its
+    // refresh window may expire on the way as well: wait for the refresh it
+    // is due: the round in flight, or a new one unless proactive refreshes
+    // are backing off after a failure. If that fails, the current token still goes.
+    if (!grant_error_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+        (round_ || std::chrono::steady_clock::now() >= next_proactive_)) {
+      try {
+        co_await join_round();
+      } catch (const oauth_error& e) {
+        if (e.code() == asio::error::operation_aborted) throw;
+      }
+      if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
+    }
   }
 
   asio::awaitable<token_set> refresh_now() {
@@ -3698,9 +3795,9 @@ class session {
       auto used = co_await detail::on_strand(state->strand(), state->token());
       req.headers.set("Authorization", "Bearer " + used.access.reveal());
       auto res = co_await state->client().http().send(target, req, limits);
-      if (res.status >= 300) {  // an error page that echoes the token must not carry it into a message
+      if (res.status >= 300) {  // an error answer that echoes the token must not carry it into a message
         const secret* sent[] = {&used.access};
-        res.body = detail::redact(std::move(res.body), sent);
+        detail::redact_response(res, sent);
       }
       if (!refreshed && state->rejects(res, used)) {
         refreshed = true;

@@ -8,6 +8,9 @@
 #include "fake_client.hpp"
 #include "test_util.hpp"
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_chromium {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -61,3 +64,5 @@ TEST_CASE("headless Chromium follows the authorization redirect into the listene
 }
 
 }  // TEST_SUITE
+
+}  // namespace test_chromium

@@ -16,6 +16,9 @@
 #include <future>
 #include <thread>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_completion {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -376,3 +379,5 @@ TEST_CASE("a callback operation is cancelled through its handler's cancellation 
 }
 
 }  // TEST_SUITE
+
+}  // namespace test_completion

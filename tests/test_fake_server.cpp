@@ -23,6 +23,9 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_fake_server {
+
 namespace {
 
 namespace cfo = confluence_oauth;
@@ -582,3 +585,5 @@ TEST_CASE("fake-atlassian --near-expiry-window and --near-expiry-status reach th
 }  // TEST_SUITE
 
 #endif
+
+}  // namespace test_fake_server

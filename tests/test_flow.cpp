@@ -13,6 +13,9 @@
 
 #include <algorithm>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_flow {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -545,3 +548,5 @@ TEST_CASE("confluence-cli --key-file encrypts the token file") {
 }  // TEST_SUITE
 
 #endif
+
+}  // namespace test_flow

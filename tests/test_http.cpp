@@ -13,6 +13,9 @@
 #include <string_view>
 #include <vector>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_http {
+
 namespace {
 
 namespace cfo = confluence_oauth;
@@ -914,3 +917,5 @@ TEST_CASE("client times out over TLS on a stalled response") {
 }
 
 }  // TEST_SUITE("http")
+
+}  // namespace test_http

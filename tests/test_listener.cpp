@@ -6,6 +6,9 @@
 #include "confluence_oauth.hpp"
 #include "test_util.hpp"
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_listener {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 using tcp = asio::ip::tcp;
@@ -421,3 +424,5 @@ TEST_CASE("closing the listener ends a pending wait") {
 }
 
 }  // TEST_SUITE
+
+}  // namespace test_listener

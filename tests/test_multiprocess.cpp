@@ -28,6 +28,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_multiprocess {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -228,3 +231,5 @@ TEST_CASE("eight processes on a plain file store with no reuse window never reus
 }
 
 }  // TEST_SUITE
+
+}  // namespace test_multiprocess

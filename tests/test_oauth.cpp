@@ -8,6 +8,9 @@
 #include "fake_client.hpp"
 #include "test_util.hpp"
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_oauth {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -271,3 +274,5 @@ TEST_CASE("the token endpoint is reached over one kept-alive connection") {
 }
 
 }  // TEST_SUITE
+
+}  // namespace test_oauth

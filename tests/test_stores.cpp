@@ -10,6 +10,9 @@
 
 #include <fstream>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_stores {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -153,3 +156,5 @@ TEST_CASE("replace saves only over the expected grant") {
 }
 
 }  // TEST_SUITE("stores")
+
+}  // namespace test_stores

@@ -6,6 +6,9 @@
 
 #include <sstream>
 
+// Its own namespace, so that the unity build can put test files together.
+namespace test_text {
+
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 
@@ -381,3 +384,5 @@ TEST_CASE("token responses are checked field by field") {
 }
 
 }  // TEST_SUITE
+
+}  // namespace test_text
