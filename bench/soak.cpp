@@ -87,21 +87,14 @@ long to_long(std::string_view flag, const std::string& value, long min) {
 
 arguments parse(int argc, char** argv) {
   arguments a;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::cout << usage_text;
-      std::exit(0);
-    }
-    if (i + 1 >= argc) usage_error("unknown argument or missing value: " + std::string(flag));
-    std::string value = argv[++i];
+  for (const auto& [flag, value] : program_args::options(argc, argv, "soak", usage_text)) {
     if (flag == "--requests") a.requests = to_long(flag, value, 1);
     else if (flag == "--seconds") a.seconds = to_long(flag, value, 1);
     else if (flag == "--concurrency") a.concurrency = static_cast<int>(to_long(flag, value, 1));
     else if (flag == "--lifetime-seconds") a.lifetime = static_cast<int>(to_long(flag, value, 1));
     else if (flag == "--skew-seconds") a.skew = static_cast<int>(to_long(flag, value, 0));
     else if (flag == "--threads") a.threads = static_cast<int>(to_long(flag, value, 1));
-    else usage_error("unknown argument " + std::string(flag));
+    else usage_error("unknown argument " + flag);
   }
   return a;
 }

@@ -4,29 +4,11 @@
 // on the first line, header lines up to a blank line, then the body.
 #include "fuzz_common.hpp"
 
-namespace {
-
 namespace d = cfo::detail;
-
-cfo::http_response response_from(fuzz::reader& in) {
-  cfo::http_response res;
-  auto status = d::parse_uint<int>(d::trim(in.until('\n')));
-  res.status = status && *status >= 100 && *status <= 599 ? *status : 200;
-  res.reason = "Reason";
-  for (auto line = in.until('\n'); !line.empty() && line != "\r"; line = in.until('\n')) {
-    auto colon = line.find(':');
-    res.headers.add(std::string(line.substr(0, colon)),
-                    std::string(colon == std::string_view::npos ? std::string_view{} : d::trim(line.substr(colon + 1))));
-  }
-  res.body = std::string(in.rest());
-  return res;
-}
-
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   fuzz::reader in(data, size);
-  const auto res = response_from(in);
+  const auto res = fuzz::response_from(in);
 
   auto message = d::api_message(res);
   FUZZ_CHECK(message.size() <= 303);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 
 namespace cfo = confluence_oauth;
@@ -50,6 +51,23 @@ class reader {
  private:
   std::string_view rest_;
 };
+
+/// An HTTP response from the input: the status code on the first line (200
+/// when it is not one), header lines up to a blank line, then the body.
+inline cfo::http_response response_from(reader& in) {
+  namespace d = cfo::detail;
+  cfo::http_response res;
+  auto status = d::parse_uint<int>(d::trim(in.until('\n')));
+  res.status = status && *status >= 100 && *status <= 599 ? *status : 200;
+  res.reason = "Reason";
+  for (auto line = in.until('\n'); !line.empty() && line != "\r"; line = in.until('\n')) {
+    auto colon = line.find(':');
+    res.headers.add(std::string(line.substr(0, colon)),
+                    std::string(colon == std::string_view::npos ? std::string_view{} : d::trim(line.substr(colon + 1))));
+  }
+  res.body = std::string(in.rest());
+  return res;
+}
 
 /// An oauth_error must carry the library's own category and one of its codes.
 inline cfo::errc errc_of(const cfo::oauth_error& e) {

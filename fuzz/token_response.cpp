@@ -18,19 +18,6 @@ std::size_t depth(const nlohmann::json& j) {
   return j.is_structured() ? deepest + 1 : 0;
 }
 
-cfo::http_response response_from(fuzz::reader& in) {
-  cfo::http_response res;
-  auto status = d::parse_uint<int>(d::trim(in.until('\n')));
-  res.status = status && *status >= 100 && *status <= 599 ? *status : 200;
-  for (auto line = in.until('\n'); !line.empty() && line != "\r"; line = in.until('\n')) {
-    auto colon = line.find(':');
-    res.headers.add(std::string(line.substr(0, colon)),
-                    std::string(colon == std::string_view::npos ? std::string_view{} : d::trim(line.substr(colon + 1))));
-  }
-  res.body = std::string(in.rest());
-  return res;
-}
-
 bool leaks(std::string_view text) {
   return text.find(client_secret.reveal()) != std::string_view::npos ||
          text.find(refresh_token.reveal()) != std::string_view::npos;
@@ -40,7 +27,7 @@ bool leaks(std::string_view text) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   fuzz::reader in(data, size);
-  const auto res = response_from(in);
+  const auto res = fuzz::response_from(in);
 
   // parse_json refuses deep nesting and otherwise reads what nlohmann::json reads.
   auto limited = d::parse_json(res.body);

@@ -1,5 +1,6 @@
 // program_args.hpp — the command-line helpers of the test and bench programs
-// (session-worker, soak): a usage error, and a whole number with a minimum.
+// (session-worker, soak): "--flag value" pairs, a usage error, and a whole
+// number with a minimum.
 #pragma once
 
 #include <cstdlib>
@@ -8,6 +9,8 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace program_args {
 
@@ -15,6 +18,23 @@ namespace program_args {
 [[noreturn]] inline void usage_error(std::string_view program, const std::string& why, std::string_view usage) {
   std::cerr << program << ": " << why << '\n' << usage;
   std::exit(2);
+}
+
+/// The "--flag value" pairs of argv, in order; "--help" or "-h" prints the
+/// usage and exits with status 0.
+inline std::vector<std::pair<std::string, std::string>> options(int argc, char** argv, std::string_view program,
+                                                                 std::string_view usage) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::cout << usage;
+      std::exit(0);
+    }
+    if (i + 1 >= argc) usage_error(program, "unknown argument or missing value: " + flag, usage);
+    out.emplace_back(flag, argv[++i]);
+  }
+  return out;
 }
 
 /// `value` as a whole number of at least `min`, or a usage error naming `flag`.

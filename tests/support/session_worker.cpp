@@ -62,14 +62,7 @@ int to_int(std::string_view flag, const std::string& value, int min) {
 
 arguments parse(int argc, char** argv) {
   arguments a;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::cout << usage_text;
-      std::exit(0);
-    }
-    if (i + 1 >= argc) usage_error("unknown argument or missing value: " + std::string(flag));
-    std::string value = argv[++i];
+  for (const auto& [flag, value] : program_args::options(argc, argv, "session-worker", usage_text)) {
     if (flag == "--base-url") a.base_url = value;
     else if (flag == "--ca-file") a.ca_file = value;
     else if (flag == "--store") a.store = value;
@@ -77,7 +70,7 @@ arguments parse(int argc, char** argv) {
     else if (flag == "--seconds") a.seconds = to_int(flag, value, 0);
     else if (flag == "--skew") a.skew = to_int(flag, value, 0);
     else if (flag == "--concurrency") a.concurrency = to_int(flag, value, 1);
-    else usage_error("unknown argument " + std::string(flag));
+    else usage_error("unknown argument " + flag);
   }
   if (a.base_url.empty() || a.ca_file.empty() || a.store.empty() || a.seconds < 0)
     usage_error("--base-url, --ca-file, --store and --seconds are required");
