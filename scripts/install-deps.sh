@@ -3,17 +3,22 @@
 # then the browser tests' npm packages (scripts/install-node-deps.sh).
 # Idempotent: does nothing (a line or two of output) when everything is present.
 #
-# Usage: scripts/install-deps.sh [--no-browser]
+# Usage: scripts/install-deps.sh [--no-browser] [--bench]
 #   --no-browser   do not require/install chromium, Node.js and the browser
 #                  tests' npm packages (the demo and tests then fall back to
 #                  the built fake-browser)
+#   --bench        also what bench/run needs: nginx, wrk, the rival clients'
+#                  libraries and toolchains (Node.js, Go), jq, GNU time,
+#                  valgrind and gnuplot
 set -euo pipefail
 
 with_browser=1
+with_bench=0
 for arg in "$@"; do
   case "$arg" in
     --no-browser) with_browser=0 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --bench) with_bench=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -27,8 +32,17 @@ packages=(
 )
 if (( with_browser )); then
   packages+=(chromium)
-  # Node.js drives the browser tests. One that came from elsewhere (NodeSource's
-  # nodejs bundles npm and conflicts with Debian's npm) is used as it is.
+fi
+if (( with_bench )); then
+  packages+=(nginx-light wrk curl libcurl4-openssl-dev libcpprest-dev jq time valgrind gnuplot-nox)
+  # A Go toolchain that came from elsewhere (/usr/local/go) is used as it is.
+  if ! command -v go >/dev/null 2>&1 && [[ ! -x /usr/local/go/bin/go ]]; then
+    packages+=(golang-go)
+  fi
+fi
+# Node.js drives the browser tests and the axios bench client. One that came from
+# elsewhere (NodeSource's nodejs bundles npm and conflicts with Debian's npm) is used as it is.
+if (( with_browser || with_bench )); then
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     packages+=(nodejs npm)
   fi

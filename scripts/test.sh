@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Build and run the whole confluence_oauth test suite:
 #   1. CMake + Ninja, g++,      -O1 -g1              -> build/test
+#      then a seconds-long smoke of the benchmark, bench/run --smoke, with that
+#      build's bench-ours and every rival client    -> build/bench-smoke
 #   2. CMake + Ninja, clang 14, -O0 -g1, ASan + UBSan -> build/asan
 #   3. CMake + Ninja, clang 14, -O0 -g1, TSan        -> build/tsan
 #   4. Meson, clang 14, -O0                          -> build/meson
 #   5. scripts/fuzz.sh: every libFuzzer target replays its regressions and
-#      fuzzes for FUZZ_SECONDS (default 10)            -> build/fuzz
+#      fuzzes for FUZZ_SECONDS (default 5)             -> build/fuzz
 #   6. scripts/test-consumers.sh: a consumer project for each way in (drop-in,
 #      CMake installed / add_subdirectory / FetchContent, Meson wrap with two
 #      Meson versions, Conan, pkg-config)               -> build/consumers
@@ -13,12 +15,12 @@
 # The test files compile as two unity translation units (CMake's
 # CONFLUENCE_OAUTH_UNITY_TESTS, Meson always): a third of the CPU time.
 # The last line of output is "N passed, N failed" (CTest results of stages 1
-# to 3, the Meson stage as one test, each fuzz target and each consumer as one). Exits non-zero on
+# to 3, the bench smoke and the Meson stage as one test each, each fuzz target and each consumer as one). Exits non-zero on
 # any failure.
 #
 # Environment:
 #   CTEST_PARALLEL_LEVEL   parallel ctest jobs (default 2)
-#   FUZZ_SECONDS           how long stage 5 fuzzes each target (default 10, at least 1)
+#   FUZZ_SECONDS           how long stage 5 fuzzes each target (default 5, at least 1)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -156,6 +158,22 @@ meson_stage() {
 cmake_stage "CMake build + ctest (build/test)" build/test g++ "-O1 -g1" \
   -DCONFLUENCE_OAUTH_SANITIZE=
 
+# The benchmark harness builds and every client runs (bench/README.md); never
+# timed: the figures of a smoke mean nothing.
+bench_smoke_stage() {
+  local title="Benchmark harness smoke (build/bench-smoke)" start=$SECONDS
+  banner "$title"
+  if bash bench/run --smoke --build-dir build/test --out build/bench-smoke; then
+    passed=$((passed + 1))
+  else
+    echo "test.sh: [$title] FAILED"
+    failed=$((failed + 1))
+  fi
+  echo "test.sh: [$title] finished in $((SECONDS - start)) s"
+}
+
+bench_smoke_stage
+
 export ASAN_OPTIONS=detect_leaks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # g++ builds everything in stage 1, clang 14 in stages 2 to 4: both compilers'
@@ -181,7 +199,7 @@ meson_stage
 # Each libFuzzer target (fuzz/, clang 14, ASan+UBSan) replays its regression
 # inputs and fuzzes briefly; one test each. docs/RELIABILITY.md has the long runs.
 fuzz_stage() {
-  local seconds=${FUZZ_SECONDS:-10}
+  local seconds=${FUZZ_SECONDS:-5}
   (( seconds >= 1 )) || seconds=1  # a summary line per target needs a run
   local title="libFuzzer targets, $seconds s each (build/fuzz)" start=$SECONDS
   local log="$log_dir/fuzz.log" ok bad

@@ -1,0 +1,284 @@
+// bench-ours — confluence_oauth in the side-by-side benchmark (bench/run,
+// bench/README.md), plus the fake Atlassian server of its refresh storm.
+//
+//   bench-ours load --url URL --token TOKEN --ca CA_PEM --requests N --concurrency C [--threads T]
+//   bench-ours storm --grant GRANT_JSON --ca CA_PEM --requests R
+//   bench-ours storm-server --ca-out F --grant-out F --stats-out F
+//
+// load: N authenticated GETs of URL through session::request, at most C in
+// flight, on T threads running one io_context. storm: R concurrent GETs that
+// all meet an expired access token. Both print one JSON line (bench/README.md)
+// and exit 0 when every request got a 200 with a body, 1 otherwise, 2 on bad
+// arguments. storm-server runs the fake server with a grant whose access token
+// it has expired, and writes its counters when SIGTERM or SIGINT stops it.
+#include "confluence_oauth.hpp"
+#include "fake_atlassian.hpp"
+#include "fake_client.hpp"
+#include "program_args.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace cfo = confluence_oauth;
+using steady = std::chrono::steady_clock;
+
+constexpr std::string_view usage_text =
+    "usage: bench-ours load --url URL --token TOKEN --ca CA_PEM --requests N --concurrency C [--threads T]\n"
+    "       bench-ours storm --grant GRANT_JSON --ca CA_PEM --requests R\n"
+    "       bench-ours storm-server --ca-out F --grant-out F --stats-out F\n"
+    "See bench/README.md.\n";
+
+[[noreturn]] void usage_error(const std::string& why) { program_args::usage_error("bench-ours", why, usage_text); }
+
+struct arguments {
+  std::string mode, url, token, ca, grant, ca_out, grant_out, stats_out;
+  long requests = 0;
+  int concurrency = 0;
+  int threads = 1;
+};
+
+arguments parse(int argc, char** argv) {
+  if (argc < 2) usage_error("a mode is needed: load, storm or storm-server");
+  arguments a;
+  a.mode = argv[1];
+  auto number = [](const std::string& flag, const std::string& value) {
+    return program_args::to_number("bench-ours", flag, value, 1L, usage_text);
+  };
+  for (const auto& [flag, value] : program_args::options(argc - 1, argv + 1, "bench-ours", usage_text)) {
+    if (flag == "--url") a.url = value;
+    else if (flag == "--token") a.token = value;
+    else if (flag == "--ca") a.ca = value;
+    else if (flag == "--grant") a.grant = value;
+    else if (flag == "--ca-out") a.ca_out = value;
+    else if (flag == "--grant-out") a.grant_out = value;
+    else if (flag == "--stats-out") a.stats_out = value;
+    else if (flag == "--requests") a.requests = number(flag, value);
+    else if (flag == "--concurrency") a.concurrency = static_cast<int>(number(flag, value));
+    else if (flag == "--threads") a.threads = static_cast<int>(number(flag, value));
+    else usage_error("unknown argument " + flag);
+  }
+  auto need = [](bool present, const char* what) {
+    if (!present) usage_error(std::string("missing ") + what);
+  };
+  if (a.mode == "load") {
+    need(!a.url.empty() && !a.token.empty() && !a.ca.empty(), "--url, --token or --ca");
+    need(a.requests > 0 && a.concurrency > 0, "--requests or --concurrency");
+  } else if (a.mode == "storm") {
+    need(!a.grant.empty() && !a.ca.empty() && a.requests > 0, "--grant, --ca or --requests");
+  } else if (a.mode == "storm-server") {
+    need(!a.ca_out.empty() && !a.grant_out.empty() && !a.stats_out.empty(), "--ca-out, --grant-out or --stats-out");
+  } else {
+    usage_error("unknown mode " + a.mode);
+  }
+  return a;
+}
+
+/// Room for every connection.
+void raise_fd_limit() {
+  rlimit l{};
+  if (::getrlimit(RLIMIT_NOFILE, &l) == 0 && l.rlim_cur < 8192) {
+    l.rlim_cur = std::min<rlim_t>(l.rlim_max, 8192);
+    ::setrlimit(RLIMIT_NOFILE, &l);
+  }
+}
+
+/// What the requests of one run came to.
+struct tally {
+  std::atomic<long> next{0};  // requests started
+  std::atomic<long> ok{0};
+  std::atomic<long> failed{0};
+  std::atomic<long long> body_bytes{0};
+  std::mutex mutex;
+  std::vector<double> latencies_ms;
+  std::vector<std::string> errors;  // the first few distinct ones
+
+  void failure(std::string what) {
+    ++failed;
+    std::lock_guard lock(mutex);
+    if (errors.size() < 5 && std::find(errors.begin(), errors.end(), what) == errors.end()) errors.push_back(std::move(what));
+  }
+};
+
+/// A worker: requests `target` until `total` have started.
+asio::awaitable<void> request_loop(cfo::session s, std::string target, long total, tally& t) {
+  std::vector<double> mine;
+  while (t.next.fetch_add(1) < total) {
+    cfo::http_request req;
+    req.target = target;
+    req.headers.add("Accept", "application/json");
+    const auto sent = steady::now();
+    try {
+      auto res = co_await s.request(std::move(req));
+      mine.push_back(std::chrono::duration<double, std::milli>(steady::now() - sent).count());
+      if (res.status == 200 && !res.body.empty()) {
+        ++t.ok;
+        t.body_bytes += static_cast<long long>(res.body.size());
+      } else {
+        t.failure("HTTP status " + std::to_string(res.status));
+      }
+    } catch (const std::exception& e) {
+      t.failure(e.what());
+    }
+  }
+  std::lock_guard lock(t.mutex);
+  t.latencies_ms.insert(t.latencies_ms.end(), mine.begin(), mine.end());
+}
+
+double percentile(std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100 * static_cast<double>(sorted.size())));
+  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
+}
+
+/// Sends `total` GETs of `target` through `s` with `concurrency` workers on
+/// `threads` threads, prints the JSON line; the exit status.
+int run_requests(asio::io_context& io, const cfo::session& s, const std::string& target, long total, int concurrency,
+                 int threads, bool with_latencies) {
+  tally t;
+  const auto began = steady::now();
+  for (int i = 0; i < concurrency; ++i) asio::co_spawn(io, request_loop(s, target, total, t), asio::detached);
+  std::vector<std::thread> runners;
+  for (int i = 1; i < threads; ++i) runners.emplace_back([&] { io.run(); });
+  io.run();
+  for (auto& r : runners) r.join();
+  const double seconds = std::chrono::duration<double>(steady::now() - began).count();
+
+  std::sort(t.latencies_ms.begin(), t.latencies_ms.end());
+  for (const auto& e : t.errors) std::cerr << "bench-ours: " << e << '\n';
+  nlohmann::json line = {{"ok", t.ok.load()}, {"failed", t.failed.load()}, {"seconds", seconds}};
+  if (with_latencies) {
+    line["p50_ms"] = percentile(t.latencies_ms, 50);
+    line["p99_ms"] = percentile(t.latencies_ms, 99);
+    line["body_bytes"] = t.body_bytes.load();
+  } else {
+    line["refreshes"] = -1;  // the server counts them
+  }
+  std::cout << line.dump() << std::endl;
+  return t.failed == 0 && t.ok == total ? 0 : 1;
+}
+
+/// Runs `op` to completion on `io`, rethrowing what it throws.
+template <typename Awaitable>
+void run_to_end(asio::io_context& io, Awaitable op) {
+  auto done = asio::co_spawn(io, std::move(op), asio::use_future);
+  io.run();
+  io.restart();
+  done.get();
+}
+
+int load(const arguments& a) {
+  const auto target = cfo::parse_url(a.url);
+  cfo::client_config cfg;
+  cfg.client_id = "bench-client";
+  cfg.client_secret = cfo::secret("bench-secret");
+  cfg.api_url = target.origin();
+  cfg.token_url = target.origin() + "/oauth/token";  // never called: the token outlives the run
+  cfg.tls.ca_file = a.ca;
+  cfg.tls.use_system_trust = false;
+
+  cfo::token_set tokens;
+  tokens.access_token = cfo::secret(a.token);
+  tokens.refresh_token = cfo::secret("unused");
+  tokens.expires_at = cfo::token_set::clock::now() + std::chrono::hours(1);
+
+  asio::io_context io(a.threads);
+  cfo::session s(io.get_executor(), cfg, std::make_shared<cfo::memory_token_store>());
+  run_to_end(io, s.adopt(tokens));
+  return run_requests(io, s, target.target, a.requests, a.concurrency, a.threads, true);
+}
+
+int storm(const arguments& a) {
+  std::ifstream in(a.grant);
+  const auto grant = nlohmann::json::parse(in);
+  const auto api = cfo::parse_url(grant.at("api_url").get<std::string>());
+  cfo::client_config cfg;
+  cfg.client_id = grant.at("client_id").get<std::string>();
+  cfg.client_secret = cfo::secret(grant.at("client_secret").get<std::string>());
+  cfg.token_url = grant.at("token_url").get<std::string>();
+  cfg.api_url = api.origin();
+  cfg.tls.ca_file = a.ca;
+  cfg.tls.use_system_trust = false;
+
+  cfo::token_set tokens;
+  tokens.access_token = cfo::secret(grant.at("access_token").get<std::string>());
+  tokens.refresh_token = cfo::secret(grant.at("refresh_token").get<std::string>());
+  tokens.expires_at = cfo::token_set::clock::now() - std::chrono::minutes(1);
+
+  asio::io_context io;
+  cfo::session s(io.get_executor(), cfg, std::make_shared<cfo::memory_token_store>());
+  run_to_end(io, s.adopt(tokens));
+  return run_requests(io, s, api.target, a.requests, static_cast<int>(a.requests), 1, false);
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  if (!out.flush()) throw std::runtime_error("cannot write " + path);
+}
+
+int storm_server(const arguments& a) {
+  fake_atlassian::options o;
+  o.host = "127.0.0.1";
+  fake_atlassian::server srv(o);
+  const auto cfg = test_util::client_config_for(srv, "http://localhost:3000/callback");
+  const auto granted = test_util::grant_from(srv, cfg, "read:page:confluence read:space:confluence offline_access");
+  srv.advance_clock(o.access_token_lifetime + std::chrono::seconds(1));  // the access token is now expired
+  const auto base = srv.stats();
+
+  srv.write_ca_pem(a.ca_out);
+  const nlohmann::json grant = {
+      {"token_url", cfg.token_url},
+      {"api_url", srv.base_url() + "/ex/confluence/a1b2c3d4-0000-4000-8000-000000000001/wiki/api/v2/pages?limit=5"},
+      {"client_id", cfg.client_id},
+      {"client_secret", cfg.client_secret.reveal()},
+      {"access_token", granted.access_token.reveal()},
+      {"refresh_token", granted.refresh_token.reveal()}};
+  write_file(a.grant_out + ".tmp", grant.dump());
+  std::filesystem::rename(a.grant_out + ".tmp", a.grant_out);  // readers never see half a file
+
+  asio::io_context io;
+  asio::signal_set stop(io, SIGTERM, SIGINT);
+  stop.async_wait([](const std::error_code&, int) {});
+  io.run();
+
+  const auto now = srv.stats();
+  const nlohmann::json stats = {{"token_requests", now.token_requests - base.token_requests},
+                                {"refresh_grants", now.refresh_grants - base.refresh_grants},
+                                {"token_errors", now.token_errors - base.token_errors},
+                                {"api_requests", now.api_requests - base.api_requests},
+                                {"api_unauthorized", now.api_unauthorized - base.api_unauthorized},
+                                {"connections", now.connections - base.connections},
+                                {"families_revoked", now.families_revoked - base.families_revoked}};
+  write_file(a.stats_out, stats.dump() + "\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const arguments a = parse(argc, argv);
+  raise_fd_limit();
+  try {
+    if (a.mode == "load") return load(a);
+    if (a.mode == "storm") return storm(a);
+    return storm_server(a);
+  } catch (const std::exception& e) {
+    std::cerr << "bench-ours " << a.mode << ": " << e.what() << '\n';
+    return 1;
+  }
+}
