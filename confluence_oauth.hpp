@@ -998,10 +998,14 @@ struct http_header {
 class http_headers {
  public:
   /// Appends a header, keeping any of the same name.
-  void add(std::string name, std::string value) { items_.push_back({std::move(name), std::move(value)}); }
+  void add(std::string name, std::string value) {
+    make_room();
+    items_.push_back({std::move(name), std::move(value)});
+  }
   /// Sets a header, replacing every earlier one of the same name.
   void set(std::string_view name, std::string value) {
     erase(name);
+    make_room();
     items_.push_back({std::string(name), std::move(value)});
   }
   /// Removes every header of that name.
@@ -1029,6 +1033,11 @@ class http_headers {
   void clear() noexcept { items_.clear(); }
 
  private:
+  // Messages carry a handful of headers: one allocation instead of four.
+  void make_room() {
+    if (items_.capacity() == 0) items_.reserve(8);
+  }
+
   std::vector<http_header> items_;
 };
 
@@ -1211,6 +1220,7 @@ class http_parser {
       std::size_t end = nl == std::string_view::npos ? data.size() : nl + 1;
       if (head_.size() + (end - used) > limits_.max_head_bytes)
         return error(errc::header_too_large, "HTTP head exceeds " + std::to_string(limits_.max_head_bytes) + " bytes");
+      if (head_.capacity() < typical_head_bytes) head_.reserve(typical_head_bytes);  // one allocation, not six
       head_.append(data.substr(used, end - used));
       used = end;
       if (nl == std::string_view::npos) break;
@@ -1346,6 +1356,8 @@ class http_parser {
     return true;
   }
 
+  static constexpr std::size_t typical_head_bytes = 1024;
+
   kind kind_;
   http_limits limits_;
   state state_ = state::head;
@@ -1387,7 +1399,9 @@ inline void check_request(const http_request& req) {
 
 inline std::string serialize_head(const http_request& req, const url& u) {
   std::string out;
-  out.reserve(256 + u.target.size());
+  std::size_t size = 64 + req.method.size() + u.target.size() + u.host.size();  // with the fixed parts
+  for (const auto& h : req.headers) size += h.name.size() + h.value.size() + 4;
+  out.reserve(size);  // one allocation: an Atlassian access token alone is over a kilobyte
   out += req.method;
   out += ' ';
   out += u.target;
@@ -1450,13 +1464,13 @@ namespace detail {
 /// ever touched on the child's own strand.
 template <typename T>
 asio::awaitable<T> on_strand(asio::strand<asio::any_io_executor> strand, asio::awaitable<T> op) {
-  auto signal = std::make_shared<asio::cancellation_signal>();
   asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
   asio::cancellation_slot slot = state.slot();
-  if (slot.is_connected())
-    slot.assign([signal, strand](asio::cancellation_type type) {
-      asio::post(strand, [signal, type] { signal->emit(type); });
-    });
+  if (!slot.is_connected()) co_return co_await asio::co_spawn(strand, std::move(op), asio::use_awaitable);
+  auto signal = std::make_shared<asio::cancellation_signal>();
+  slot.assign([signal, strand](asio::cancellation_type type) {
+    asio::post(strand, [signal, type] { signal->emit(type); });
+  });
   struct clear_slot {
     asio::cancellation_slot& slot;
     ~clear_slot() {
@@ -1504,16 +1518,19 @@ class connection : public std::enable_shared_from_this<connection> {
   };
 
   connection(const asio::any_io_executor& ex, const std::shared_ptr<asio::ssl::context>& tls, bool use_tls)
-      : strand_(asio::make_strand(ex)), tls_ctx_(tls), stream_(strand_, *tls), deadline_(strand_),
+      : strand_(asio::make_strand(ex)), tls_ctx_(tls), stream_(ex, *tls), deadline_(strand_),
         resolved_(strand_), resolver_(strand_), use_tls_(use_tls) {}
 
   const asio::strand<asio::any_io_executor>& strand() const noexcept { return strand_; }
   clock::time_point last_used() const noexcept { return last_used_; }
 
-  /// One request and its response. Runs on strand(); never throws.
+  /// One request and its response; never throws. Every step runs on
+  /// strand(), wherever the caller runs: the deadline's handler, which closes
+  /// the socket, never runs beside one.
   asio::awaitable<result> exchange(const url& u, const std::string& head, const std::string& body,
                                    http_limits limits, std::chrono::milliseconds timeout, bool head_request) {
     co_await asio::this_coro::throw_if_cancelled(false);  // cancellation arrives as error codes, handled below
+    co_await asio::dispatch(asio::bind_executor(strand_, asio::use_awaitable));
     timed_out_ = false;
     const auto generation = ++generation_;
     deadline_.expires_after(timeout);
@@ -1548,6 +1565,9 @@ class connection : public std::enable_shared_from_this<connection> {
     close();
   }
 
+  /// The completion token of the steps: each resumes the exchange on the strand.
+  auto on_strand_tuple() const { return asio::bind_executor(strand_, use_tuple); }
+
   static result failure(std::error_code ec, std::string text, bool response_started = false) {
     result r;
     r.ec = ec;
@@ -1575,13 +1595,13 @@ class connection : public std::enable_shared_from_this<connection> {
                               *found = {ec, std::move(r), true};
                               if (auto self = weak.lock()) self->resolved_.cancel();
                             });
-    co_await resolved_.async_wait(use_tuple);
+    co_await resolved_.async_wait(on_strand_tuple());
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (!found->done) co_return failure(asio::error::operation_aborted, "cancelled");
     const std::error_code rec = found->ec;
     const auto endpoints = std::move(found->endpoints);
     if (rec) co_return failure(make_error_code(errc::resolve_failed), "cannot resolve " + u.host + ": " + rec.message());
-    auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, use_tuple);
+    auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, on_strand_tuple());
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (cec == asio::error::operation_aborted) co_return failure(cec, "cancelled");
     if (cec)
@@ -1599,7 +1619,7 @@ class connection : public std::enable_shared_from_this<connection> {
       } else {
         X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str());
       }
-      auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, use_tuple);
+      auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, on_strand_tuple());
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (hec == asio::error::operation_aborted) co_return failure(hec, "cancelled");
       if (hec) {
@@ -1625,9 +1645,9 @@ class connection : public std::enable_shared_from_this<connection> {
     // if/else, not ?: — GCC 12 destroys the result of a co_await in a conditional twice.
     std::error_code wec;
     if (use_tls_)
-      std::tie(wec, std::ignore) = co_await asio::async_write(stream_, out, use_tuple);
+      std::tie(wec, std::ignore) = co_await asio::async_write(stream_, out, on_strand_tuple());
     else
-      std::tie(wec, std::ignore) = co_await asio::async_write(stream_.next_layer(), out, use_tuple);
+      std::tie(wec, std::ignore) = co_await asio::async_write(stream_.next_layer(), out, on_strand_tuple());
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (wec == asio::error::operation_aborted) co_return failure(wec, "cancelled");
     if (wec) co_return failure(make_error_code(errc::network_error), "write failed: " + wec.message());
@@ -1640,9 +1660,9 @@ class connection : public std::enable_shared_from_this<connection> {
       std::error_code rec;
       std::size_t n = 0;
       if (use_tls_)
-        std::tie(rec, n) = co_await stream_.async_read_some(asio::buffer(buffer_), use_tuple);
+        std::tie(rec, n) = co_await stream_.async_read_some(asio::buffer(buffer_), on_strand_tuple());
       else
-        std::tie(rec, n) = co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), use_tuple);
+        std::tie(rec, n) = co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), on_strand_tuple());
       r.response_started = parser.started() || n > 0;
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
@@ -1700,8 +1720,15 @@ class http_client {
     for (int attempt = 0;; ++attempt) {
       bool reused = false;
       auto conn = acquire(u, reused, /*pooled=*/attempt == 0);
-      auto r = co_await on_strand(conn->strand(),
-                                  conn->exchange(u, head, req.body, limits, timeouts_.request, req.method == "HEAD"));
+      // The exchange keeps to the connection's strand by itself. A caller that
+      // can be cancelled gets the costlier hop, which delivers its
+      // cancellation on that strand too.
+      connection::result r;
+      auto exchange = conn->exchange(u, head, req.body, limits, timeouts_.request, req.method == "HEAD");
+      if ((co_await asio::this_coro::cancellation_state).slot().is_connected())
+        r = co_await on_strand(conn->strand(), std::move(exchange));
+      else
+        r = co_await std::move(exchange);
       if (!r.ec) {
         if (r.keep_alive) release(u, std::move(conn));
         co_return std::move(r.response);
@@ -3296,6 +3323,14 @@ class session_state : public std::enable_shared_from_this<session_state> {
     return used.expires_at != clock::time_point::max() && used.expires_at - clock::now() <= options_.near_expiry;
   }
 
+  /// The token token() would hand out, without the strand, while no refresh
+  /// is due: nullopt sends the caller to token(). Any thread.
+  std::optional<usable_token> published_token() const {
+    std::lock_guard lock(published_mutex_);
+    if (published_ && clock::now() < published_until_) return published_;
+    return std::nullopt;
+  }
+
   // Everything below runs on the strand.
 
   // load, adopt and logout hold the store's lock: they neither interleave
@@ -3342,6 +3377,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
       start_round();  // may finish at once and change tokens_: checked again below
     if (!usable()) co_await settle();
     usable_token out{tokens_->access_token, tokens_->expires_at};
+    if (!round_ && !needs_refresh()) publish(out);
     co_return out;
   }
 
@@ -3393,7 +3429,18 @@ class session_state : public std::enable_shared_from_this<session_state> {
     return tokens_->expires_within(skew()) || (!rejected_.empty() && tokens_->access_token == rejected_);
   }
 
+  void publish(const usable_token& t) {
+    std::lock_guard lock(published_mutex_);
+    published_ = t;
+    published_until_ = t.expires_at == clock::time_point::max() ? t.expires_at : t.expires_at - skew();
+  }
+  void withdraw_published() {
+    std::lock_guard lock(published_mutex_);
+    published_.reset();
+  }
+
   void install(std::optional<token_set> tokens) {
+    withdraw_published();
     tokens_ = std::move(tokens);
     obtained_at_ = clock::now();
     ++epoch_;
@@ -3430,6 +3477,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   }
 
   std::shared_ptr<refresh_round> start_round() {
+    withdraw_published();  // while the round runs, the grant may change under it
     auto round = std::make_shared<refresh_round>(strand_);
     round_ = round;
     // co_spawn dispatches: on the strand already, the round runs at once and,
@@ -3567,6 +3615,12 @@ class session_state : public std::enable_shared_from_this<session_state> {
 
   std::optional<token_set> tokens_;
   clock::time_point obtained_at_ = clock::now();
+  // The fast path of requests, which then skip the strand: the token token()
+  // handed out last, until its refresh is due. Withdrawn by anything that
+  // replaces the grant (install) and by every refresh round.
+  mutable std::mutex published_mutex_;
+  std::optional<usable_token> published_;
+  clock::time_point published_until_;
   std::uint64_t epoch_ = 0;               // bumped when the grant is replaced from outside a round
   std::shared_ptr<refresh_round> round_;  // the round in flight
   secret rejected_;                       // an access token the API refused
@@ -3695,8 +3749,9 @@ class session {
   auto token(CompletionToken&& token = {}) {
     return detail::launch<secret>(get_executor(), std::forward<CompletionToken>(token),
                                   [state = state_]() -> asio::awaitable<secret> {
-                                    auto t = co_await detail::on_strand(state->strand(), state->token());
-                                    co_return std::move(t.access);
+                                    auto t = state->published_token();
+                                    if (!t) t = co_await detail::on_strand(state->strand(), state->token());
+                                    co_return std::move(t->access);
                                   });
   }
 
@@ -3792,16 +3847,17 @@ class session {
     bool refreshed = false;
     std::chrono::milliseconds waited{0};
     for (int attempt = 1;;) {
-      auto used = co_await detail::on_strand(state->strand(), state->token());
-      req.headers.set("Authorization", "Bearer " + used.access.reveal());
+      auto used = state->published_token();
+      if (!used) used = co_await detail::on_strand(state->strand(), state->token());
+      req.headers.set("Authorization", "Bearer " + used->access.reveal());
       auto res = co_await state->client().http().send(target, req, limits);
       if (res.status >= 300) {  // an error answer that echoes the token must not carry it into a message
-        const secret* sent[] = {&used.access};
+        const secret* sent[] = {&used->access};
         detail::redact_response(res, sent);
       }
-      if (!refreshed && state->rejects(res, used)) {
+      if (!refreshed && state->rejects(res, *used)) {
         refreshed = true;
-        co_await detail::on_strand(state->strand(), state->replace_rejected(used.access));
+        co_await detail::on_strand(state->strand(), state->replace_rejected(used->access));
         continue;
       }
       if (res.status == 401) detail::fail_api(res, detail::describe(req, target));
