@@ -2,12 +2,12 @@
 # bench/report.sh — the tables of a bench/run: printed, and with WRITE_DOCS=1
 # written between the markers of docs/PERFORMANCE.md, with docs/performance.png.
 #
-# Usage: bench/report.sh OUT_DIR REQUESTS STORM_REQUESTS WRK_SECONDS WRITE_DOCS SMOKE
+# Usage: bench/report.sh OUT_DIR REQUESTS REPEAT STORM_REQUESTS WRK_SECONDS WRITE_DOCS SMOKE
 # OUT_DIR holds load.tsv, instructions.tsv, storm.tsv and compile.tsv (bench/run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-out=$1 requests=$2 storm_requests=$3 wrk_seconds=$4 write_docs=$5 smoke=$6
+out=$1 requests=$2 repeat=$3 storm_requests=$4 wrk_seconds=$5 write_docs=$6 smoke=$7
 load="$out/load.tsv" instructions="$out/instructions.tsv" storm="$out/storm.tsv" compile="$out/compile.tsv"
 
 # The value of column $3 for client $1 at concurrency $2 of load.tsv.
@@ -23,7 +23,8 @@ markdown() {
   gpp=$(g++ --version | head -n 1)
   clangv=$(clang++-14 --version 2>/dev/null | head -n 1 || echo "not installed")
   echo "Measured $(date -u +%Y-%m-%d) with \`bash bench/run\`: $requests GETs per client and concurrency (wrk: ${wrk_seconds} s),"
-  echo "a $storm_requests-request refresh storm. Every figure below comes from this one run on one machine."
+  echo "the fastest of $repeat runs each; a $storm_requests-request refresh storm. Every figure below comes from this one run"
+  echo "on one machine."
   echo
   echo "**Machine**: $(lscpu | awk -F': *' '/^Model name/ { print $2 }'), $(nproc) cores,"
   echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")."
@@ -65,11 +66,13 @@ markdown() {
     echo
     echo "### Instructions per request"
     echo
-    echo "callgrind, concurrency 16: (instructions of 2,500 requests − of 500) / 2,000, so start-up and handshakes cancel."
+    echo "callgrind, concurrency 16: (instructions of a long run − of a short one) / the requests between them, so"
+    echo "start-up and the handshakes of the first connections cancel. cpprestsdk opens connections beyond the 16 as it"
+    echo "goes, each loading the system trust store; those stay in its figure."
     echo
-    echo "| client | instructions / request |"
-    echo "|---|---|"
-    awk -F'\t' 'NR > 1 { printf "| %s | %d |\n", $1, $2 }' "$instructions"
+    echo "| client | instructions / request | runs |"
+    echo "|---|---|---|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %d | %d − %d requests |\n", $1, $2, $4, $3 }' "$instructions"
   fi
   echo
   echo "### Refresh storm"
