@@ -8,8 +8,7 @@
 #                  tests' npm packages (the demo and tests then fall back to
 #                  the built fake-browser)
 #   --bench        also what bench/run needs: nginx, wrk, the rival clients'
-#                  libraries and toolchains (Node.js, Go), jq, GNU time,
-#                  valgrind and gnuplot
+#                  libraries, Node.js, jq, GNU time, valgrind and gnuplot
 set -euo pipefail
 
 with_browser=1
@@ -18,7 +17,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-browser) with_browser=0 ;;
     --bench) with_bench=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -34,11 +33,9 @@ if (( with_browser )); then
   packages+=(chromium)
 fi
 if (( with_bench )); then
+  # Go comes from go.dev's toolchain in /usr/local/go (Debian 12's 1.19 is too old for
+  # bench/clients/go/go.mod): bench/clients/go/build.sh says so when it is missing.
   packages+=(nginx-light wrk curl libcurl4-openssl-dev libcpprest-dev jq time valgrind gnuplot-nox)
-  # A Go toolchain that came from elsewhere (/usr/local/go) is used as it is.
-  if ! command -v go >/dev/null 2>&1 && [[ ! -x /usr/local/go/bin/go ]]; then
-    packages+=(golang-go)
-  fi
 fi
 # Node.js drives the browser tests and the axios bench client. One that came from
 # elsewhere (NodeSource's nodejs bundles npm and conflicts with Debian's npm) is used as it is.

@@ -1399,7 +1399,7 @@ inline void check_request(const http_request& req) {
 
 inline std::string serialize_head(const http_request& req, const url& u) {
   std::string out;
-  std::size_t size = 64 + req.method.size() + u.target.size() + u.host.size();  // with the fixed parts
+  std::size_t size = 96 + req.method.size() + u.target.size() + u.host.size();  // with the fixed parts
   for (const auto& h : req.headers) size += h.name.size() + h.value.size() + 4;
   out.reserve(size);  // one allocation: an Atlassian access token alone is over a kilobyte
   out += req.method;
@@ -1725,10 +1725,21 @@ class http_client {
       // cancellation on that strand too.
       connection::result r;
       auto exchange = conn->exchange(u, head, req.body, limits, timeouts_.request, req.method == "HEAD");
-      if ((co_await asio::this_coro::cancellation_state).slot().is_connected())
+      const asio::cancellation_state cancellation = co_await asio::this_coro::cancellation_state;
+      if (cancellation.slot().is_connected()) {
         r = co_await on_strand(conn->strand(), std::move(exchange));
-      else
-        r = co_await std::move(exchange);
+      } else {
+        std::exception_ptr failed;  // bad_alloc: the exchange reports all else in r
+        try {
+          r = co_await std::move(exchange);
+        } catch (...) {
+          failed = std::current_exception();
+        }
+        // The exchange ended on the connection's strand: back to the caller's
+        // executor, which may be a strand of its own (a refresh round's is).
+        co_await asio::dispatch(asio::use_awaitable);
+        if (failed) std::rethrow_exception(failed);
+      }
       if (!r.ec) {
         if (r.keep_alive) release(u, std::move(conn));
         co_return std::move(r.response);
@@ -3377,7 +3388,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
       start_round();  // may finish at once and change tokens_: checked again below
     if (!usable()) co_await settle();
     usable_token out{tokens_->access_token, tokens_->expires_at};
-    if (!round_ && !needs_refresh()) publish(out);
+    if (usable() && !round_ && !needs_refresh()) publish(out);
     co_return out;
   }
 

@@ -108,6 +108,7 @@ int main(int argc, char** argv) {
         curl_easy_setopt(s.easy, CURLOPT_HTTPHEADER, headers);
         curl_easy_setopt(s.easy, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
         curl_easy_setopt(s.easy, CURLOPT_CAINFO, opt.ca.c_str());
+        curl_easy_setopt(s.easy, CURLOPT_CAPATH, nullptr);  // only the bench CA, as every other client
         curl_easy_setopt(s.easy, CURLOPT_SSL_VERIFYPEER, 1L);
         curl_easy_setopt(s.easy, CURLOPT_SSL_VERIFYHOST, 2L);
         curl_easy_setopt(s.easy, CURLOPT_NOSIGNAL, 1L);
