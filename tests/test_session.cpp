@@ -206,6 +206,33 @@ TEST_CASE("short-lived tokens are refreshed before they expire, not after a 401"
   CHECK(f.srv.stats().refresh_grants >= 2);  // about one a second
 }
 
+TEST_CASE("a request, and the refresh it waits for, give the caller back on its own strand") {
+  // The exchange runs on its connection's strand; it must not leave the caller
+  // there (found in review: a refresh round's bookkeeping ran off its strand).
+  session_fixture f;
+  f.expire_locally();  // the first request waits for a refresh
+  asio::io_context io(2);
+  auto strand = asio::make_strand(io.get_executor());
+  std::atomic<int> on_strand_after{0};
+  std::exception_ptr failed;
+  cfo::session s(io.get_executor(), f.cfg, f.store);
+  asio::co_spawn(strand, [&]() -> asio::awaitable<void> {
+    co_await s.load();
+    for (int i = 0; i < 3; ++i) {
+      co_await s.get_json(pages_of(f.srv));
+      if (strand.running_in_this_thread()) ++on_strand_after;
+      co_await s.token();
+      if (strand.running_in_this_thread()) ++on_strand_after;
+    }
+  }, [&](std::exception_ptr e) { failed = e; });
+  std::thread second([&] { io.run(); });
+  io.run();
+  second.join();
+  CHECK_FALSE(failed);
+  CHECK(on_strand_after == 6);
+  CHECK(f.srv.stats().refresh_grants == 1);
+}
+
 TEST_CASE("the resend after a 401 does not carry a token inside its own refresh window") {
   // Found by bench/soak.cpp: a request whose token expired on its way was sent
   // again with a newer token that was by then due for refresh itself, and
