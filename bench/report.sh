@@ -30,11 +30,11 @@ markdown() {
   echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")."
   echo "nginx runs one worker; each client runs alone against it, as one process (confluence_oauth-2t: two threads)."
   echo
-  echo "**Versions**: confluence_oauth $(sed -n 's/^#define CONFLUENCE_OAUTH_VERSION "\(.*\)"/\1/p' confluence_oauth.hpp);"
+  echo "**Versions**: confluence_oauth $(sed -n 's/^#define CONFLUENCE_OAUTH_VERSION "\([^"]*\)".*/\1/p' confluence_oauth.hpp);"
   echo "$gpp; $clangv; nginx $(nginx -v 2>&1 | sed 's|.*/||'); wrk $(dpkg-query -W -f='${Version}' wrk);"
   echo "libcurl $(curl-config --version | sed 's/libcurl //'); cpprestsdk $(dpkg-query -W -f='${Version}' libcpprest-dev);"
   echo "Node.js $(node --version), axios $(jq -r '.packages["node_modules/axios"].version' bench/clients/node/package-lock.json);"
-  echo "$(PATH="$PATH:/usr/local/go/bin" go version | sed 's/ linux.*//'), golang.org/x/oauth2 $(awk '$1 == "golang.org/x/oauth2" { print $2 }' bench/clients/go/go.mod);"
+  echo "$(PATH="$PATH:/usr/local/go/bin" go version | sed 's/ linux.*//'), golang.org/x/oauth2 $(awk '/golang.org\/x\/oauth2 v/ { print $NF }' bench/clients/go/go.mod);"
   echo "OpenSSL $(openssl version | awk '{ print $2 }'), Asio $(dpkg-query -W -f='${Version}' libasio-dev), nlohmann/json $(dpkg-query -W -f='${Version}' nlohmann-json3-dev)."
   echo
   echo "### Headline"

@@ -4,6 +4,11 @@
 // loopback listener, trades the code for tokens, finds the site and lists its
 // pages over verified TLS. Only compiled, never run: the benchmark compares
 // what including confluence_oauth.hpp adds to a build.
+// As confluence_oauth.hpp does: Asio 1.22 misses clang 14's C++20 coroutines.
+#if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#define ASIO_HAS_STD_COROUTINE 1
+#endif
 #include <asio.hpp>
 #include <asio/ssl.hpp>
 #include <nlohmann/json.hpp>
