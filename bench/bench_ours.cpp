@@ -15,8 +15,7 @@
 #include "fake_atlassian.hpp"
 #include "fake_client.hpp"
 #include "program_args.hpp"
-
-#include <sys/resource.h>
+#include "clients/load_client.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -88,15 +87,6 @@ arguments parse(int argc, char** argv) {
   return a;
 }
 
-/// Room for every connection.
-void raise_fd_limit() {
-  rlimit l{};
-  if (::getrlimit(RLIMIT_NOFILE, &l) == 0 && l.rlim_cur < 8192) {
-    l.rlim_cur = std::min<rlim_t>(l.rlim_max, 8192);
-    ::setrlimit(RLIMIT_NOFILE, &l);
-  }
-}
-
 /// What the requests of one run came to.
 struct tally {
   std::atomic<long> next{0};  // requests started
@@ -139,12 +129,6 @@ asio::awaitable<void> request_loop(cfo::session s, std::string target, long tota
   t.latencies_ms.insert(t.latencies_ms.end(), mine.begin(), mine.end());
 }
 
-double percentile(std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  const auto rank = static_cast<std::size_t>(std::ceil(p / 100 * static_cast<double>(sorted.size())));
-  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
-}
-
 /// Sends `total` GETs of `target` through `s` with `concurrency` workers on
 /// `threads` threads, prints the JSON line; the exit status.
 int run_requests(asio::io_context& io, const cfo::session& s, const std::string& target, long total, int concurrency,
@@ -162,8 +146,8 @@ int run_requests(asio::io_context& io, const cfo::session& s, const std::string&
   for (const auto& e : t.errors) std::cerr << "bench-ours: " << e << '\n';
   nlohmann::json line = {{"ok", t.ok.load()}, {"failed", t.failed.load()}, {"seconds", seconds}};
   if (with_latencies) {
-    line["p50_ms"] = percentile(t.latencies_ms, 50);
-    line["p99_ms"] = percentile(t.latencies_ms, 99);
+    line["p50_ms"] = load_client::percentile_ms(t.latencies_ms, 50);
+    line["p99_ms"] = load_client::percentile_ms(t.latencies_ms, 99);
     line["body_bytes"] = t.body_bytes.load();
   } else {
     line["refreshes"] = -1;  // the server counts them
@@ -272,7 +256,7 @@ int storm_server(const arguments& a) {
 
 int main(int argc, char** argv) {
   const arguments a = parse(argc, argv);
-  raise_fd_limit();
+  program_args::raise_fd_limit(8192);
   try {
     if (a.mode == "load") return load(a);
     if (a.mode == "storm") return storm(a);

@@ -13,8 +13,6 @@
 #include "fake_client.hpp"
 #include "program_args.hpp"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -97,15 +95,6 @@ arguments parse(int argc, char** argv) {
     else usage_error("unknown argument " + flag);
   }
   return a;
-}
-
-/// Room for every connection, client and server side.
-void raise_fd_limit() {
-  rlimit l{};
-  if (::getrlimit(RLIMIT_NOFILE, &l) == 0 && l.rlim_cur < 8192) {
-    l.rlim_cur = std::min<rlim_t>(l.rlim_max, 8192);
-    ::setrlimit(RLIMIT_NOFILE, &l);
-  }
 }
 
 /// VmRSS of this process in KiB (0 if unknown).
@@ -242,7 +231,7 @@ class rss_sampler {
 
 int main(int argc, char** argv) {
   const arguments a = parse(argc, argv);
-  raise_fd_limit();
+  program_args::raise_fd_limit(8192);
 
   fake_atlassian::options o;
   o.access_token_lifetime = std::chrono::seconds(a.lifetime);

@@ -7,11 +7,11 @@
 #include "examples/database_token_store.hpp"
 #include "fake_atlassian.hpp"
 #include "fake_client.hpp"
+#include "program_args.hpp"
 #include "test_util.hpp"
 
 #include <asio/experimental/awaitable_operators.hpp>
 
-#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -27,15 +27,6 @@ namespace {
 
 constexpr const char* redirect = "http://localhost:3000/callback";
 constexpr const char* scopes = "read:page:confluence read:space:confluence offline_access";
-
-/// Room for a thousand concurrent connections, client and server side.
-void raise_fd_limit() {
-  rlimit l{};
-  if (::getrlimit(RLIMIT_NOFILE, &l) == 0 && l.rlim_cur < 4096) {
-    l.rlim_cur = std::min<rlim_t>(l.rlim_max, 4096);
-    ::setrlimit(RLIMIT_NOFILE, &l);
-  }
-}
 
 /// A store that fails its saves while `fail_saves` is set.
 class flaky_store final : public cfo::token_store {
@@ -129,7 +120,7 @@ TEST_CASE("without a grant, token() says to sign in") {
 }
 
 TEST_CASE("1,000 concurrent requests on an expired token make exactly one token request") {
-  raise_fd_limit();
+  program_args::raise_fd_limit(4096);
   session_fixture f;
   f.cfg.timeout.request = 60s;  // a thousand requests queue behind each other on a loaded 2-core CI machine
   f.expire_locally();
@@ -150,7 +141,7 @@ TEST_CASE("1,000 concurrent requests on an expired token make exactly one token 
 }
 
 TEST_CASE("1,000 concurrent requests that meet a server-side expiry make exactly one token request") {
-  raise_fd_limit();
+  program_args::raise_fd_limit(4096);
   session_fixture f;
   f.cfg.timeout.request = 60s;  // a thousand requests queue behind each other on a loaded 2-core CI machine
   f.srv.advance_clock(3601s);  // the server now refuses the access token the client still trusts

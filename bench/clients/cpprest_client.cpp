@@ -14,6 +14,8 @@
 #include <cpprest/http_client.h>
 #include <cpprest/oauth2.h>
 
+#include "load_client.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -29,53 +31,11 @@
 
 namespace {
 
+using namespace load_client;
+
 using namespace web::http;
 using namespace web::http::client;
-using clock_type = std::chrono::steady_clock;
 
-struct options {
-    std::string url, token, ca;
-    long requests = 0, concurrency = 0;
-};
-
-int usage(const char* msg) {
-    std::fprintf(stderr, "cpprest-client: %s\nusage: cpprest-client load --url URL --token TOKEN --ca CA_PEM_FILE "
-                         "--requests N --concurrency C\n", msg);
-    return 2;
-}
-
-bool parse_positive(const char* s, long& out) {
-    char* end = nullptr;
-    out = std::strtol(s, &end, 10);
-    return *s != '\0' && *end == '\0' && out > 0;
-}
-
-// Returns 0 on success, else the exit status (2) after printing why.
-int parse_args(int argc, char** argv, options& o) {
-    if (argc < 2) return usage("missing mode");
-    if (std::string_view(argv[1]) == "storm") return usage("storm mode is not supported by this client");
-    if (std::string_view(argv[1]) != "load") return usage("unknown mode");
-    for (int i = 2; i < argc; i += 2) {
-        std::string_view k = argv[i];
-        if (i + 1 >= argc) return usage("missing value");
-        const char* v = argv[i + 1];
-        if (k == "--url") o.url = v;
-        else if (k == "--token") o.token = v;
-        else if (k == "--ca") o.ca = v;
-        else if (k == "--requests") { if (!parse_positive(v, o.requests)) return usage("bad --requests"); }
-        else if (k == "--concurrency") { if (!parse_positive(v, o.concurrency)) return usage("bad --concurrency"); }
-        else return usage("unknown option");
-    }
-    if (o.url.empty() || o.token.empty() || o.ca.empty() || o.requests == 0 || o.concurrency == 0)
-        return usage("missing option");
-    return 0;
-}
-
-double percentile_ms(const std::vector<double>& sorted, double p) {
-    if (sorted.empty()) return 0;
-    auto rank = static_cast<size_t>(std::max(1.0, std::ceil(p / 100.0 * static_cast<double>(sorted.size()))));
-    return sorted[rank - 1];
-}
 
 // State shared by the C loops (they run on cpprest's thread pool).
 struct run_state {
@@ -143,7 +103,7 @@ void send_next(run_state& st) {
 
 int main(int argc, char** argv) {
     options opt;
-    if (int rc = parse_args(argc, argv, opt)) return rc;
+    if (int rc = parse_args("cpprest-client", argc, argv, opt)) return rc;
 
     const web::uri url(utility::conversions::to_string_t(opt.url));
     http_client_config config;
@@ -165,10 +125,5 @@ int main(int argc, char** argv) {
     for (long k = 0; k < loops; ++k) send_next(st);
     finished.wait();
 
-    std::sort(st.latencies.begin(), st.latencies.end());
-    const long ok = st.ok, failed = st.failed;
-    std::printf("{\"ok\":%ld,\"failed\":%ld,\"seconds\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"body_bytes\":%llu}\n",
-                ok, failed, std::chrono::duration<double>(st.end - start).count(), percentile_ms(st.latencies, 50),
-                percentile_ms(st.latencies, 99), st.body_bytes.load());
-    return failed == 0 ? 0 : 1;
+    return report(st.ok, st.failed, st.end - start, st.latencies, st.body_bytes.load());
 }

@@ -12,6 +12,8 @@
 // Prints one JSON line: {"ok","failed","seconds","p50_ms","p99_ms","body_bytes"}; exit 0 iff failed == 0.
 #include <curl/curl.h>
 
+#include "load_client.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,45 +27,9 @@
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using namespace load_client;
 
-struct options {
-    std::string url, token, ca;
-    long requests = 0, concurrency = 0;
-};
 
-int usage(const char* msg) {
-    std::fprintf(stderr, "curl-client: %s\nusage: curl-client load --url URL --token TOKEN --ca CA_PEM_FILE "
-                         "--requests N --concurrency C\n", msg);
-    return 2;
-}
-
-bool parse_positive(const char* s, long& out) {
-    char* end = nullptr;
-    out = std::strtol(s, &end, 10);
-    return *s != '\0' && *end == '\0' && out > 0;
-}
-
-// Returns 0 on success, else the exit status (2) after printing why.
-int parse_args(int argc, char** argv, options& o) {
-    if (argc < 2) return usage("missing mode");
-    if (std::string_view(argv[1]) == "storm") return usage("storm mode is not supported by this client");
-    if (std::string_view(argv[1]) != "load") return usage("unknown mode");
-    for (int i = 2; i < argc; i += 2) {
-        std::string_view k = argv[i];
-        if (i + 1 >= argc) return usage("missing value");
-        const char* v = argv[i + 1];
-        if (k == "--url") o.url = v;
-        else if (k == "--token") o.token = v;
-        else if (k == "--ca") o.ca = v;
-        else if (k == "--requests") { if (!parse_positive(v, o.requests)) return usage("bad --requests"); }
-        else if (k == "--concurrency") { if (!parse_positive(v, o.concurrency)) return usage("bad --concurrency"); }
-        else return usage("unknown option");
-    }
-    if (o.url.empty() || o.token.empty() || o.ca.empty() || o.requests == 0 || o.concurrency == 0)
-        return usage("missing option");
-    return 0;
-}
 
 // One in-flight slot: an easy handle reused for every request it sends.
 struct slot {
@@ -78,21 +44,15 @@ size_t on_write(char* data, size_t size, size_t count, void* userdata) {
     return size * count;
 }
 
-double percentile_ms(const std::vector<double>& sorted, double p) {
-    if (sorted.empty()) return 0;
-    auto rank = static_cast<size_t>(std::max(1.0, std::ceil(p / 100.0 * static_cast<double>(sorted.size()))));
-    return sorted[rank - 1];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
     options opt;
-    if (int rc = parse_args(argc, argv, opt)) return rc;
+    if (int rc = parse_args("curl-client", argc, argv, opt)) return rc;
     const long n = opt.requests;
     const long c = std::min(opt.concurrency, n);
 
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return usage("curl_global_init failed");
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return usage("curl-client", "curl_global_init failed");
     CURLM* multi = curl_multi_init();
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, c);
 
@@ -179,9 +139,5 @@ int main(int argc, char** argv) {
     curl_global_cleanup();
 
     failed += n - ok - failed;  // requests never completed (multi error) count as failed
-    std::sort(latencies.begin(), latencies.end());
-    std::printf("{\"ok\":%ld,\"failed\":%ld,\"seconds\":%.3f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"body_bytes\":%llu}\n",
-                ok, failed, std::chrono::duration<double>(end - start).count(), percentile_ms(latencies, 50),
-                percentile_ms(latencies, 99), body_bytes);
-    return failed == 0 ? 0 : 1;
+    return report(ok, failed, end - start, latencies, body_bytes);
 }

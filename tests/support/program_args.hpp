@@ -1,8 +1,11 @@
 // program_args.hpp — the command-line helpers of the test and bench programs
-// (session-worker, soak): "--flag value" pairs, a usage error, and a whole
-// number with a minimum.
+// (session-worker, soak, bench-ours): "--flag value" pairs, a usage error, a
+// whole number with a minimum, and room for many open files.
 #pragma once
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -48,6 +51,16 @@ Int to_number(std::string_view program, std::string_view flag, const std::string
   } catch (const std::exception&) {
   }
   usage_error(program, std::string(flag) + " needs a whole number of at least " + std::to_string(min), usage);
+}
+
+/// Raises the soft limit on open files to `want` (at most the hard limit):
+/// room for every connection of a program that opens hundreds.
+inline void raise_fd_limit(rlim_t want) {
+  rlimit l{};
+  if (::getrlimit(RLIMIT_NOFILE, &l) == 0 && l.rlim_cur < want) {
+    l.rlim_cur = std::min<rlim_t>(l.rlim_max, want);
+    ::setrlimit(RLIMIT_NOFILE, &l);
+  }
 }
 
 }  // namespace program_args

@@ -12,7 +12,7 @@
 //        concurrent requests that all meet the expired token refresh R times.
 //
 // Prints one JSON line on stdout; diagnostics on stderr. Exit 0 iff no request
-// failed, 1 otherwise, 2 on bad arguments. Dependencies: bench/clients/node/build.sh.
+// failed, 1 otherwise, 2 on bad arguments. Dependencies: scripts/install-node-deps.sh bench/clients/node axios.
 'use strict';
 
 const fs = require('node:fs');
