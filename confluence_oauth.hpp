@@ -43,6 +43,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -661,11 +662,50 @@ inline std::string html_escape(std::string_view in) {
   return out;
 }
 
-/// Keeps server-supplied text printable and short before it goes into a message.
+/// The length of the well-formed UTF-8 sequence at the start of `s` (1 to 4)
+/// and its code point; 0 when it is not one (overlong, surrogate, cut short).
+inline std::size_t utf8_sequence(std::string_view s, char32_t& cp) noexcept {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char lead = b(0);
+  std::size_t n = lead < 0x80 ? 1 : lead >= 0xC2 && lead <= 0xDF ? 2 : lead >= 0xE0 && lead <= 0xEF ? 3
+                : lead >= 0xF0 && lead <= 0xF4 ? 4 : 0;
+  if (n == 0 || n > s.size()) return 0;
+  cp = n == 1 ? lead : lead & (0x7F >> n);
+  for (std::size_t i = 1; i < n; ++i) {
+    if ((b(i) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(i) & 0x3F);
+  }
+  const bool overlong = (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000);
+  if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+/// Makes text from outside (server messages, error fields, file names) safe
+/// to print, log or put in an exception, and short: C0 and C1 controls and
+/// line separators become spaces, bidirectional overrides, isolates and marks
+/// (which can make a terminal show text in another order) are dropped, and
+/// bytes that are not UTF-8 become '?'. At most `max` bytes, never half a
+/// character.
 inline std::string sanitize_text(std::string_view in, std::size_t max = 300) {
   std::string out;
-  for (char c : in.substr(0, max)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? ' ' : c;
-  if (in.size() > max) out += "...";
+  out.reserve(std::min(in.size(), max) + 3);
+  std::size_t i = 0;
+  while (i < in.size()) {
+    char32_t cp = 0;
+    std::size_t n = utf8_sequence(in.substr(i), cp);
+    if (i + std::max<std::size_t>(n, 1) > max) break;
+    if (n == 0) {
+      out += '?';
+      n = 1;
+    } else if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029) {
+      out += ' ';
+    } else if (!(cp == 0x061C || cp == 0x200E || cp == 0x200F || (cp >= 0x202A && cp <= 0x202E) ||
+                 (cp >= 0x2066 && cp <= 0x2069))) {
+      out.append(in.substr(i, n));
+    }
+    i += n;
+  }
+  if (i < in.size()) out += "...";
   return out;
 }
 
@@ -835,31 +875,122 @@ class secret {
 };
 
 namespace detail {
-/// Replaces every occurrence of the given secrets in server-supplied text:
-/// raw, and as a request carried them (percent-encoded in a form or query,
-/// escaped in a JSON body), which a server reflecting the request sends back.
+
+/// The ways a secret can come back in text: as it is; as this library sends
+/// it (percent-encoded in a form or query, escaped in JSON) and as servers
+/// re-encode what they echo (lower-case hex, '+' for space, JSON's "\/");
+/// and inside base64 (an HTTP Basic credential "id:secret", a JWT). Base64
+/// of a longer text carries the secret at one of three alignments: the
+/// characters that depend only on the secret's bytes are listed for each.
+inline std::vector<std::string> encodings_of(const std::string& value) {
+  std::vector<std::string> forms;
+  forms.push_back(value);
+  auto lower_hex = [](std::string text) {
+    for (std::size_t i = 0; i + 2 < text.size(); ++i)
+      if (text[i] == '%')
+        for (std::size_t k = i + 1; k <= i + 2; ++k)
+          if (text[k] >= 'A' && text[k] <= 'F') text[k] = static_cast<char>(text[k] + 32);
+    return text;
+  };
+  std::string percent = percent_encode(value);
+  std::string plus = percent;
+  for (auto at = plus.find("%20"); at != std::string::npos; at = plus.find("%20", at + 1)) plus.replace(at, 3, "+");
+  for (auto* form : {&percent, &plus}) {
+    forms.push_back(*form);
+    forms.push_back(lower_hex(*form));
+  }
+  nlohmann::json as_json = value;
+  std::string escaped = as_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  auto& copy = as_json.get_ref<std::string&>();
+  OPENSSL_cleanse(copy.data(), copy.size());
+  escaped = escaped.substr(1, escaped.size() - 2);  // without the quotes
+  std::string solidus;
+  for (char c : escaped) solidus += c == '/' ? std::string("\\/") : std::string(1, c);
+  forms.push_back(std::move(escaped));
+  forms.push_back(std::move(solidus));
+  for (std::size_t lead = 0; lead < 3; ++lead) {
+    std::string padded(lead, '\0');
+    padded += value;
+    std::string url = base64url_encode(padded);
+    OPENSSL_cleanse(padded.data(), padded.size());
+    // Skip what the lead bytes touch, and the last group, which the next bytes touch.
+    const std::size_t from = (lead * 4 + 2) / 3, to = (padded.size() / 3) * 4;
+    if (to > from + 8) {
+      std::string core = url.substr(from, to - from), standard = core;
+      for (char& c : standard) c = c == '-' ? '+' : c == '_' ? '/' : c;
+      forms.push_back(std::move(core));
+      forms.push_back(std::move(standard));
+    }
+    OPENSSL_cleanse(url.data(), url.size());
+  }
+  OPENSSL_cleanse(percent.data(), percent.size());
+  OPENSSL_cleanse(plus.data(), plus.size());
+  return forms;
+}
+
+/// Replaces every occurrence of the given secrets in text from outside, in
+/// every encoding of encodings_of, with "[redacted]". White space and line
+/// breaks inside an occurrence do not hide it (a server or a log that wraps
+/// long lines), and a piece of at least 8 characters that starts or ends the
+/// text is taken for the rest of a secret cut at a line's edge.
 inline std::string redact(std::string text, std::span<const secret* const> secrets) {
   static constexpr std::string_view mark = "[redacted]";
+  static constexpr std::size_t min_piece = 8;
+  auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+  // The text without white space, and where each of its characters was.
+  std::string compact;
+  std::vector<std::size_t> where;
+  for (std::size_t i = 0; i < text.size(); ++i)
+    if (!is_space(text[i])) {
+      compact += text[i];
+      where.push_back(i);
+    }
+  std::vector<std::pair<std::size_t, std::size_t>> spans;  // [begin, end) in compact
   for (const secret* s : secrets) {
     if (!s || s->reveal().size() < 4) continue;
-    nlohmann::json as_json = s->reveal();
-    std::string forms[] = {s->reveal(), percent_encode(s->reveal()),
-                           as_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
-    auto& copy = as_json.get_ref<std::string&>();
-    OPENSSL_cleanse(copy.data(), copy.size());
-    forms[2].erase(0, 1);  // without the quotes
-    forms[2].pop_back();
-    for (std::size_t i = 0; i < std::size(forms); ++i) {
-      // A form equal to an earlier one is done: searching again would find it inside a mark.
-      if (std::find(forms, forms + i, forms[i]) == forms + i)
-        // Search on after the mark, which may itself contain a short secret.
-        for (auto pos = text.find(forms[i]); pos != std::string::npos; pos = text.find(forms[i], pos + mark.size()))
-          text.replace(pos, forms[i].size(), mark);
+    auto forms = encodings_of(s->reveal());
+    for (auto& form : forms) {
+      std::erase_if(form, is_space);
+      if (form.size() < 4) continue;
+      for (auto at = compact.find(form); at != std::string::npos; at = compact.find(form, at + 1))
+        spans.emplace_back(at, at + form.size());
+      if (form.size() <= min_piece) continue;
+      // The text ends with the start of a secret...
+      const std::string_view head(form.data(), min_piece);
+      const std::size_t window = std::min(compact.size(), form.size() - 1);
+      for (auto at = compact.find(head, compact.size() - window); at != std::string::npos; at = compact.find(head, at + 1))
+        if (form.compare(0, compact.size() - at, compact, at) == 0) {
+          spans.emplace_back(at, compact.size());
+          break;
+        }
+      // ...or starts with the end of one.
+      if (compact.size() >= min_piece)
+        for (auto at = form.find(std::string_view(compact).substr(0, min_piece), 1); at != std::string::npos;
+             at = form.find(std::string_view(compact).substr(0, min_piece), at + 1))
+          if (form.size() - at <= compact.size() && compact.compare(0, form.size() - at, form, at) == 0) {
+            spans.emplace_back(0, form.size() - at);
+            break;
+          }
     }
     for (auto& f : forms) OPENSSL_cleanse(f.data(), f.size());
   }
-  return text;
+  if (spans.empty()) return text;
+  std::sort(spans.begin(), spans.end());
+  std::string out;
+  std::size_t copied = 0;  // in text
+  for (std::size_t i = 0; i < spans.size();) {
+    std::size_t begin = spans[i].first, end = spans[i].second;
+    for (++i; i < spans.size() && spans[i].first <= end; ++i) end = std::max(end, spans[i].second);
+    out.append(text, copied, where[begin] - copied);
+    out += mark;
+    copied = where[end - 1] + 1;
+  }
+  out.append(text, copied);
+  OPENSSL_cleanse(compact.data(), compact.size());
+  OPENSSL_cleanse(text.data(), text.size());
+  return out;
 }
+
 }  // namespace detail
 
 // ============================================================================
@@ -954,14 +1085,22 @@ inline url parse_url_showing(std::string_view text, std::string_view shown) {
 /// belongs in an OAuth endpoint or redirect URI.
 inline url parse_url(std::string_view text) { return detail::parse_url_showing(text, text); }
 
-/// True for "localhost", 127.0.0.0/8 and ::1 (with or without brackets).
+/// True for a literal loopback address: 127.0.0.0/8 and ::1 (with or without
+/// brackets). A name, "localhost" included, is not trusted by its spelling:
+/// plain http to one is allowed only once every address it resolves to is
+/// loopback (checked when connecting).
 inline bool is_loopback(std::string_view host) noexcept {
-  if (detail::iequals(host, "localhost")) return true;
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   std::error_code ec;
   auto addr = asio::ip::make_address(std::string(host), ec);
   return !ec && addr.is_loopback();
 }
+
+namespace detail {
+/// A loopback address, or "localhost", whose addresses are checked when it is
+/// resolved (the transport) or never looked up (the listener binds literals).
+inline bool names_loopback(std::string_view host) noexcept { return iequals(host, "localhost") || is_loopback(host); }
+}  // namespace detail
 
 /// Resolves an absolute URL, an absolute path ("/wiki/...") or a path relative
 /// to a prefix, as pagination links from the Atlassian gateway need.
@@ -1248,6 +1387,7 @@ class http_parser {
     auto line_end = head.find('\n');
     auto start = chomp(head.substr(0, line_end + 1));
     head.remove_prefix(line_end + 1);
+    if (start.find('\r') != std::string_view::npos) return error(errc::protocol_error, "bare CR in the start line"), false;
     if (!(kind_ == kind::response ? parse_status_line(start) : parse_request_line(start))) return false;
     headers_.clear();
     while (!head.empty()) {
@@ -1256,6 +1396,8 @@ class http_parser {
       head.remove_prefix(nl + 1);
       if (line.empty()) break;
       if (line.front() == ' ' || line.front() == '\t') return error(errc::protocol_error, "obsolete header folding"), false;
+      // A bare CR ends a line for some parsers and not for others: request smuggling.
+      if (line.find('\r') != std::string_view::npos) return error(errc::protocol_error, "bare CR in a header line"), false;
       auto colon = line.find(':');
       if (colon == std::string_view::npos || colon == 0) return error(errc::protocol_error, "malformed header line"), false;
       auto name = line.substr(0, colon);
@@ -1601,6 +1743,12 @@ class connection : public std::enable_shared_from_this<connection> {
     const std::error_code rec = found->ec;
     const auto endpoints = std::move(found->endpoints);
     if (rec) co_return failure(make_error_code(errc::resolve_failed), "cannot resolve " + u.host + ": " + rec.message());
+    // Plain http goes to loopback only: a name such as "localhost" must not
+    // resolve anywhere else (a tampered hosts file, a resolver that answers it).
+    if (!use_tls_ && std::any_of(endpoints.begin(), endpoints.end(),
+                                 [](const auto& e) { return !e.endpoint().address().is_loopback(); }))
+      co_return failure(make_error_code(errc::insecure_transport),
+                        "refusing plain http to " + u.authority() + ": it resolves to an address that is not loopback");
     auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, on_strand_tuple());
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (cec == asio::error::operation_aborted) co_return failure(cec, "cancelled");
@@ -1613,12 +1761,12 @@ class connection : public std::enable_shared_from_this<connection> {
       SSL* ssl = stream_.native_handle();
       std::error_code aec;
       asio::ip::make_address(u.host, aec);
-      if (aec) {  // a name: SNI and host-name verification
-        SSL_set_tlsext_host_name(ssl, u.host.c_str());
-        SSL_set1_host(ssl, u.host.c_str());
-      } else {
-        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str());
-      }
+      // Without the name or address to check, any trusted certificate would do: fail instead.
+      const bool checks_set = aec ? SSL_set_tlsext_host_name(ssl, u.host.c_str()) == 1 && SSL_set1_host(ssl, u.host.c_str()) == 1
+                                  : X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str()) == 1;
+      if (!checks_set)
+        co_return failure(make_error_code(errc::certificate_rejected),
+                          "cannot set up the certificate check for " + sanitize_text(u.host, 100));
       auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, on_strand_tuple());
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (hec == asio::error::operation_aborted) co_return failure(hec, "cancelled");
@@ -1713,7 +1861,7 @@ class http_client {
   /// Sends `req` to `u` and returns the whole response, whatever its status.
   /// The request line uses u.target; req.target is ignored.
   asio::awaitable<http_response> send(const url& u, const http_request& req, http_limits limits = {}) {
-    if (!u.is_https() && !is_loopback(u.host))
+    if (!u.is_https() && !names_loopback(u.host))
       fail(errc::insecure_transport, "refusing plain http to " + u.authority());
     check_request(req);
     const std::string head = serialize_head(req, u);
@@ -2272,7 +2420,11 @@ struct client_config {
   std::string token_url = "https://auth.atlassian.com/oauth/token";    ///< where codes and refresh tokens are traded
   std::string api_url = "https://api.atlassian.com";                   ///< the base of session requests
   token_encoding encoding = token_encoding::json;  ///< token request bodies
-  bool use_pkce = false;  ///< Atlassian does not document PKCE; standard servers use it
+  /// PKCE S256 (RFC 7636) with every authorization: on by default, for
+  /// Atlassian too (the secret is still sent; a server that ignores the
+  /// challenge loses nothing). A code stolen from the loopback redirect is then
+  /// worthless without this run's verifier. Off only for a server that rejects it.
+  bool use_pkce = true;
   std::vector<std::pair<std::string, std::string>> extra_authorize_params;  ///< more authorization URL parameters; empty values left out
   tls_options tls;        ///< whom TLS trusts
   timeouts timeout;       ///< HTTP deadlines
@@ -2297,11 +2449,11 @@ struct client_config {
         bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
     for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
       auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
-      if (!u.is_https() && !is_loopback(u.host))
+      if (!u.is_https() && !detail::names_loopback(u.host))
         detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
     }
     auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
-    if (!r.is_https() && !is_loopback(r.host))
+    if (!r.is_https() && !detail::names_loopback(r.host))
       detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
     if (timeout.request.count() <= 0) bad("request timeout must be positive");
   }
@@ -2344,22 +2496,19 @@ inline callback_params parse_callback(std::string_view target) {
 /// How a callback relates to the authorization it may answer.
 enum class callback_match {
   code,            ///< the state matches and there is a code
-  denied,          ///< error=access_denied (with a matching state, or none)
-  failed,          ///< another error (with a matching state, or none)
-  state_mismatch,  ///< the state belongs to another authorization
-  incomplete       ///< neither a code with its state nor an error
+  denied,          ///< the state matches and error=access_denied
+  failed,          ///< the state matches and there is another error
+  state_mismatch,  ///< the state is missing or belongs to another authorization
+  incomplete       ///< the state matches, but there is neither a code nor an error
 };
 
-/// Classifies a callback without throwing: a matching state with a code, an
-/// error (whose state, when echoed, must match), or something to ignore.
+/// Classifies a callback without throwing. Only a callback carrying this
+/// authorization's state may answer it, with a code or with an error: any
+/// web page can send the listener `?error=access_denied`, and such a
+/// callback must not end a sign-in in progress.
 inline callback_match match_callback(const callback_params& p, const authorization& auth) {
-  bool state_ok = p.state && *p.state == auth.state;
-  if (!p.error.empty()) {
-    if (p.state && !state_ok) return callback_match::state_mismatch;
-    return p.error == "access_denied" ? callback_match::denied : callback_match::failed;
-  }
-  if (!p.state) return callback_match::incomplete;
-  if (!state_ok) return callback_match::state_mismatch;
+  if (!p.state || auth.state.empty() || !(*p.state == auth.state)) return callback_match::state_mismatch;
+  if (!p.error.empty()) return p.error == "access_denied" ? callback_match::denied : callback_match::failed;
   return p.code.empty() ? callback_match::incomplete : callback_match::code;
 }
 
@@ -2367,16 +2516,17 @@ inline callback_match match_callback(const callback_params& p, const authorizati
 inline secret verify_callback(const callback_params& p, const authorization& auth) {
   // The server's words are kept, but not what they echo of this authorization.
   const secret* own[] = {&p.code, &auth.state, &auth.code_verifier};
-  error_details d{detail::redact(p.error, own), detail::sanitize_text(detail::redact(p.error_description, own)),
+  error_details d{detail::sanitize_text(detail::redact(p.error, own), 60), detail::sanitize_text(detail::redact(p.error_description, own)),
                   detail::sanitize_text(detail::redact(p.error_uri, own)), 0, {}, {}};
   switch (match_callback(p, auth)) {
     case callback_match::code: return p.code;
     case callback_match::denied: detail::fail(errc::authorization_denied, "the user declined the authorization", d);
     case callback_match::failed: detail::fail(errc::authorization_failed, "the authorization server returned an error", d);
-    case callback_match::state_mismatch: detail::fail(errc::state_mismatch, "callback state does not match");
+    case callback_match::state_mismatch:
+      detail::fail(errc::state_mismatch, "the callback's state is missing or does not match");
     case callback_match::incomplete: break;
   }
-  detail::fail(errc::authorization_failed, "callback carries neither a code with its state nor an error");
+  detail::fail(errc::authorization_failed, "callback carries neither a code nor an error");
 }
 
 namespace detail {
@@ -2668,6 +2818,12 @@ struct listener_options {
   std::chrono::milliseconds read_timeout{std::chrono::seconds(10)};  ///< one connection: request in, page out
   std::size_t max_connections = 32;                                  ///< connections at once; when full, the oldest is closed
   std::string app_name = "confluence_oauth";                         ///< shown on the pages
+  /// With open_browser or browser_command, authorize() opens a private local
+  /// page (mode 0600 in a 0700 folder, removed when the sign-in ends) that
+  /// redirects to the authorization URL: the URL, state included, never
+  /// appears on a command line, which every local user can read. False passes
+  /// the URL itself, for a browser that cannot read local files (snap confinement).
+  bool redirect_page = true;
 };
 
 namespace detail {
@@ -2708,6 +2864,11 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   asio::strand<asio::any_io_executor>& strand() noexcept { return strand_; }
   std::vector<asio::ip::tcp::acceptor>& acceptors() noexcept { return acceptors_; }
   void set_callback_path(std::string path) { callback_path_ = std::move(path); }
+  /// The Host values a browser sends to the loopback addresses on `port`.
+  void set_port(std::uint16_t port) {
+    const std::string suffix = port == 80 ? "" : ":" + std::to_string(port);
+    own_hosts_ = {"127.0.0.1" + suffix, "[::1]" + suffix, "localhost" + suffix};
+  }
 
   /// One wait for the callback that answers `auth`; runs on the strand.
   asio::awaitable<secret> run(const authorization& auth) {
@@ -2841,6 +3002,10 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
     socket->close(ignored);
   }
 
+  bool is_own_host(std::optional<std::string_view> host) const {
+    return host && std::any_of(own_hosts_.begin(), own_hosts_.end(), [&](const std::string& h) { return iequals(*host, h); });
+  }
+
   http_response bad_request() const {
     return page_response(400, "Bad Request",
                          html_page(options_.app_name, "Bad request", "This request could not be understood."));
@@ -2850,6 +3015,10 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   // (the wait is woken only after the page is written, so the browser gets it).
   http_response route(http_request req, bool& ended_wait) {
     const auto& app = options_.app_name;
+    // DNS rebinding: a page on another site whose name resolves to 127.0.0.1
+    // reaches this port, but its requests name that site in Host.
+    if (!is_own_host(req.headers.get("Host")))
+      return page_response(400, "Bad Request", html_page(app, "Wrong host", "This address does not serve the sign-in."));
     auto path = std::string_view(req.target).substr(0, req.target.find('?'));
     if (path != callback_path_)
       return page_response(404, "Not Found", html_page(app, "Not found", "There is nothing here."));
@@ -2874,23 +3043,23 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
           failure_ = std::current_exception();
         }
         finished_ = ended_wait = true;
-        // The page shows the server's words, escaped, but never the code or the state.
-        const secret* own[] = {&params.code, &auth_->state, &auth_->code_verifier};
-        std::string message = denied ? "Access was not granted, so the application cannot continue."
-                                     : "The authorization server reported an error: " + sanitize_text(redact(params.error, own), 60) + ".";
-        if (!params.error_description.empty()) message += " " + sanitize_text(redact(params.error_description, own), 200);
+        // Fixed text: the server's words go to the application's error, sanitized, never to the page.
         return page_response(denied ? 403 : 400, denied ? "Forbidden" : "Bad Request",
-                             html_page(app, denied ? "Authorization denied" : "Authorization failed", message));
+                             denied ? html_page(app, "Authorization denied",
+                                                "Access was not granted, so the application cannot continue.")
+                                    : html_page(app, "Authorization failed",
+                                                "The authorization server reported an error. The application "
+                                                "shows the details."));
       }
       case callback_match::state_mismatch:
         return page_response(400, "Bad Request",
                              html_page(app, "Authorization mismatch",
-                                       "This response does not belong to the sign-in in progress. Start the "
-                                       "sign-in again from the application."));
+                                       "This response does not belong to the sign-in in progress, which goes "
+                                       "on. If it was not yours, close this tab."));
       case callback_match::incomplete: break;
     }
     return page_response(400, "Bad Request",
-                         html_page(app, "Incomplete authorization response", "The response lacks a code or a state."));
+                         html_page(app, "Incomplete authorization response", "The response lacks a code."));
   }
 
   asio::strand<asio::any_io_executor> strand_;
@@ -2898,6 +3067,7 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   std::vector<asio::ip::tcp::acceptor> acceptors_;
   std::vector<std::weak_ptr<asio::ip::tcp::socket>> connections_;
   std::string callback_path_;
+  std::array<std::string, 3> own_hosts_;
   asio::steady_timer done_;
   asio::steady_timer deadline_;
   const authorization* auth_ = nullptr;
@@ -2918,7 +3088,7 @@ class redirect_listener {
   redirect_listener(const asio::any_io_executor& ex, std::string_view redirect_uri, listener_options options = {})
       : state_(std::make_shared<detail::listener_state>(ex, std::move(options))) {
     url u = parse_url(redirect_uri);
-    if (u.is_https() || !is_loopback(u.host))
+    if (u.is_https() || !detail::names_loopback(u.host))
       detail::fail(errc::invalid_config, "the redirect listener needs an http:// loopback redirect_uri, not " + u.origin());
     state_->set_callback_path(std::string(u.path()));
     std::vector<asio::ip::address> addresses;
@@ -2927,6 +3097,7 @@ class redirect_listener {
     else
       addresses = {asio::ip::make_address(u.host)};
     bind_all(addresses, u.port);
+    state_->set_port(port_);
     if (u.port != 0) {
       redirect_uri_ = std::string(redirect_uri);  // exactly as registered
     } else {
@@ -3028,9 +3199,24 @@ inline bool command_exists(const std::string& name) {
   return false;
 }
 
+/// The environment a browser needs (display, locale, folders, proxies, the
+/// browser's own settings) and nothing else: a caller's
+/// ATLASSIAN_CLIENT_SECRET, cloud keys or database passwords stay behind.
+inline bool browser_needs(std::string_view entry) {
+  const auto name = entry.substr(0, entry.find('='));
+  static constexpr std::string_view names[] = {
+      "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "DISPLAY",
+      "WAYLAND_DISPLAY", "XAUTHORITY", "DBUS_SESSION_BUS_ADDRESS", "DESKTOP_SESSION", "BROWSER", "http_proxy",
+      "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"};
+  static constexpr std::string_view prefixes[] = {"LC_", "XDG_", "MOZ_", "CHROME_", "GTK_", "GDK_", "QT_", "KDE_", "GNOME_"};
+  return std::find(std::begin(names), std::end(names), name) != std::end(names) ||
+         std::any_of(std::begin(prefixes), std::end(prefixes), [&](std::string_view p) { return name.starts_with(p); });
+}
+
 /// Starts argv in the background through `sh -c '"$@" &'` (the URL is an
 /// argument, never shell text), so the browser is not our child, and reaps
-/// the short-lived shell without blocking the executor.
+/// the short-lived shell without blocking the executor. The browser gets
+/// only the environment it needs (browser_needs).
 inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   if (argv.empty() || !command_exists(argv.front()))
     fail(errc::browser_launch_failed, "browser command not found: " + (argv.empty() ? std::string("(empty)") : sanitize_text(argv.front(), 100)));
@@ -3039,6 +3225,10 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   std::vector<char*> cargs;
   for (auto& a : args) cargs.push_back(a.data());
   cargs.push_back(nullptr);
+  std::vector<char*> env;
+  for (char** e = environ; e && *e; ++e)
+    if (browser_needs(*e)) env.push_back(*e);
+  env.push_back(nullptr);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
@@ -3047,7 +3237,7 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   posix_spawn_file_actions_addclosefrom_np(&actions, 3);
 #endif
   pid_t pid = 0;
-  int err = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, cargs.data(), environ);
+  int err = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, cargs.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   if (err != 0) fail(errc::browser_launch_failed, "cannot start /bin/sh: " + std::generic_category().message(err));
   asio::steady_timer timer(co_await asio::this_coro::executor);
@@ -3060,47 +3250,114 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   }
 }
 
+/// A browser started as a command: `argv` with the URL as its last argument,
+/// or, with no argv, the system's (the first command of $BROWSER, `%s`
+/// standing for the URL, else `open` on macOS, else `xdg-open`).
+struct browser_command_opener {
+  std::vector<std::string> argv;
+
+  asio::awaitable<void> operator()(const std::string& url) const {
+    auto args = argv.empty() ? system_browser(url) : with_url(url);  // GCC 12 frees a ?: temporary in a co_await twice
+    co_await spawn_detached(std::move(args));
+  }
+
+ private:
+  std::vector<std::string> with_url(const std::string& url) const {
+    auto args = argv;
+    args.push_back(url);
+    return args;
+  }
+
+  static std::vector<std::string> system_browser(const std::string& url) {
+    std::vector<std::string> args;
+    bool url_placed = false;
+    if (const char* b = std::getenv("BROWSER"); b && *b) {
+      std::string_view cmd = b;
+      cmd = cmd.substr(0, cmd.find(':'));
+      while (!cmd.empty()) {
+        auto sp = cmd.find(' ');
+        if (sp != 0) {
+          std::string arg(cmd.substr(0, sp));
+          if (auto at = arg.find("%s"); at != std::string::npos) {
+            arg.replace(at, 2, url);
+            url_placed = true;
+          }
+          args.push_back(std::move(arg));
+        }
+        if (sp == std::string_view::npos) break;
+        cmd.remove_prefix(sp + 1);
+      }
+    }
+#if defined(__APPLE__)
+    if (args.empty()) args.emplace_back("open");
+#else
+    if (args.empty()) args.emplace_back("xdg-open");
+#endif
+    if (!url_placed) args.push_back(url);
+    return args;
+  }
+};
+
+/// A page that sends the browser on to a URL, in a folder of its own that
+/// only this user can read; both go when it does. Like Jupyter's redirect
+/// file: a browser's command line is public, a private file is not.
+class redirect_page {
+ public:
+  explicit redirect_page(const std::string& target) {
+    std::string base = "/tmp";
+    for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
+      if (const char* v = std::getenv(var); v && *v == '/') {
+        base = v;
+        break;
+      }
+    std::string dir = base + "/confluence_oauth-XXXXXX";
+    if (!::mkdtemp(dir.data()))  // mode 0700
+      fail(errc::browser_launch_failed, "cannot create a private folder in " + sanitize_text(base, 200) + ": " +
+                                            std::generic_category().message(errno));
+    dir_ = dir;
+    path_ = dir + "/sign-in.html";
+    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    const std::string to = html_escape(target);
+    std::string page = "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">"
+                       "<meta http-equiv=\"refresh\" content=\"0;url=" + to + "\"><title>Sign in</title></head>"
+                       "<body><p><a href=\"" + to + "\">Continue to sign in</a></p></body></html>\n";
+    bool written = fd >= 0 && ::write(fd, page.data(), page.size()) == static_cast<ssize_t>(page.size());
+    if (fd >= 0) ::close(fd);
+    OPENSSL_cleanse(page.data(), page.size());
+    if (!written) {
+      const int err = errno;
+      remove();
+      fail(errc::browser_launch_failed, "cannot write the sign-in page: " + std::generic_category().message(err));
+    }
+  }
+  redirect_page(const redirect_page&) = delete;
+  redirect_page& operator=(const redirect_page&) = delete;
+  ~redirect_page() { remove(); }
+
+  /// The page as a file: URL (the folder's name is random; nothing in it needs escaping).
+  std::string url() const { return "file://" + path_; }
+
+ private:
+  void remove() noexcept {
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  std::string dir_, path_;
+};
+
 }  // namespace detail
 
 /// A browser_opener that runs `argv` with the URL as its last argument.
 inline browser_opener browser_command(std::vector<std::string> argv) {
-  return [argv = std::move(argv)](const std::string& url) -> asio::awaitable<void> {
-    auto args = argv;
-    args.push_back(url);
-    co_await detail::spawn_detached(std::move(args));
-  };
+  return detail::browser_command_opener{std::move(argv)};
 }
 
-/// The system's opener: the first command of $BROWSER (colon-separated, `%s`
-/// standing for the URL) if set, else `open` on macOS, else `xdg-open`.
-inline asio::awaitable<void> open_browser(const std::string& url) {
-  std::vector<std::string> argv;
-  bool url_placed = false;
-  if (const char* b = std::getenv("BROWSER"); b && *b) {
-    std::string_view cmd = b;
-    cmd = cmd.substr(0, cmd.find(':'));
-    while (!cmd.empty()) {
-      auto sp = cmd.find(' ');
-      if (sp != 0) {
-        std::string arg(cmd.substr(0, sp));
-        if (auto at = arg.find("%s"); at != std::string::npos) {
-          arg.replace(at, 2, url);
-          url_placed = true;
-        }
-        argv.push_back(std::move(arg));
-      }
-      if (sp == std::string_view::npos) break;
-      cmd.remove_prefix(sp + 1);
-    }
-  }
-#if defined(__APPLE__)
-  if (argv.empty()) argv.emplace_back("open");
-#else
-  if (argv.empty()) argv.emplace_back("xdg-open");
-#endif
-  if (!url_placed) argv.push_back(url);
-  co_await detail::spawn_detached(std::move(argv));
-}
+/// The system's browser_opener: the first command of $BROWSER (colon-separated,
+/// `%s` standing for the URL) if set, else `open` on macOS, else `xdg-open`.
+/// Called as `co_await open_browser(url)`; authorize() gives it a private
+/// redirect page instead of the URL (listener_options::redirect_page).
+inline const detail::browser_command_opener open_browser{};
 
 namespace detail {
 
@@ -3108,8 +3365,14 @@ inline asio::awaitable<token_set> authorize(const oauth_client& client, const br
                                             const listener_options& options) {
   redirect_listener listener(client.get_executor(), client.config().redirect_uri, options);
   auto auth = client.begin_authorization(listener.redirect_uri());
-  co_await open(auth.url);
+  // A browser started as a command gets a private page, not the URL; any
+  // other opener (one that prints the URL, say) gets the URL itself.
+  std::optional<redirect_page> page;
+  if (options.redirect_page && open.target<browser_command_opener>()) page.emplace(auth.url);
+  const std::string target = page ? page->url() : auth.url;  // as above: not a ?: inside the co_await
+  co_await open(target);
   auto code = co_await listener.wait(auth);
+  page.reset();
   listener.close();
   co_return co_await client.exchange_code(std::move(code), std::move(auth));
 }
@@ -3380,6 +3643,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
 
   asio::awaitable<std::optional<token_set>> tokens() { co_return tokens_; }
 
+  std::string redact(std::string text) const {
+    std::lock_guard lock(known_mutex_);
+    std::vector<const secret*> secrets{&client_.config().client_secret};
+    for (const auto& s : known_) secrets.push_back(&s);
+    return detail::redact(std::move(text), secrets);
+  }
+
   /// A token fit to send now. A token inside the refresh skew is still handed
   /// out while a round refreshes it in the background.
   asio::awaitable<usable_token> token() {
@@ -3453,6 +3723,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   void install(std::optional<token_set> tokens) {
     withdraw_published();
     tokens_ = std::move(tokens);
+    remember(tokens_);
     obtained_at_ = clock::now();
     ++epoch_;
     unsaved_ = false;
@@ -3565,6 +3836,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     if (!save_failure.empty()) {
       if (ours) {  // keep the new grant (the old refresh token is spent) and save it before use
         tokens_ = std::move(next);
+        remember(tokens_);
         obtained_at_ = clock::now();
         unsaved_ = true;
         unsaved_base_ = stored;
@@ -3580,12 +3852,26 @@ class session_state : public std::enable_shared_from_this<session_state> {
       co_return;
     }
     tokens_ = std::move(next);
+    remember(tokens_);
     obtained_at_ = clock::now();
   }
 
   void take_from_store(std::optional<token_set> stored) {
     tokens_ = std::move(stored);
+    remember(tokens_);
     obtained_at_ = clock::now();
+  }
+
+  // The tokens the session has held lately, for redact(): a server may echo
+  // the one before the current. Under a mutex: redact() runs off the strand.
+  void remember(const std::optional<token_set>& t) {
+    if (!t) return;
+    std::lock_guard lock(known_mutex_);
+    for (const secret* s : {&t->access_token, &t->refresh_token})
+      if (!s->empty() && std::find(known_.begin(), known_.end(), *s) == known_.end()) {
+        known_.push_back(*s);
+        if (known_.size() > 8) known_.erase(known_.begin());
+      }
   }
 
   static bool transient(const std::error_code& ec) {
@@ -3631,6 +3917,8 @@ class session_state : public std::enable_shared_from_this<session_state> {
   // replaces the grant (install) and by every refresh round.
   mutable std::mutex published_mutex_;
   std::optional<usable_token> published_;
+  mutable std::mutex known_mutex_;
+  std::vector<secret> known_;  // see remember()
   clock::time_point published_until_;
   std::uint64_t epoch_ = 0;               // bumped when the grant is replaced from outside a round
   std::shared_ptr<refresh_round> round_;  // the round in flight
@@ -3719,6 +4007,12 @@ class session {
   const session_options& options() const noexcept { return state_->options(); }
   /// The API base without a trailing slash, e.g. "https://api.atlassian.com".
   std::string api_base() const { return state_->api_base(); }
+
+  /// `text` with the client secret and every token the session has held lately
+  /// replaced by "[redacted]", raw or encoded as the library sends them (and as
+  /// servers echo them): for printing what a server answered, which may echo a
+  /// token (an echo endpoint, a misconfigured proxy).
+  std::string redact(std::string text) const { return state_->redact(std::move(text)); }
 
   /// Where operations given a completion token other than use_awaitable run.
   const asio::any_io_executor& get_executor() const noexcept { return state_->client().get_executor(); }

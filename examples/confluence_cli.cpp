@@ -483,7 +483,8 @@ asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::file
   } else {
     body = co_await session.get_json(path);
   }
-  std::cout << body.dump(2) << '\n';  // dump escapes control characters
+  // dump escapes control characters; an answer that echoes a token or the secret shows none
+  std::cout << session.redact(body.dump(2)) << '\n';
   co_return flushed();
 }
 

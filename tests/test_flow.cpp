@@ -107,15 +107,21 @@ TEST_CASE("consent with Deny ends with authorization_denied and no token request
   CHECK(f.srv.stats().token_requests == 0);
 }
 
-TEST_CASE("a denial that does not echo the state is still a denial") {
+// Only a callback with the sign-in's state may end it (anyone can send a stateless
+// error); a server that drops the state on denial leaves the wait to its deadline.
+TEST_CASE("a denial that does not echo the state gets the mismatch page and the wait runs to its deadline") {
   fake_atlassian::options o;
   o.echo_state_on_deny = false;
   flow_fixture f(o);
   auto seen = std::make_shared<test_browser::visit>();
+  cfo::listener_options lo;
+  lo.timeout = 1500ms;
   CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
           cfo::oauth_client client(ex, f.config());
-          co_await cfo::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen));
-        }) == cfo::errc::authorization_denied);
+          co_await cfo::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen), lo);
+        }) == cfo::errc::listener_timeout);
+  CHECK(seen->status == 400);
+  CHECK(seen->body.find("Authorization mismatch") != std::string::npos);
 }
 
 TEST_CASE("auto-approve and PKCE with form encoding") {

@@ -141,7 +141,7 @@ TEST_CASE("a fixed port is bound as given and kept verbatim") {
   });
 }
 
-TEST_CASE("denial ends the wait with authorization_denied and an escaped page") {
+TEST_CASE("denial ends the wait with authorization_denied and a page of fixed text") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
     pending_login login(ex);
     auto& [client, l, a, w] = login;
@@ -152,19 +152,81 @@ TEST_CASE("denial ends the wait with authorization_denied and an escaped page") 
     CHECK(w.error == cfo::errc::authorization_denied);
     CHECK(res.status == 403);
     CHECK(res.body.find("Authorization denied") != std::string::npos);
-    CHECK(res.body.find("<script>") == std::string::npos);
-    CHECK(res.body.find("&lt;script&gt;") != std::string::npos);
+    CHECK(res.body.find("alert(1)") == std::string::npos);
   });
 }
 
-TEST_CASE("denial without a state still ends the wait") {
+// Security: any web page can send the browser to the listener with
+// ?error=access_denied. Before 1.1 that ended the sign-in in progress and put the
+// attacker's description on the page and in the error.
+TEST_CASE("an error without the sign-in's state gets a fixed page and the wait goes on") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
     pending_login login(ex);
     auto& [client, l, a, w] = login;
-    auto res = co_await get(client, l, "/callback?error=access_denied");
+    for (std::string target : {"/callback?error=access_denied&error_description=Your%20account%20is%20locked%3A%20call%20EVIL",
+                               "/callback?error=server_error&error_description=EVIL&state=forged"}) {
+      auto res = co_await get(client, l, target);
+      CHECK(res.status == 400);
+      CHECK(res.body.find("Authorization mismatch") != std::string::npos);
+      CHECK(res.body.find("EVIL") == std::string::npos);
+    }
+    co_await sleep(50ms);
+    CHECK_FALSE(w.done);
+    auto ok = co_await get(client, l, callback(a));
+    CHECK(ok.status == 200);
     co_await until_done(w);
-    CHECK(w.error == cfo::errc::authorization_denied);
-    CHECK(res.status == 403);
+    CHECK(w.code);
+  });
+}
+
+// Security: DNS rebinding. A page on attacker.example whose name resolves to
+// 127.0.0.1 reaches the listener's port; its requests carry its own Host.
+TEST_CASE("requests naming another host get 400 and the wait goes on") {
+  test_util::run([](auto ex) -> asio::awaitable<void> {
+    pending_login login(ex);
+    auto& [client, l, a, w] = login;
+    const std::string port = std::to_string(l.port());
+    auto raw = [&](std::string host_line) -> asio::awaitable<std::string> {
+      tcp::socket s(ex);
+      co_await s.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), l.port()), asio::use_awaitable);
+      std::string request = "GET " + callback(a) + " HTTP/1.1\r\n" + host_line + "Connection: close\r\n\r\n";
+      co_await asio::async_write(s, asio::buffer(request), cfo::detail::use_tuple);
+      std::string reply;
+      co_await asio::async_read(s, asio::dynamic_buffer(reply), cfo::detail::use_tuple);
+      co_return reply;
+    };
+    for (std::string host : {"Host: attacker.example:" + port + "\r\n", std::string("Host: attacker.example\r\n"),
+                             "Host: 127.0.0.1:" + std::to_string(l.port() == 65535 ? 1 : l.port() + 1) + "\r\n",
+                             std::string("Host: localhost.attacker.example:") + port + "\r\n", std::string()}) {
+      auto reply = co_await raw(host);
+      CHECK_MESSAGE(reply.rfind("HTTP/1.1 400", 0) == 0, host);
+      CHECK(reply.find("Authorization complete") == std::string::npos);
+    }
+    co_await sleep(50ms);
+    CHECK_FALSE(w.done);
+    auto reply = co_await raw("Host: localhost:" + port + "\r\n");
+    CHECK(reply.rfind("HTTP/1.1 200", 0) == 0);
+    co_await until_done(w);
+    CHECK(w.code);
+  });
+}
+
+TEST_CASE("every loopback spelling of the listener's own host is accepted") {
+  test_util::run([](auto ex) -> asio::awaitable<void> {
+    for (std::string host : {"[::1]", "localhost", "LocalHost", "127.0.0.1"}) {
+      pending_login login(ex);
+      auto& [client, l, a, w] = login;
+      tcp::socket s(ex);
+      co_await s.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), l.port()), asio::use_awaitable);
+      std::string request = "GET " + callback(a) + " HTTP/1.1\r\nHost: " + host + ":" + std::to_string(l.port()) +
+                            "\r\nConnection: close\r\n\r\n";
+      co_await asio::async_write(s, asio::buffer(request), cfo::detail::use_tuple);
+      std::string reply;
+      co_await asio::async_read(s, asio::dynamic_buffer(reply), cfo::detail::use_tuple);
+      CHECK_MESSAGE(reply.rfind("HTTP/1.1 200", 0) == 0, host);
+      co_await until_done(w);
+      CHECK(w.code);
+    }
   });
 }
 

@@ -310,14 +310,18 @@ TEST_CASE("callbacks are parsed and matched against the pending state") {
   auto other = cfo::parse_callback("code=x&state=other");
   CHECK(cfo::match_callback(other, auth) == cfo::callback_match::state_mismatch);
   CHECK(errc_of([&] { cfo::verify_callback(other, auth); }) == cfo::errc::state_mismatch);
-  auto denied = cfo::parse_callback("http://localhost/cb?error=access_denied&error_description=User%20did%20not%20authorize");
+  auto denied = cfo::parse_callback("http://localhost/cb?error=access_denied&error_description=User%20did%20not%20authorize&state=the-state");
   CHECK(cfo::match_callback(denied, auth) == cfo::callback_match::denied);
   CHECK(errc_of([&] { cfo::verify_callback(denied, auth); }) == cfo::errc::authorization_denied);
   auto denied_other = cfo::parse_callback("?error=access_denied&state=other");
   CHECK(cfo::match_callback(denied_other, auth) == cfo::callback_match::state_mismatch);
   auto failed = cfo::parse_callback("?error=server_error&state=the-state");
   CHECK(errc_of([&] { cfo::verify_callback(failed, auth); }) == cfo::errc::authorization_failed);
-  CHECK(cfo::match_callback(cfo::parse_callback("/callback"), auth) == cfo::callback_match::incomplete);
+  // An error without the state is anyone's: it must not answer the authorization (fails before 1.1).
+  auto stateless = cfo::parse_callback("?error=access_denied&error_description=Evil");
+  CHECK(cfo::match_callback(stateless, auth) == cfo::callback_match::state_mismatch);
+  CHECK(errc_of([&] { cfo::verify_callback(stateless, auth); }) == cfo::errc::state_mismatch);
+  CHECK(cfo::match_callback(cfo::parse_callback("/callback"), auth) == cfo::callback_match::state_mismatch);
   CHECK(cfo::match_callback(cfo::parse_callback("?state=the-state"), auth) == cfo::callback_match::incomplete);
 }
 

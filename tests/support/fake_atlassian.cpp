@@ -782,7 +782,13 @@ response server::impl::code_grant_answer(const fields& f) {
   if (c.expires <= now() || c.client_id != opts.client_id)
     return token_error(400, "invalid_request", "authorization_code is invalid");
   if (get(f, "redirect_uri") != c.redirect_uri) return token_error(400, "invalid_grant", "redirect_uri mismatch");
-  if (!c.challenge.empty() && f.contains("code_verifier") && s256(get(f, "code_verifier")) != c.challenge)
+  // Strict PKCE (RFC 7636 4.6, RFC 9700 2.1.1): a code issued with a challenge needs
+  // its verifier, and a verifier for a code issued without one is a downgrade.
+  if (c.challenge.empty() && f.contains("code_verifier"))
+    return token_error(400, "invalid_grant", "code_verifier given for a code issued without code_challenge");
+  if (!c.challenge.empty() && !f.contains("code_verifier"))
+    return token_error(400, "invalid_grant", "code_verifier is required");
+  if (!c.challenge.empty() && s256(get(f, "code_verifier")) != c.challenge)
     return token_error(400, "invalid_grant", "code_verifier does not match code_challenge");
   ++count.authorization_code_grants;
   std::string id = random_token();
@@ -1265,9 +1271,10 @@ void server::push_status(std::string path_prefix, int status, std::string json_b
       {std::move(path_prefix), {outcome::answer, {status, std::move(headers), std::move(json_body)}, {}, false}});
 }
 
-std::string server::issue_code(const std::string& redirect_uri, const std::string& scope) {
+std::string server::issue_code(const std::string& redirect_uri, const std::string& scope,
+                               const std::string& code_challenge) {
   std::lock_guard lock(impl_->mu);
-  return impl_->new_code(redirect_uri, scope, {});
+  return impl_->new_code(redirect_uri, scope, code_challenge);
 }
 
 void server::revoke_all() {

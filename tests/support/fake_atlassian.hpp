@@ -123,9 +123,11 @@ class server {
   // only once the stall has it).
   std::size_t queued_faults() const;
 
-  // A valid code, as if the user had consented (no PKCE challenge). redirect_uri is not
-  // checked against the registered ones, so tests can also make mismatching codes.
-  std::string issue_code(const std::string& redirect_uri, const std::string& scope);
+  // A valid code, as if the user had consented, bound to `code_challenge` (S256; empty:
+  // none) as /authorize would bind it. redirect_uri is not checked against the
+  // registered ones, so tests can also make mismatching codes.
+  std::string issue_code(const std::string& redirect_uri, const std::string& scope,
+                         const std::string& code_challenge = {});
   void revoke_all();  // revoke every token family (refresh and access tokens)
 
  private:

@@ -1,5 +1,6 @@
 // fake-browser — an HTTP client that plays the user's browser in the OAuth
-// authorization flow: it opens the URL, follows redirects, answers the fake
+// authorization flow: it opens the URL (or the local redirect page that
+// authorize() hands browsers, a file:// URL), follows redirects, answers the fake
 // server's consent page with Allow (or Deny), and ends on the app's callback.
 // Used by the demo when Chromium is absent, and as `--browser` in the tests.
 //
@@ -11,7 +12,10 @@
 #include "test_browser.hpp"
 
 #include <exception>
+#include <fstream>
 #include <iostream>
+#include <iterator>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -28,9 +32,23 @@ constexpr std::string_view usage_text =
 
 std::string without_query(std::string_view url) { return std::string(url.substr(0, url.find('?'))); }
 
+/// Where a local page's `<meta http-equiv="refresh" content="0;url=...">` leads, as a browser reads it.
+std::string follow_local_page(std::string_view file_url) {
+  std::ifstream in(std::string(file_url.substr(7)));
+  std::string page((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string_view marker = "http-equiv=\"refresh\" content=\"0;url=";
+  auto at = page.find(marker);
+  if (!in || at == std::string::npos) throw std::runtime_error("no redirect in the local page " + std::string(file_url));
+  at += marker.size();
+  std::string target = page.substr(at, page.find('"', at) - at);
+  for (auto amp = target.find("&amp;"); amp != std::string::npos; amp = target.find("&amp;", amp + 1)) target.erase(amp + 1, 4);
+  return target;
+}
+
 asio::awaitable<int> run(std::string start, cfo::tls_options tls, test_browser::decision decision) {
   try {
     cfo::detail::http_client http(co_await asio::this_coro::executor, tls, cfo::timeouts{});
+    if (start.starts_with("file://")) start = follow_local_page(start);
     auto visit = co_await test_browser::browse(http, start, decision);
     for (const auto& u : visit.urls) std::cerr << "fake-browser: visited " << without_query(u) << '\n';
     std::cerr << "fake-browser: final status " << visit.status << " at " << without_query(visit.url) << '\n';
