@@ -299,6 +299,59 @@ TEST_CASE("store security: a file of the first format still loads, and the next 
   CHECK(loaded->refresh_token.reveal() == "v1-refresh");
 }
 
+#if defined(CFO_CLI_PATH)
+
+TEST_CASE("store security: confluence-cli refuses a key file that is a symbolic link or not the user's") {
+  test_util::temp_dir dir;
+  const auto key_file = dir / "key", link = dir / "key-link";
+  write_file(key_file, std::string(64, 'a') + "\n", 0600);
+  fs::create_symlink(key_file, link);
+  auto cli = [&](const std::string& key) {
+    return test_util::run_process({CFO_CLI_PATH, "--client-id", "test-client-id", "--client-secret", "test-client-secret",
+                                   "--token-file", dir / "tokens.json", "--key-file", key, "token"});
+  };
+  auto linked = cli(link);
+  CAPTURE(linked.err);
+  CHECK(linked.exit_code == 2);
+  CHECK(linked.err.find("symbolic link") != std::string::npos);
+  CHECK(cli(key_file).exit_code == 4);  // the key itself is fine: not logged in
+
+  if (::geteuid() != 0) {
+    MESSAGE("not root: cannot give the key file to another user; the owner check is tested as root (as CI runs)");
+    return;
+  }
+  REQUIRE(::chown(key_file.c_str(), nobody, nobody) == 0);
+  auto theirs = cli(key_file);
+  CAPTURE(theirs.err);
+  CHECK(theirs.exit_code == 2);
+  CHECK(theirs.err.find("owned by user 65534") != std::string::npos);
+}
+
+TEST_CASE("store security: confluence-cli logout removes the lock file, also one left alone") {
+  test_util::temp_dir dir;
+  const auto path = dir / "tokens.json", lock_path = dir / "tokens.json.lock";
+  auto logout = [&] {
+    return test_util::run_process({CFO_CLI_PATH, "--client-id", "test-client-id", "--client-secret", "test-client-secret",
+                                   "--token-file", path, "logout"});
+  };
+  cfo::file_token_store store(path);
+  save(store, tokens("a", "r"));
+  { auto held = test_util::run([&](auto) -> asio::awaitable<cfo::store_lock> { co_return co_await store.lock(); }); }
+  auto r = logout();
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK_FALSE(fs::exists(path));
+  CHECK_FALSE(fs::exists(lock_path));
+
+  write_file(lock_path, "", 0600);  // left by an older version's logout
+  auto alone = logout();
+  CAPTURE(alone.err);
+  CHECK(alone.exit_code == 0);
+  CHECK_FALSE(fs::exists(lock_path));
+}
+
+#endif
+
 }  // TEST_SUITE("store security")
 
 }  // namespace test_store_security
