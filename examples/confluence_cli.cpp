@@ -495,15 +495,8 @@ asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::file
 }
 
 asio::awaitable<int> logout(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
-  auto lock_file = store->path();
-  lock_file += ".lock";
-  auto present = [](const std::filesystem::path& p) {
-    std::error_code ec;
-    return std::filesystem::exists(std::filesystem::symlink_status(p, ec)) || ec;
-  };
-  // Nothing to forget: create no folder or lock file. A lock file alone is
-  // removed (logout removes both).
-  if (!present(store->path()) && !present(lock_file)) {
+  std::error_code ec;
+  if (!std::filesystem::exists(store->path(), ec) && !ec) {  // nothing to forget: create no folder or lock file
     std::cerr << "Not logged in: nothing to forget\n";
     co_return exit_ok;
   }
