@@ -1977,7 +1977,9 @@ class http_client {
 //    `token_set` is what the token endpoint grants; a `token_store` keeps it
 //    between runs. The file store writes atomically (temporary file, fsync,
 //    rename, fsync of the folder) with mode 0600, so a crash never leaves a
-//    half-written file and a rotated refresh token is never lost.
+//    half-written file and a rotated refresh token is never lost. Like OpenSSH
+//    with a private key, it refuses files and folders another local user could
+//    have planted or could change.
 // ============================================================================
 
 /// What the token endpoint grants. Streams print the secrets as fingerprints.
@@ -2171,6 +2173,78 @@ class unique_fd {
   fail(errc::store_error, what + ": " + std::generic_category().message(errno));
 }
 
+// A refused file is invalid_config (fix the configuration): the refusal lasts
+// until the user fixes the file, so store_error (retry later) would retry in
+// vain, and store_corrupt (sign in again) would send the user through a login
+// whose save is refused as well.
+[[noreturn]] inline void refuse_file(const std::filesystem::path& path, const std::string& why) {
+  fail(errc::invalid_config, path.string() + " is refused: " + why);
+}
+
+/// "0644": the permission bits of `mode`, as chmod takes them.
+inline std::string octal_mode(mode_t mode) {
+  std::string out = "0";
+  for (int shift : {6, 3, 0}) out += static_cast<char>('0' + ((mode >> shift) & 7));
+  return out;
+}
+
+/// Refuses the file `st` describes (from fstat or lstat) unless it is a
+/// regular file of this user that neither group nor others may read or write.
+inline void check_private_file(const struct stat& st, const std::filesystem::path& path) {
+  if (S_ISLNK(st.st_mode)) refuse_file(path, "it is a symbolic link");
+  if (!S_ISREG(st.st_mode)) refuse_file(path, "it is not a regular file");
+  if (st.st_uid != ::geteuid())
+    refuse_file(path, "it is owned by user " + std::to_string(st.st_uid) + ", not by this user (" +
+                          std::to_string(::geteuid()) + ")");
+  if ((st.st_mode & 077) != 0)
+    refuse_file(path, "group or others may read or write it (mode " + octal_mode(st.st_mode) + "): run chmod 600 on it");
+}
+
+/// Refuses a folder in which others could replace or remove the store's
+/// files: one that group or others may write, unless it is sticky (as /tmp
+/// is, where only a file's owner may rename or remove it). A missing folder is
+/// fine.
+inline void check_private_folder(const std::filesystem::path& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    fail_errno("cannot inspect " + dir.string());
+  }
+  if ((st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0)
+    refuse_file(dir, "group or others may write this folder (mode " + octal_mode(st.st_mode) + "): run chmod go-w on it");
+}
+
+/// The folder `path` is in.
+inline std::filesystem::path folder_of(const std::filesystem::path& path) {
+  return path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+}
+
+/// Opens `path` with `flags` and refuses it unless check_private_file passes,
+/// checking the open descriptor, never the path again (no race between the
+/// check and the use). Never follows a symbolic link, nor blocks on a FIFO;
+/// creates with mode 0600. An empty descriptor when the file does not exist
+/// and `flags` do not create it.
+inline unique_fd open_private_file(const std::filesystem::path& path, int flags) {
+  unique_fd fd(::open(path.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600));
+  if (!fd) {
+    if (errno == ENOENT && (flags & O_CREAT) == 0) return fd;
+    if (errno == ELOOP) refuse_file(path, "it is a symbolic link");
+    if (errno == EISDIR) refuse_file(path, "it is not a regular file");
+    fail_errno("cannot open " + path.string());
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) fail_errno("cannot inspect " + path.string());
+  check_private_file(st, path);
+  return fd;
+}
+
+/// Whether `path` still names the file open as `fd`.
+inline bool still_names(const std::filesystem::path& path, int fd) {
+  struct stat held {}, named {};
+  return ::fstat(fd, &held) == 0 && ::lstat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+         held.st_ino == named.st_ino;
+}
+
 inline void write_all(int fd, std::string_view data, const std::string& what) {
   while (!data.empty()) {
     auto n = ::write(fd, data.data(), data.size());
@@ -2180,13 +2254,13 @@ inline void write_all(int fd, std::string_view data, const std::string& what) {
   }
 }
 
-/// Reads a whole file of at most `limit` bytes; nullopt if it does not exist.
-inline std::optional<std::string> read_file(const std::filesystem::path& path, std::size_t limit) {
-  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    if (errno == ENOENT) return std::nullopt;
-    fail_errno("cannot open " + path.string());
-  }
+/// Reads a whole private file (see open_private_file) of at most `limit`
+/// bytes in a private folder (see check_private_folder); nullopt if it does
+/// not exist.
+inline std::optional<std::string> read_private_file(const std::filesystem::path& path, std::size_t limit) {
+  check_private_folder(folder_of(path));
+  unique_fd fd = open_private_file(path, O_RDONLY);
+  if (!fd) return std::nullopt;
   std::string out;
   std::array<char, 4096> buf;
   for (;;) {
@@ -2233,11 +2307,21 @@ inline void remove_stale_temporaries(const std::filesystem::path& path, const st
   }
 }
 
-/// Replaces `path` atomically: a crash leaves either the old or the new file
-/// (and a temporary file, which a later save removes).
+/// Replaces `path` atomically with a private file: a crash leaves either the
+/// old or the new file (and a temporary file, which a later save removes).
+/// Refuses, writing nothing, a folder or an existing file that
+/// check_private_folder or check_private_file refuses.
 inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
-  auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  auto dir = folder_of(path);
   create_private_folders(dir);
+  check_private_folder(dir);
+  // A file planted between this check and the rename is replaced, never
+  // written through: rename swaps the name, and O_EXCL creates the temporary.
+  struct stat existing {};
+  if (::lstat(path.c_str(), &existing) == 0)
+    check_private_file(existing, path);
+  else if (errno != ENOENT)
+    fail_errno("cannot inspect " + path.string());
   auto tmp = path;
   tmp += ".tmp-" + random_token(6);
   unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
@@ -2263,6 +2347,13 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
 /// clear error, never a garbage token. `lock` takes an advisory lock (flock)
 /// on "<file>.lock", so processes sharing the file refresh once. The file work
 /// is synchronous: a few small reads and writes and an fsync per save.
+///
+/// As OpenSSH treats a private key, the store refuses (invalid_config, naming
+/// the file and the reason; nothing read or written) a token or lock file that
+/// is a symbolic link, not a regular file, not owned by this user, or that
+/// group or others may read or write, and a folder that group or others may
+/// write unless it is sticky. A sealed file is bound to its file name: renaming
+/// the file makes it unreadable (moving its folder does not).
 class file_token_store final : public token_store {
  public:
   explicit file_token_store(std::filesystem::path path) : path_(std::move(path)) {}
@@ -2290,16 +2381,18 @@ class file_token_store final : public token_store {
   void set_lock_timeout(std::chrono::milliseconds timeout) noexcept { lock_timeout_ = timeout; }
 
   /// Reads the file (at most 1 MiB); nullopt when it does not exist. Throws
-  /// store_corrupt, store_key_mismatch or store_error.
+  /// invalid_config (a refused file or folder), store_corrupt,
+  /// store_key_mismatch or store_error.
   asio::awaitable<std::optional<token_set>> load() override {
-    auto text = detail::read_file(path_, 1024 * 1024);
+    auto text = detail::read_private_file(path_, 1024 * 1024);
     if (!text) co_return std::nullopt;
     detail::wipe_on_exit wipe{*text};
     co_return decode(*text);
   }
 
-  /// Decodes text read from the file, as load() does, without touching the
-  /// file. Throws store_corrupt or store_key_mismatch.
+  /// Decodes text read from the file, as load() does (a sealed text only
+  /// under the file's name), without touching the file. Throws store_corrupt
+  /// or store_key_mismatch.
   token_set decode(std::string_view text) const {
     auto j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
@@ -2319,38 +2412,48 @@ class file_token_store final : public token_store {
 
   /// Writes the file atomically, mode 0600; missing folders are created 0700.
   /// Removes temporary files that saves killed mid-way left over ten minutes
-  /// ago. Throws store_error.
+  /// ago. Throws invalid_config (a refused file or folder) or store_error.
   asio::awaitable<void> save(const token_set& tokens) override {
     std::string text = tokens.to_json().dump(2) + "\n";
     detail::wipe_on_exit wipe{text};
     if (encrypted()) {
-      nlohmann::json sealed = {{"format", format},
-                               {"key_id", key_id()},
-                               {"sealed", detail::base64url_encode(detail::aes256gcm_seal(key_.reveal(), text, format))}};
+      nlohmann::json sealed = {
+          {"format", format},
+          {"key_id", key_id()},
+          {"sealed", detail::base64url_encode(detail::aes256gcm_seal(key_.reveal(), text, associated_data()))}};
       text = sealed.dump(2) + "\n";
     }
     detail::write_file_atomically(path_, text);
     co_return;
   }
 
-  /// Removes the file; a missing one is fine. Throws store_error.
+  /// Removes the file and its lock file; missing ones are fine. Processes
+  /// sharing the file call it under lock(), as session::logout does: one
+  /// waiting for the lock meanwhile then takes the lock file made after it.
+  /// Throws store_error.
   asio::awaitable<void> clear() override {
-    if (::unlink(path_.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + path_.string());
+    for (const auto& file : {path_, lock_path()})
+      if (::unlink(file.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + file.string());
     co_return;
   }
 
-  /// Polls a non-blocking flock so that the executor never blocks.
+  /// Polls a non-blocking flock so that the executor never blocks. The lock
+  /// file is refused as the token file is. Throws invalid_config or store_error.
   asio::awaitable<store_lock> lock() override {
-    auto lock_path = path_;
-    lock_path += ".lock";
-    auto dir = lock_path.parent_path().empty() ? std::filesystem::path(".") : lock_path.parent_path();
+    const auto lock_path = this->lock_path();
+    const auto dir = detail::folder_of(lock_path);
     detail::create_private_folders(dir);
-    auto fd = std::make_shared<detail::unique_fd>(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!*fd) detail::fail_errno("cannot open " + lock_path.string());
+    detail::check_private_folder(dir);
+    auto fd = std::make_shared<detail::unique_fd>();
     asio::steady_timer wait(co_await asio::this_coro::executor);
     const auto deadline = std::chrono::steady_clock::now() + lock_timeout_;
     for (std::chrono::milliseconds delay{1};; delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
-      if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) break;
+      if (!*fd) *fd = detail::open_private_file(lock_path, O_RDWR | O_CREAT);
+      if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) {
+        if (detail::still_names(lock_path, fd->get())) break;
+        fd->reset();  // clear() removed it while we waited: lock the one at the path now
+        continue;
+      }
       if (errno == EINTR) continue;
       if (errno != EWOULDBLOCK) detail::fail_errno("cannot lock " + lock_path.string());
       if (std::chrono::steady_clock::now() >= deadline)
@@ -2364,7 +2467,25 @@ class file_token_store final : public token_store {
   }
 
  private:
-  static constexpr std::string_view format = "confluence_oauth/aes-256-gcm/1";
+  static constexpr std::string_view format = "confluence_oauth/aes-256-gcm/2";
+  /// Still read, so that an upgrade signs nobody out; the next save writes `format`.
+  static constexpr std::string_view first_format = "confluence_oauth/aes-256-gcm/1";
+
+  std::filesystem::path lock_path() const {
+    auto path = path_;
+    path += ".lock";
+    return path;
+  }
+
+  // Sealed with the token set, so that another file sealed with the same key
+  // (another grant's token file, a file of another purpose) cannot stand in
+  // for this one: it fails to open as an altered file would. The file name
+  // binds it, not the whole path, so that moving the folder (a new home
+  // folder, a backup restored elsewhere) keeps the file working; renaming the
+  // file itself signs the user out. The first format bound only itself.
+  std::string associated_data() const {
+    return std::string(format) + "\ntoken_set\n" + path_.filename().string();
+  }
 
   /// Names the key without revealing it, so a wrong key is told from an altered file.
   std::string key_id() const {
@@ -2378,13 +2499,22 @@ class file_token_store final : public token_store {
       if (it == j.end() || !it->is_string()) detail::fail(errc::store_corrupt, path_.string() + ": no " + name);
       return it->get<std::string>();
     };
-    if (field("format") != format)
+    const auto file_format = field("format");
+    if (file_format != format && file_format != first_format)
       detail::fail(errc::store_corrupt, path_.string() + " is in a format this version cannot read");
     if (!detail::constant_time_equal(field("key_id"), key_id()))
       detail::fail(errc::store_key_mismatch, path_.string() + " was encrypted with another key");
     auto data = detail::base64_decode(field("sealed"));
-    auto plain = data ? detail::aes256gcm_open(key_.reveal(), *data, format) : std::nullopt;
-    if (!plain) detail::fail(errc::store_corrupt, path_.string() + " has been altered: its authentication tag does not match");
+    const auto aad = file_format == format ? associated_data() : std::string(first_format);
+    auto plain = data ? detail::aes256gcm_open(key_.reveal(), *data, aad) : std::nullopt;
+    // The right key, but a tag that does not match: an altered file, or one
+    // sealed for another name or purpose. Either way it holds no grant of
+    // ours, so store_corrupt (sign in again), not store_key_mismatch (the key
+    // is the right one).
+    if (!plain)
+      detail::fail(errc::store_corrupt, path_.string() +
+                                            " has been altered, or was sealed for another file: its authentication "
+                                            "tag does not match");
     return std::move(*plain);
   }
 

@@ -113,8 +113,9 @@ std::string help_text() {
          "                          creates are mode 0700, the file is mode 0600\n"
          "  --key-file PATH         encrypt the token file (AES-256-GCM) with the key in\n"
          "                          PATH: 32 raw bytes or 64 hex digits, e.g. from\n"
-         "                          'openssl rand -hex 32'; PATH must not be accessible to\n"
-         "                          group or others; every command then needs the same key\n"
+         "                          'openssl rand -hex 32'; PATH must be a file of yours,\n"
+         "                          not a link, and not accessible to group or others;\n"
+         "                          every command then needs the same key\n"
          "  --authorize-url URL     authorization endpoint (default " + d.authorize_url + ")\n"
          "  --token-url URL         token endpoint (default " + d.token_url + ")\n"
          "  --api-url URL           API base URL (default " + d.api_url + ")\n"
@@ -197,14 +198,20 @@ std::filesystem::path default_token_file() {
 }
 
 /// The token file's key from --key-file: exactly 32 raw bytes, or 64 hex
-/// digits (trailing white space allowed). Like ssh with private keys, a file
-/// others may read or write is refused.
+/// digits (trailing white space allowed). Like ssh with private keys, a
+/// symbolic link, a file of another user and a file others may read or write
+/// are refused; the checks are on the open descriptor, so the file cannot be
+/// swapped between check and read.
 cfo::secret read_key_file(const std::string& path) {
   const std::string what = "--key-file " + cfo::detail::sanitize_text(path, 200);
-  cfo::detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  cfo::detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd && errno == ELOOP) usage_error(what + ": a symbolic link: name the key file itself");
   if (!fd) usage_error(what + ": " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) usage_error(what + ": not a regular file");
+  if (st.st_uid != ::geteuid())
+    usage_error(what + ": owned by user " + std::to_string(st.st_uid) + ", not by this user (" +
+                std::to_string(::geteuid()) + ")");
   if ((st.st_mode & 077) != 0)
     usage_error(what + ": the key is accessible to group or others (mode 0" +
                 std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +

@@ -213,6 +213,7 @@ TEST_CASE("the file store replaces atomically and reports corruption") {
   for (const char* corrupt : {"{not json", R"({"refresh_token":"x"})", R"({"access_token":"a","expires_at":9223372036854775807})"}) {
     CAPTURE(corrupt);
     { std::ofstream(path) << corrupt; }
+    REQUIRE(::chmod(path.c_str(), 0600) == 0);  // a file the umask left open to others is refused before it is read
     auto ec = test_util::error_of([&](auto) -> asio::awaitable<void> { co_await store.load(); });
     CHECK(ec == cfo::errc::store_corrupt);
     CHECK(ec == cfo::condition::reauthenticate);

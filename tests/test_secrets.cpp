@@ -662,7 +662,10 @@ TEST_CASE("secrets: token store errors never show the tokens or the key") {
   auto load_failure = [](cfo::file_token_store& store) {
     return failure_of([&](auto) -> asio::awaitable<void> { co_await store.load(); });
   };
-  auto write = [&](const std::string& text) { std::ofstream(path, std::ios::binary | std::ios::trunc) << text; };
+  auto write = [&](const std::string& text) {
+    { std::ofstream(path, std::ios::binary | std::ios::trunc) << text; }
+    ::chmod(path.c_str(), 0600);  // a file the umask left open to others is refused before it is read
+  };
 
   const std::string full = tokens.to_json().dump();
   struct corrupt {
