@@ -28,7 +28,7 @@ const flood_requests = 10_000;
 const flood_connections = 8;  // one source address each
 // High enough that thousands of authorizations are pending when the flood
 // ends, low enough that every flooding address runs into the limit.
-const connect_rate = 300;
+const connect_rate = 120;
 const max_growth_mib = 20;
 const abort_growth_mib = 256;  // the flood stops here: the old app grew by ~800 KiB a request
 const started = Date.now();
