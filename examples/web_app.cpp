@@ -3,15 +3,30 @@
 // integration.
 //
 //   GET  /           a "Connect to Confluence" button, or this user's spaces
-//   POST /connect    start an authorization for this browser (GET works too)
+//   POST /connect    start an authorization for this browser (its form carries
+//                    the browser's CSRF token; GET gets 405)
 //   GET  /callback   Atlassian's redirect back (the path of --redirect-uri)
-//   POST /logout     forget this user's grant
+//   POST /logout     forget this user's grant (with the CSRF token too)
 //
-// Browsers are told apart by a random session cookie. An authorization belongs
-// to the cookie that started it, so a callback carrying the state of another
-// browser, or of none, is refused: nobody can slip their own grant into a
-// victim's browser (login CSRF). Each user's grant lives in that user's own
-// token store, behind that user's own session.
+// Browsers are told apart by a random cookie, __Host-webapp_session when the
+// app is served over HTTPS (plain webapp_session on a loopback http origin,
+// where browsers refuse Secure cookies). An authorization belongs to the
+// cookie that started it, so a callback carrying the state of another browser,
+// or of none, is refused with a fixed message: nobody can slip their own grant
+// into a victim's browser (login CSRF), and nothing from the request is shown.
+//
+// Anonymous traffic must not be able to knock the app over, so a visitor
+// costs nothing until they have a grant:
+// - one OAuth client (one TLS context, one connection pool) serves every user;
+// - the start page gives each browser a cookie and a form token derived from
+//   it (an HMAC under a per-process key): no server state;
+// - Connect is a POST that must carry that token, and is rate limited per
+//   client address (a token bucket, --connect-rate a minute);
+// - an authorization awaiting its callback is a few hundred bytes (state,
+//   PKCE verifier, cookie, deadline) in one map with a global and a
+//   per-browser cap, expired as it goes;
+// - only a browser that came back with a grant gets a cfo::session, with its
+//   own token store.
 //
 // The whole program is one asio::io_context on one thread and every request
 // is a coroutine. Its HTTP server is deliberately minimal: one request per
@@ -20,18 +35,24 @@
 
 #include "confluence_oauth.hpp"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
+#include <list>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -46,6 +67,7 @@
 namespace cfo = confluence_oauth;
 using namespace std::chrono_literals;
 using asio::ip::tcp;
+using steady_time = std::chrono::steady_clock::time_point;
 
 namespace {
 
@@ -56,20 +78,22 @@ constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 #endif
 
 const std::string app_name = "Confluence web app";
-const std::string cookie_name = "webapp_session";
 
 // Limits on what one connection may cost.
 constexpr std::size_t max_head_bytes = 16 * 1024;
 constexpr std::size_t max_header_count = 64;
-constexpr std::size_t max_body_bytes = 64 * 1024;  // only forms with a button are ever posted here
-constexpr auto read_timeout = 10s;                   // the whole request, head and body
-constexpr auto write_timeout = 10s;                  // the response, then the lingering close
-constexpr std::size_t max_connections = 256;         // more are closed at once
+constexpr std::size_t max_body_bytes = 8 * 1024;  // only forms with a button and a token are ever posted here
+constexpr auto read_timeout = 10s;                 // the whole request, head and body
+constexpr auto write_timeout = 10s;                // the response, then the lingering close
+constexpr std::size_t max_connections = 256;       // more are closed at once
 
-// Limits on what one browser may cost.
+// Limits on what visitors may cost.
 constexpr auto pending_lifetime = 10min;  // Atlassian's codes and consent pages live about as long
-constexpr std::size_t max_pending_per_user = 4;
-constexpr std::size_t max_users = 10000;
+constexpr std::size_t max_pending = 10000;           // authorizations awaiting their callback, all browsers
+constexpr std::ptrdiff_t max_pending_per_browser = 4;
+constexpr unsigned default_connect_rate = 20;        // Connect clicks a minute per client address
+constexpr std::size_t max_rate_limited_clients = 10000;
+constexpr std::size_t max_users = 10000;             // browsers holding a grant, each with its own session
 constexpr std::size_t max_spaces_per_site = 250;
 
 // ---------------------------------------------------------------------------
@@ -85,7 +109,10 @@ std::string help_text() {
   return "usage: web-app [options]\n"
          "\n"
          "A small multi-user web app: each browser connects its own Confluence Cloud\n"
-         "account with OAuth 2.0 (3LO) and sees its spaces.\n"
+         "account with OAuth 2.0 (3LO) and sees its spaces. Connect posts a form with\n"
+         "a per-browser CSRF token; a browser holds server state only while its\n"
+         "authorization is pending (a few hundred bytes, at most " + std::to_string(max_pending) + " in all) and\n"
+         "once it has a grant.\n"
          "\n"
          "Options (--opt VALUE or --opt=VALUE):\n"
          "  --host ADDRESS            IP address to listen on (default 127.0.0.1)\n"
@@ -98,7 +125,12 @@ std::string help_text() {
          "  --redirect-uri URI        callback URL registered for the app (default\n"
          "                            http://HOST:PORT/callback); the app serves its path.\n"
          "                            Open the app on this URI's origin: the session cookie\n"
-         "                            must come back with the callback\n"
+         "                            must come back with the callback. An https URI means\n"
+         "                            the app is served over HTTPS (behind a proxy): the\n"
+         "                            cookie is then __Host-webapp_session, Secure\n"
+         "  --connect-rate N          Connect requests a minute per client address (IPv6:\n"
+         "                            per /64), as many at once; more get 429 (default " +
+         std::to_string(default_connect_rate) + ")\n"
          "  --authorize-url URL       authorization endpoint (also --auth-url; default\n"
          "                            " + d.authorize_url + ")\n"
          "  --token-url URL           token endpoint (default " + d.token_url + ")\n"
@@ -115,12 +147,21 @@ struct settings {
   std::string host = "127.0.0.1";
   std::uint16_t port = 3000;
   std::string port_file;
+  unsigned connect_rate = default_connect_rate;
   bool redirect_given = false;  // else http://HOST:PORT/callback, once the port is known
 };
 
 std::string env(const char* name) {
   const char* v = std::getenv(name);
   return v ? v : "";
+}
+
+/// A whole decimal number from `min` to `max`, or nullopt.
+std::optional<unsigned> parse_unsigned(std::string_view text, unsigned min, unsigned max) {
+  unsigned n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || n < min || n > max) return std::nullopt;
+  return n;
 }
 
 cfo::secret read_secret_file(const std::string& path) {
@@ -158,13 +199,16 @@ settings parse_arguments(int argc, char** argv) {
       if (ec) throw usage_error("--host: expected an IP address, got \"" + s.host + "\"");
     } else if (name == "--port") {
       auto text = value();
-      unsigned port = 0;
-      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), port);
-      if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || port > 65535)
-        throw usage_error("--port: expected a port from 0 to 65535, got \"" + text + "\"");
-      s.port = static_cast<std::uint16_t>(port);
+      auto port = parse_unsigned(text, 0, 65535);
+      if (!port) throw usage_error("--port: expected a port from 0 to 65535, got \"" + text + "\"");
+      s.port = static_cast<std::uint16_t>(*port);
     } else if (name == "--port-file") {
       s.port_file = value();
+    } else if (name == "--connect-rate") {
+      auto text = value();
+      auto rate = parse_unsigned(text, 1, 1000000);
+      if (!rate) throw usage_error("--connect-rate: expected a number from 1 to 1000000, got \"" + text + "\"");
+      s.connect_rate = *rate;
     } else if (name == "--client-id") {
       client_id = value();
     } else if (name == "--client-secret-file") {
@@ -196,7 +240,21 @@ settings parse_arguments(int argc, char** argv) {
 // HTML
 // ---------------------------------------------------------------------------
 
-using cfo::detail::html_escape;  // the library's own, which its listener pages use too
+std::string html_escape(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
 
 /// A whole page. `id` names the page for scripts and tests; `content` is HTML.
 std::string html_page(std::string_view id, std::string_view title, std::string_view content) {
@@ -215,13 +273,13 @@ std::string html_page(std::string_view id, std::string_view title, std::string_v
   return out;
 }
 
-const std::string connect_button =
-    "<form method=\"post\" action=\"/connect\">"
-    "<button type=\"submit\" id=\"connect\">Connect to Confluence</button></form>\n";
-
-const std::string logout_button =
-    "<form method=\"post\" action=\"/logout\">"
-    "<button type=\"submit\" id=\"logout\">Disconnect</button></form>\n";
+/// A form that posts only a button and the browser's CSRF token to `action`.
+std::string button_form(std::string_view action, std::string_view csrf_token, std::string_view id,
+                        std::string_view label) {
+  return "<form method=\"post\" action=\"" + html_escape(action) + "\"><input type=\"hidden\" name=\"csrf\" value=\"" +
+         html_escape(csrf_token) + "\"><button type=\"submit\" id=\"" + html_escape(id) + "\">" + html_escape(label) +
+         "</button></form>\n";
+}
 
 const std::string back_link = "<p><a href=\"/\">Back to the start page</a></p>\n";
 
@@ -234,6 +292,8 @@ std::string paragraph(std::string_view text) { return "<p>" + html_escape(text) 
 struct request {
   std::string method, target;
   std::vector<std::pair<std::string, std::string>> headers;  // names in lower case
+  std::string body;
+  asio::ip::address peer;  // the client's address, for the rate limit
 
   std::string_view path() const { return std::string_view(target).substr(0, target.find('?')); }
   const std::string* header(std::string_view lower_name) const {
@@ -279,6 +339,7 @@ std::string_view reason_phrase(int status) {
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
@@ -396,70 +457,225 @@ void arm_deadline(asio::steady_timer& timer, const std::shared_ptr<tcp::socket>&
 }
 
 // ---------------------------------------------------------------------------
-// The app: users, their pending authorizations, the routes
+// Browser ids, form tokens, pending authorizations, the rate limit
 // ---------------------------------------------------------------------------
 
-/// One browser. Its session talks to Confluence with this user's grant only.
-struct user {
-  user(const asio::any_io_executor& ex, const cfo::client_config& config)
-      : session(ex, config, std::make_shared<cfo::memory_token_store>()) {}
-
-  struct pending_authorization {
-    cfo::authorization auth;
-    std::chrono::steady_clock::time_point expires;
-  };
-
-  cfo::session session;  // owns this user's own token store
-  std::vector<pending_authorization> pending;  // Connect clicks awaiting their callback, oldest first
-  bool connected = false;                      // the store holds a grant
-
-  void drop_expired(std::chrono::steady_clock::time_point now) {
-    std::erase_if(pending, [now](const auto& p) { return p.expires <= now; });
+std::string hex(const unsigned char* bytes, std::size_t size) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * size);
+  for (std::size_t i = 0; i < size; ++i) {
+    out += digits[bytes[i] >> 4];
+    out += digits[bytes[i] & 15];
   }
-};
-
-std::string new_session_id() {
-  std::array<unsigned char, 32> bytes;  // 256 bits: cannot be guessed
-  if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1)
-    throw std::runtime_error("the random number generator failed");
-  static constexpr char hex[] = "0123456789abcdef";
-  std::string id;
-  for (unsigned char b : bytes) {
-    id += hex[b >> 4];
-    id += hex[b & 15];
-  }
-  return id;
+  return out;
 }
 
-bool is_session_id(std::string_view s) {
+template <std::size_t N>
+std::array<unsigned char, N> random_bytes() {
+  std::array<unsigned char, N> bytes;
+  if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1)
+    throw std::runtime_error("the random number generator failed");
+  return bytes;
+}
+
+std::string new_browser_id() {
+  auto bytes = random_bytes<32>();  // 256 bits: cannot be guessed
+  return hex(bytes.data(), bytes.size());
+}
+
+bool is_browser_id(std::string_view s) {
   auto hex_digit = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
   return s.size() == 64 && std::all_of(s.begin(), s.end(), hex_digit);
 }
 
-/// The session cookie of the request, when it has a well-formed one.
-std::optional<std::string> session_cookie(const request& req) {
-  for (const auto& [name, value] : req.headers) {
-    if (name != "cookie") continue;
-    std::string_view rest = value;
-    while (!rest.empty()) {
-      auto end = rest.find(';');
-      auto pair = trim_ows(rest.substr(0, end));
-      rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
-      auto eq = pair.find('=');
-      if (eq != std::string_view::npos && pair.substr(0, eq) == cookie_name && is_session_id(pair.substr(eq + 1)))
-        return std::string(pair.substr(eq + 1));
-    }
+/// The value of `name` in an urlencoded form, not decoded: the app's own
+/// fields carry hex digits only, which browsers send as they are.
+std::optional<std::string_view> form_field(std::string_view form, std::string_view name) {
+  while (!form.empty()) {
+    auto end = form.find('&');
+    auto pair = form.substr(0, end);
+    form = end == std::string_view::npos ? std::string_view{} : form.substr(end + 1);
+    auto eq = pair.find('=');
+    if (eq != std::string_view::npos && pair.substr(0, eq) == name) return pair.substr(eq + 1);
   }
   return std::nullopt;
 }
 
+/// The form token of each browser: an HMAC of its id under a key made at
+/// start-up. Another site cannot compute it, and it costs no server state.
+class csrf_tokens {
+ public:
+  std::string token_for(std::string_view browser) const {
+    std::array<unsigned char, EVP_MAX_MD_SIZE> mac;
+    unsigned size = 0;
+    if (!HMAC(EVP_sha256(), key_.data(), static_cast<int>(key_.size()),
+              reinterpret_cast<const unsigned char*>(browser.data()), browser.size(), mac.data(), &size))
+      throw std::runtime_error("HMAC-SHA256 failed");
+    return hex(mac.data(), size);
+  }
+
+  /// Compared in constant time: the time taken tells nothing of the right token.
+  bool valid(std::string_view browser, std::string_view token) const {
+    auto expected = token_for(browser);
+    return token.size() == expected.size() && CRYPTO_memcmp(token.data(), expected.data(), token.size()) == 0;
+  }
+
+ private:
+  std::array<unsigned char, 32> key_ = random_bytes<32>();
+};
+
+/// Authorizations started by Connect and awaiting their callback, oldest
+/// first: a few hundred bytes each, at most max_pending in all and
+/// max_pending_per_browser per browser, each for pending_lifetime. When full,
+/// the oldest makes room: a flood can only hurry sign-ins along, not block them.
+class pending_authorizations {
+ public:
+  void add(const std::string& browser, cfo::authorization auth, steady_time now) {
+    drop_expired(now);
+    auto [first, last] = by_browser_.equal_range(browser);
+    if (std::distance(first, last) >= max_pending_per_browser)
+      erase(std::min_element(first, last, [](const auto& a, const auto& b) {
+              return a.second->expires < b.second->expires;
+            })->second);
+    if (entries_.size() >= max_pending) erase(entries_.begin());
+    auth.url.clear();  // sent to the browser already; the callback needs the rest
+    auth.url.shrink_to_fit();
+    entries_.push_back(entry{browser, std::move(auth), now + pending_lifetime});
+    auto added = std::prev(entries_.end());
+    by_browser_.emplace(added->browser, added);
+  }
+
+  /// Takes out the authorization of `browser` whose state is `state`: single use.
+  std::optional<cfo::authorization> take(std::string_view browser, const cfo::secret& state, steady_time now) {
+    drop_expired(now);
+    auto [first, last] = by_browser_.equal_range(browser);
+    for (auto it = first; it != last; ++it) {
+      if (it->second->auth.state == state) {  // constant time
+        auto auth = std::move(it->second->auth);
+        erase(it->second);
+        return auth;
+      }
+    }
+    return std::nullopt;
+  }
+
+  /// Drops every authorization of `browser` (signed in, or signed out).
+  void forget(std::string_view browser) {
+    for (auto it = by_browser_.find(browser); it != by_browser_.end(); it = by_browser_.find(browser)) erase(it->second);
+  }
+
+ private:
+  struct entry {
+    std::string browser;
+    cfo::authorization auth;
+    steady_time expires;
+  };
+  using entry_list = std::list<entry>;
+
+  void drop_expired(steady_time now) {
+    // One lifetime for all: the oldest expires first.
+    while (!entries_.empty() && entries_.front().expires <= now) erase(entries_.begin());
+  }
+
+  void erase(entry_list::iterator e) {
+    auto [first, last] = by_browser_.equal_range(e->browser);
+    for (auto it = first; it != last; ++it) {
+      if (it->second == e) {
+        by_browser_.erase(it);
+        break;
+      }
+    }
+    entries_.erase(e);
+  }
+
+  entry_list entries_;
+  // Keys view the browser strings in entries_, whose nodes never move.
+  std::unordered_multimap<std::string_view, entry_list::iterator> by_browser_;
+};
+
+/// A token bucket per client address: `per_minute` requests a minute, as
+/// many at once. An IPv6 client counts by its /64, which one subscriber
+/// usually holds whole. Remembers at most max_rate_limited_clients buckets;
+/// a full bucket is forgotten (a new one is the same), and while every one is
+/// in use, new clients wait.
+class rate_limiter {
+ public:
+  explicit rate_limiter(unsigned per_minute) : per_second_(per_minute / 60.0), capacity_(per_minute) {}
+
+  /// Zero when `client` may go ahead now (and is counted), else how long it should wait.
+  std::chrono::seconds wait(const asio::ip::address& client, steady_time now) {
+    auto k = key_of(client);
+    auto it = buckets_.find(k);
+    if (it == buckets_.end()) {
+      if (buckets_.size() >= max_rate_limited_clients) forget_full_buckets(now);
+      if (buckets_.size() >= max_rate_limited_clients) return std::chrono::seconds(60);
+      it = buckets_.emplace(k, bucket{capacity_, now}).first;
+    }
+    auto& b = it->second;
+    b.tokens = tokens_at(b, now);
+    b.updated = now;
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return std::chrono::seconds(0);
+    }
+    return std::chrono::seconds(static_cast<long long>(std::ceil((1 - b.tokens) / per_second_)));
+  }
+
+ private:
+  using key = std::array<unsigned char, 16>;
+  struct key_hash {
+    std::size_t operator()(const key& k) const noexcept {
+      return std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(k.data()), k.size()));
+    }
+  };
+  struct bucket {
+    double tokens;
+    steady_time updated;
+  };
+
+  static key key_of(const asio::ip::address& a) {
+    if (a.is_v4()) return asio::ip::make_address_v6(asio::ip::v4_mapped, a.to_v4()).to_bytes();
+    auto v6 = a.to_v6();
+    if (v6.is_v4_mapped()) return v6.to_bytes();
+    auto bytes = v6.to_bytes();
+    std::fill(bytes.begin() + 8, bytes.end(), 0);
+    return bytes;
+  }
+
+  double tokens_at(const bucket& b, steady_time now) const {
+    double elapsed = std::chrono::duration<double>(now - b.updated).count();
+    return std::min(capacity_, b.tokens + elapsed * per_second_);
+  }
+
+  void forget_full_buckets(steady_time now) {
+    if (now < next_sweep_) return;  // at most once a second: a sweep walks every bucket
+    next_sweep_ = now + 1s;
+    std::erase_if(buckets_, [&](const auto& entry) { return tokens_at(entry.second, now) >= capacity_; });
+  }
+
+  double per_second_;
+  double capacity_;
+  steady_time next_sweep_{};
+  std::unordered_map<key, bucket, key_hash> buckets_;
+};
+
+// ---------------------------------------------------------------------------
+// The app: the routes
+// ---------------------------------------------------------------------------
+
 class web_app {
  public:
-  web_app(asio::any_io_executor ex, cfo::client_config config)
+  /// Validates the configuration (throws oauth_error) and makes the app's one OAuth client.
+  web_app(asio::any_io_executor ex, const cfo::client_config& config, unsigned connect_rate)
       : executor_(std::move(ex)),
-        config_(std::move(config)),
-        callback_path_(cfo::parse_url(config_.redirect_uri).path()),
-        secure_cookie_(cfo::parse_url(config_.redirect_uri).is_https()) {}
+        client_(executor_, config),
+        callback_path_(cfo::parse_url(client_.config().redirect_uri).path()),
+        https_(cfo::parse_url(client_.config().redirect_uri).is_https()),
+        // Browsers keep a __Host- cookie only when it is Secure, for Path=/ and without Domain:
+        // no subdomain or plain-http page can plant or overwrite it.
+        cookie_name_(https_ ? "__Host-webapp_session" : "webapp_session"),
+        connect_limit_(connect_rate) {}
 
   std::size_t connections = 0;  // open HTTP connections
 
@@ -477,7 +693,10 @@ class web_app {
       failed = 500;
       failure = e.what();
     }
-    if (failed) res = page(failed, "error", "Something went wrong", paragraph(failure) + back_link);
+    // The details go to the log only: they may hold a server's words.
+    if (failed)
+      res = page(failed, "error", "Something went wrong",
+                 paragraph("The app could not complete this request. Try again later.") + back_link);
     // The path only: a callback's query holds an authorization code.
     std::clog << "web-app: " << req.method << ' ' << req.path() << ' ' << res.status;
     if (failed) std::clog << ": " << failure;
@@ -497,10 +716,10 @@ class web_app {
       co_return page(403, "error", "Forbidden", paragraph("This form was posted from another site."));
     if (path == "/") {
       if (req.method != "GET") co_return method_not_allowed("GET");
-      co_return co_await home(find_user(req));
+      co_return co_await home(req);
     }
     if (path == "/connect") {
-      if (req.method != "GET" && req.method != "POST") co_return method_not_allowed("GET, POST");
+      if (req.method != "POST") co_return method_not_allowed("POST");
       co_return connect(req);
     }
     if (path == callback_path_) {
@@ -516,31 +735,41 @@ class web_app {
 
   // --- GET /: the Connect button, or this user's spaces ---
 
-  asio::awaitable<response> home(std::shared_ptr<user> u) {
-    if (!u || !u->connected)
-      co_return start_page("Connect your Confluence Cloud account to see your spaces here.");
+  asio::awaitable<response> home(const request& req) {
+    auto id = browser_id(req);
+    auto user = id ? connected_.find(*id) : connected_.end();
+    if (user == connected_.end())
+      co_return start_page(id, "Connect your Confluence Cloud account to see your spaces here.");
+    auto session = user->second;  // a handle of its own: the map may change while we wait
     std::string spaces;
     bool grant_gone = false;
     try {
-      spaces = co_await spaces_html(*u);
+      spaces = co_await spaces_html(session);
     } catch (const cfo::oauth_error& e) {
       if (e.code() != cfo::condition::reauthenticate) throw;
       grant_gone = true;  // revoked, expired or never had offline_access: only a new consent helps
     }
     if (grant_gone) {
-      co_await u->session.logout();
-      u->connected = false;
-      co_return start_page("Your Confluence connection has expired or was revoked. Connect again.");
+      connected_.erase(*id);  // first: a request arriving meanwhile must not find a half-removed user
+      co_await session.logout();
+      co_return start_page(id, "Your Confluence connection has expired or was revoked. Connect again.");
     }
-    co_return page(200, "spaces", "Your Confluence spaces", spaces + logout_button);
+    co_return page(200, "spaces", "Your Confluence spaces",
+                   spaces + button_form("/logout", csrf_.token_for(*id), "logout", "Disconnect"));
   }
 
-  static response start_page(std::string_view message) {
-    return page(200, "start", "Confluence", paragraph(message) + connect_button);
+  /// The start page, and a cookie for a browser that has none: its form token is made from it.
+  response start_page(std::optional<std::string> id, std::string_view message) const {
+    bool new_browser = !id;
+    if (new_browser) id = new_browser_id();
+    auto res = page(200, "start", "Confluence",
+                    paragraph(message) + button_form("/connect", csrf_.token_for(*id), "connect", "Connect to Confluence"));
+    if (new_browser) res.headers.emplace_back("Set-Cookie", cookie(*id));
+    return res;
   }
 
-  static asio::awaitable<std::string> spaces_html(user& u) {
-    auto sites = co_await u.session.accessible_resources();
+  static asio::awaitable<std::string> spaces_html(cfo::session session) {
+    auto sites = co_await session.accessible_resources();
     std::string html;
     std::size_t shown = 0;
     for (const auto& site : sites) {
@@ -549,7 +778,7 @@ class web_app {
                                         [](const std::string& s) { return s.find("confluence") != std::string::npos; });
       if (!has_confluence) continue;
       ++shown;
-      cfo::confluence wiki(u.session, site);
+      cfo::confluence wiki(session, site);
       auto spaces = co_await wiki.get_all("/wiki/api/v2/spaces?limit=100", max_spaces_per_site);
       html += "<section class=\"site\"><h2>" + html_escape(site.name) + " <small>" + html_escape(site.url) +
               "</small></h2>\n<ul class=\"spaces\">\n";
@@ -571,26 +800,27 @@ class web_app {
     return it != j.end() && it->is_string() ? it->get<std::string>() : std::string{};
   }
 
-  // --- /connect: a new authorization, bound to this browser's cookie ---
+  // --- POST /connect: a new authorization, bound to this browser's cookie ---
 
   response connect(const request& req) {
     auto now = std::chrono::steady_clock::now();
-    std::optional<std::string> new_id;
-    auto u = find_user(req);
-    if (!u) {
-      make_room(now);
-      if (users_.size() >= max_users)
-        return page(503, "error", "Too many users", paragraph("Try again later."));
-      new_id = new_session_id();
-      u = std::make_shared<user>(executor_, config_);
-      users_.emplace(*new_id, u);
+    // Counted before anything else: guessing tokens costs the same as clicking.
+    if (auto wait = connect_limit_.wait(req.peer, now); wait.count() > 0) {
+      auto res = page(429, "error", "Too many requests",
+                      paragraph("Too many sign-ins were started from your address. Wait a minute, then try again.") +
+                          back_link);
+      res.headers.emplace_back("Retry-After", std::to_string(wait.count()));
+      return res;
     }
-    u->drop_expired(now);
-    if (u->pending.size() >= max_pending_per_user) u->pending.erase(u->pending.begin());
-    auto auth = u->session.client().begin_authorization();
+    auto id = browser_id(req);
+    auto token = form_field(req.body, "csrf");
+    if (!id || !token || !csrf_.valid(*id, *token))
+      return page(403, "error", "Form expired",
+                  paragraph("This form is out of date or did not come from this app. Nothing was started.") +
+                      back_link);
+    auto auth = client_.begin_authorization();
     auto res = redirect_to(auth.url);
-    u->pending.push_back(user::pending_authorization{std::move(auth), now + pending_lifetime});
-    if (new_id) res.headers.emplace_back("Set-Cookie", cookie(*new_id));
+    pending_.add(*id, std::move(auth), now);
     return res;
   }
 
@@ -598,47 +828,40 @@ class web_app {
 
   asio::awaitable<response> callback(const request& req) {
     auto params = cfo::parse_callback(req.target);
-    auto u = find_user(req);
-    if (u) u->drop_expired(std::chrono::steady_clock::now());
-    if (!u || u->pending.empty() || (!params.state && params.error.empty()))
-      co_return not_this_browser();
-
-    // The pending authorization this callback answers, taken out: single use,
-    // whatever happens next. Without a state only an error can come back
-    // (Atlassian may not echo the state then); it carries no code and cannot be
-    // tied to one sign-in, so it takes none away.
+    auto id = browser_id(req);
+    // Only a callback whose state matches an authorization of this browser
+    // counts, and takes it out (single use). Anything else, an error included,
+    // ends nothing and is answered with fixed words.
     std::optional<cfo::authorization> auth;
-    if (params.state) {
-      auto match = std::find_if(u->pending.begin(), u->pending.end(),
-                                [&](const auto& p) { return *params.state == p.auth.state; });
-      if (match == u->pending.end()) co_return not_this_browser();
-      auth = std::move(match->auth);
-      u->pending.erase(match);
-    }
+    if (id && params.state) auth = pending_.take(*id, *params.state, std::chrono::steady_clock::now());
+    if (!auth) co_return not_this_browser();
 
-    if (params.error == "access_denied")
-      co_return page(403, "declined", "Access declined",
-                     paragraph("You declined to connect your Confluence account, so the app cannot show your spaces.") +
-                         "<p><a href=\"/\" id=\"try-again\">Try again</a></p>\n");
-    if (!params.error.empty()) {
-      // Text from the query string: shown escaped and cut short, without what it echoes of the sign-in.
-      const cfo::secret* own[] = {&params.code, auth ? &auth->state : nullptr};
-      std::string message = "Atlassian reported an error: " + cfo::detail::redact(params.error, own).substr(0, 60);
-      if (!params.error_description.empty())
-        message += " (" + cfo::detail::redact(params.error_description, own).substr(0, 200) + ")";
-      co_return page(502, "error", "Authorization failed", paragraph(message) + "<p><a href=\"/\">Try again</a></p>\n");
+    switch (cfo::match_callback(params, *auth)) {
+      case cfo::callback_match::code: break;
+      case cfo::callback_match::denied:
+        co_return page(403, "declined", "Access declined",
+                       paragraph("You declined to connect your Confluence account, so the app cannot show your spaces.") +
+                           "<p><a href=\"/\" id=\"try-again\">Try again</a></p>\n");
+      default:  // Atlassian's error words stay out of the page: they come back through the browser
+        co_return page(502, "error", "Authorization failed",
+                       paragraph("Atlassian could not complete the sign-in. Nothing was connected.") +
+                           "<p><a href=\"/\">Try again</a></p>\n");
     }
-    auto code = cfo::verify_callback(params, *auth);
-    auto tokens = co_await u->session.client().exchange_code(code, *auth);
-    co_await u->session.adopt(std::move(tokens));
-    u->connected = true;
+    if (connected_.size() >= max_users)
+      co_return page(503, "error", "Too many users", paragraph("Too many users are connected. Try again later."));
 
-    // A new session id now that the browser holds a grant: an id planted in
+    auto tokens = co_await client_.exchange_code(params.code, std::move(*auth));
+    // Its own token store; its own TLS context too, for cfo::session takes a
+    // configuration, not the app's client: one per connected user, never per visitor.
+    cfo::session session(executor_, client_.config(), std::make_shared<cfo::memory_token_store>());
+    co_await session.adopt(std::move(tokens));
+
+    // A new browser id now that the browser holds a grant: an id planted in
     // the browser before sign-in (session fixation) is worth nothing after it.
-    auto old_id = session_cookie(req);
-    if (auto it = users_.find(*old_id); it != users_.end() && it->second == u) users_.erase(it);
-    auto new_id = new_session_id();
-    users_.emplace(new_id, u);
+    connected_.erase(*id);
+    pending_.forget(*id);
+    auto new_id = new_browser_id();
+    connected_.emplace(new_id, std::move(session));
     auto res = redirect_to("/");
     res.headers.emplace_back("Set-Cookie", cookie(new_id));
     co_return res;
@@ -654,44 +877,49 @@ class web_app {
   // --- POST /logout ---
 
   asio::awaitable<response> logout(const request& req) {
-    auto id = session_cookie(req);
-    auto u = find_user(req);
-    if (u) {
-      users_.erase(*id);  // first: a request arriving meanwhile must not find a half-removed user
-      co_await u->session.logout();
-      u->connected = false;
+    auto id = browser_id(req);
+    auto token = form_field(req.body, "csrf");
+    if (!id || !token || !csrf_.valid(*id, *token))
+      co_return page(403, "error", "Form expired", paragraph("This form is out of date. Nothing was changed.") + back_link);
+    pending_.forget(*id);
+    if (auto user = connected_.find(*id); user != connected_.end()) {
+      auto session = std::move(user->second);
+      connected_.erase(user);  // first: a request arriving meanwhile must not find a half-removed user
+      co_await session.logout();
     }
     auto res = redirect_to("/");
-    res.headers.emplace_back("Set-Cookie", cookie_name + "=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax");
+    res.headers.emplace_back("Set-Cookie", cookie_name_ + "=; Max-Age=0" + cookie_attributes());
     co_return res;
   }
 
-  // --- users and cookies ---
+  // --- cookies ---
 
-  std::shared_ptr<user> find_user(const request& req) const {
-    auto id = session_cookie(req);
-    if (!id) return nullptr;
-    auto it = users_.find(*id);
-    return it == users_.end() ? nullptr : it->second;
+  /// The browser id of the request, when it has a well-formed one.
+  std::optional<std::string> browser_id(const request& req) const {
+    for (const auto& [name, value] : req.headers) {
+      if (name != "cookie") continue;
+      std::string_view rest = value;
+      while (!rest.empty()) {
+        auto end = rest.find(';');
+        auto pair = trim_ows(rest.substr(0, end));
+        rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
+        auto eq = pair.find('=');
+        if (eq != std::string_view::npos && pair.substr(0, eq) == cookie_name_ && is_browser_id(pair.substr(eq + 1)))
+          return std::string(pair.substr(eq + 1));
+      }
+    }
+    return std::nullopt;
   }
 
-  /// Forgets browsers that clicked Connect but never came back.
-  void make_room(std::chrono::steady_clock::time_point now) {
-    if (users_.size() < max_users) return;
-    std::erase_if(users_, [now](const auto& entry) {
-      auto& u = *entry.second;
-      u.drop_expired(now);
-      return !u.connected && u.pending.empty();
-    });
-  }
+  std::string cookie(const std::string& id) const { return cookie_name_ + "=" + id + cookie_attributes(); }
 
-  std::string cookie(const std::string& id) const {
+  std::string cookie_attributes() const {
     // HttpOnly: scripts never see it. SameSite=Lax: other sites' forms cannot
     // post with it, yet it comes back with Atlassian's redirect (a top-level GET).
-    return cookie_name + "=" + id + "; Path=/; HttpOnly; SameSite=Lax" + (secure_cookie_ ? "; Secure" : "");
+    return std::string("; Path=/; HttpOnly; SameSite=Lax") + (https_ ? "; Secure" : "");
   }
 
-  /// Posts must come from our own pages (belt and braces beside SameSite).
+  /// Posts must come from our own pages (belt and braces beside SameSite and the token).
   static bool same_origin(const request& req) {
     const std::string* origin = req.header("origin");
     if (!origin) return true;  // not a browser, or an old one
@@ -700,10 +928,14 @@ class web_app {
   }
 
   asio::any_io_executor executor_;
-  cfo::client_config config_;
+  cfo::oauth_client client_;  // the one client, TLS context and connection pool of the app
   std::string callback_path_;
-  bool secure_cookie_;
-  std::unordered_map<std::string, std::shared_ptr<user>> users_;  // by session id
+  bool https_;
+  std::string cookie_name_;
+  csrf_tokens csrf_;
+  rate_limiter connect_limit_;
+  pending_authorizations pending_;
+  std::unordered_map<std::string, cfo::session> connected_;  // by browser id: the browsers holding a grant
 };
 
 // ---------------------------------------------------------------------------
@@ -724,6 +956,9 @@ class connection_count {
 
 asio::awaitable<void> serve(std::shared_ptr<web_app> app, std::shared_ptr<tcp::socket> socket) {
   connection_count counted(app->connections);
+  std::error_code peer_ec;
+  auto peer = socket->remote_endpoint(peer_ec);
+  if (peer_ec) co_return;  // already gone
 
   asio::steady_timer deadline(socket->get_executor());
   arm_deadline(deadline, socket, read_timeout);
@@ -746,16 +981,17 @@ asio::awaitable<void> serve(std::shared_ptr<web_app> app, std::shared_ptr<tcp::s
     }
   }
   if (std::size_t have = buffer.size() - head_size; !refused && have < body_size) {
-    // The body is read only to be discarded: no route takes one.
     auto [body_ec, n] = co_await asio::async_read(*socket, asio::dynamic_buffer(buffer),
                                                   asio::transfer_exactly(body_size - have), use_tuple);
     if (body_ec) co_return;
   }
   deadline.cancel();
+  req.peer = peer.address();
   if (refused) {
     std::clog << "web-app: refused a request: " << why << std::endl;
     res = page(refused, "error", "Bad request", paragraph("This request could not be understood: " + why + "."));
   } else {
+    req.body = buffer.substr(head_size, body_size);
     res = co_await app->handle(req);
   }
 
@@ -839,14 +1075,14 @@ int main(int argc, char** argv) {
     auto port = acceptor.local_endpoint().port();
     std::string origin = "http://" + (address.is_v6() ? "[" + s.host + "]" : s.host) + ":" + std::to_string(port);
     if (!s.redirect_given) s.config.redirect_uri = origin + "/callback";
-    cfo::oauth_client check(io.get_executor(), s.config);  // a bad configuration stops us here, not at the first user
+    // A bad configuration stops us here, not at the first user.
+    auto app = std::make_shared<web_app>(io.get_executor(), s.config, s.connect_rate);
     auto redirect = cfo::parse_url(s.config.redirect_uri);
     if (redirect.path() == "/" || redirect.path() == "/connect" || redirect.path() == "/logout") {
       std::cerr << "web-app: --redirect-uri: the path " << redirect.path() << " is taken by the app's own pages\n";
       return 2;
     }
 
-    auto app = std::make_shared<web_app>(io.get_executor(), s.config);
     asio::co_spawn(io, accept_loop(app, acceptor), asio::detached);
 
     asio::signal_set signals(io, SIGINT, SIGTERM);

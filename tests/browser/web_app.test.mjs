@@ -1,6 +1,7 @@
 // End-to-end test of examples/web_app.cpp in a real browser: headless Chromium
 // (Debian's /usr/bin/chromium) driven by playwright-core, against the fake
-// Atlassian server, with two users signing in at once.
+// Atlassian server, with two users signing in at once. The Connect button
+// posts the start page's form, which carries the browser's CSRF token.
 //
 //   node tests/browser/web_app.test.mjs --web-app PATH --fake-atlassian PATH [--chromium PATH]
 //
@@ -63,7 +64,7 @@ function finish(extra) {
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   if (extra) failures.push(extra);
   if (failures.length === 0) {
-    console.log(`${name}: PASSED, ${passed} checks in ${seconds} s (2 users at once, forged callback, deny, logout)`);
+    console.log(`${name}: PASSED, ${passed} checks in ${seconds} s (2 users at once, forged callbacks, CSRF, deny, logout)`);
     process.exit(0);
   }
   console.log(`${name}: FAILED, ${failures.length} of ${passed + failures.length} checks failed in ${seconds} s:`);
@@ -161,10 +162,13 @@ async function new_user(label) {
   return { label, context, page };
 }
 
-// Opens the app, clicks Connect, lands on the consent page; returns its state.
+// Opens the app, clicks Connect (posting the form and its CSRF token), lands
+// on the consent page; returns its state.
 async function connect(user, base) {
   await user.page.goto(base + '/');
   check(await user.page.isVisible('#connect'), `${user.label}: the start page shows the Connect button`);
+  const token = await user.page.getAttribute('form[action="/connect"] input[name="csrf"]', 'value');
+  check(/^[0-9a-f]{64}$/.test(token ?? ''), `${user.label}: the Connect form carries a CSRF token`);
   await Promise.all([user.page.waitForURL(/\/authorize\?/), user.page.click('#connect')]);
   const state = new URL(user.page.url()).searchParams.get('state');
   check(!!state && (await user.page.isVisible('#allow')), `${user.label}: Connect leads to the consent page`);
@@ -257,8 +261,25 @@ async function main() {
   res = await mallory.page.goto(forged);
   check(res.status() === 400 && (await mallory.page.isVisible('#mismatch')),
         'a callback with another browser\'s state and a cookie of its own gets 400');
+  // An error without the state, which any page can send, ends nothing and
+  // shows none of its text.
+  res = await mallory.page.goto(`${base}/callback?error=access_denied&error_description=${encodeURIComponent('<b>EVIL</b>')}`);
+  check(res.status() === 400 && (await mallory.page.isVisible('#mismatch')) &&
+        !(await mallory.page.content()).includes('EVIL'),
+        'a callback with an error and no state gets the fixed 400 page, without the error\'s text');
   await mallory.page.goto(base + '/');
   check(await mallory.page.isVisible('#connect'), 'after the forged callbacks the attacker is still not connected');
+
+  // Connect only by posting the form with this browser's token.
+  const no_redirects = { maxRedirects: 0 };
+  res = await mallory.context.request.get(`${base}/connect`, no_redirects);
+  check(res.status() === 405 && res.headers()['allow'] === 'POST', 'GET /connect gets 405 (Allow: POST)');
+  res = await mallory.context.request.post(`${base}/connect`, { form: { csrf: '0'.repeat(64) }, ...no_redirects });
+  check(res.status() === 403 && !res.headers()['location'], 'POST /connect with a wrong CSRF token gets 403 and no redirect');
+  const alice_start = await (await alice.context.request.get(`${base}/`)).text();
+  const alice_token = /name="csrf" value="([0-9a-f]{64})"/.exec(alice_start)?.[1];
+  res = await mallory.context.request.post(`${base}/connect`, { form: { csrf: alice_token ?? '' }, ...no_redirects });
+  check(!!alice_token && res.status() === 403, 'another browser\'s CSRF token gets 403');
 
   // Both click Allow at once and see their spaces.
   await Promise.all([allow(alice, base), allow(bob, base)]);
