@@ -11,139 +11,23 @@
 // failure, never a skip. Prints one summary line; exits 0 only when every
 // check passed. Child processes are killed on every way out.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { executable, fatal, free_port, harness, option, read_port, wait_for } from './harness.mjs';
 
-const total_timeout_ms = 90_000;
 const action_timeout_ms = 15_000;
-const started = Date.now();
 const name = 'web_app_browser';
-
-// ---------------------------------------------------------------------------
-// Checks and the way out
-// ---------------------------------------------------------------------------
-
-let passed = 0;
-const failures = [];
-
-function check(condition, what) {
-  if (condition) {
-    passed++;
-    console.log(`  ok   ${what}`);
-  } else {
-    failures.push(what);
-    console.log(`  FAIL ${what}`);
-  }
-  return condition;
-}
-
-// A failure after which the test cannot go on.
-class fatal extends Error {}
-
-const children = [];
-let workdir;
 let browser;
 
-function cleanup() {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  if (workdir) rmSync(workdir, { recursive: true, force: true });
-}
-process.on('exit', cleanup);
-for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => {
-    console.log(`${name}: FAILED (interrupted by ${signal})`);
-    process.exit(1);
-  });
-}
-
-function finish(extra) {
-  const seconds = ((Date.now() - started) / 1000).toFixed(1);
-  if (extra) failures.push(extra);
-  if (failures.length === 0) {
-    console.log(`${name}: PASSED, ${passed} checks in ${seconds} s (2 users at once, forged callbacks, CSRF, deny, logout)`);
-    process.exit(0);
-  }
-  console.log(`${name}: FAILED, ${failures.length} of ${passed + failures.length} checks failed in ${seconds} s:`);
-  for (const f of failures) console.log(`  - ${f}`);
-  for (const child of children) {
-    console.log(`--- output of ${child.label} ---`);
-    console.log(child.output.join('').trimEnd());
-  }
-  process.exit(1);
-}
-
-setTimeout(() => {
-  finish(`the whole test took longer than ${total_timeout_ms / 1000} s`);
-}, total_timeout_ms).unref();
-
-// ---------------------------------------------------------------------------
-// Setup: arguments, programs, ports
-// ---------------------------------------------------------------------------
-
-function option(flag, env_name, fallback) {
-  const i = process.argv.indexOf(flag);
-  if (i >= 0 && i + 1 < process.argv.length) return process.argv[i + 1];
-  return process.env[env_name] || fallback;
-}
-
-function executable(path, what, hint) {
-  if (!path) throw new fatal(`no path to ${what}: ${hint}`);
-  try {
-    accessSync(path, constants.X_OK);
-  } catch {
-    throw new fatal(`${what} is not an executable file: ${path} (${hint})`);
-  }
-  return path;
-}
-
-function free_port() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-// Starts a program, keeping its output for the failure report and the leak checks.
-function start(label, path, args) {
-  const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.label = label;
-  child.output = [];
-  child.stdout.on('data', (d) => child.output.push(d.toString()));
-  child.stderr.on('data', (d) => child.output.push(d.toString()));
-  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  children.push(child);
-  return child;
-}
-
-// Waits until `ready()` gives a value, failing early if the program exits.
-async function wait_for(child, what, ready, timeout_ms = 15_000) {
-  const deadline = Date.now() + timeout_ms;
-  while (Date.now() < deadline) {
-    const value = ready();
-    if (value) return value;
-    if (child.exitCode !== null || child.signalCode !== null)
-      throw new fatal(`${child.label} exited (${child.exitCode ?? child.signalCode}) before ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new fatal(`${child.label}: no ${what} within ${timeout_ms / 1000} s`);
-}
-
-function read_port(file) {
-  try {
-    const port = Number(readFileSync(file, 'utf8').trim());
-    return port > 0 ? port : undefined;
-  } catch {
-    return undefined;
-  }
-}
+const { check, make_workdir, start, run } = harness({
+  name,
+  total_timeout_ms: 90_000,
+  summary: ' (2 users at once, forged callbacks, CSRF, deny, logout)',
+  on_failure: async () => {
+    if (browser) await browser.close().catch(() => {});
+  },
+});
 
 // ---------------------------------------------------------------------------
 // One user in one browser context (its own cookie jar)
@@ -204,7 +88,7 @@ async function main() {
     throw new fatal(`playwright-core cannot be loaded (${e.code ?? e.message}): run scripts/install-node-deps.sh`);
   }
 
-  workdir = mkdtempSync(join(tmpdir(), 'web-app-test-'));
+  const workdir = make_workdir('web-app-test-');
   const client_id = 'web-app-test-client';
   const client_secret = randomBytes(24).toString('hex');
   writeFileSync(join(workdir, 'secret'), client_secret + '\n', { mode: 0o600 });
@@ -340,10 +224,4 @@ async function main() {
   await fake.exited;
 }
 
-try {
-  await main();
-  finish();
-} catch (e) {
-  if (browser) await browser.close().catch(() => {});
-  finish(e instanceof fatal ? e.message : `unexpected error: ${e.stack ?? e}`);
-}
+await run(main);

@@ -12,17 +12,14 @@
 // loopback on Linux), so the per-address rate limit stops the flood and not
 // the users. Prints one summary line; exits 0 only when every check passed.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { executable, free_port, harness, option, read_port, wait_for } from './harness.mjs';
 
 const name = 'web_app_anonymous_load';
-const total_timeout_ms = 110_000;
 const request_timeout_ms = 20_000;
 const flood_requests = 10_000;
 const flood_connections = 8;  // one source address each
@@ -31,128 +28,13 @@ const flood_connections = 8;  // one source address each
 const connect_rate = 120;
 const max_growth_mib = 20;
 const abort_growth_mib = 256;  // the flood stops here: the old app grew by ~800 KiB a request
-const started = Date.now();
+
+// A flood logs a line a request: only the last part of each program's output is kept.
+const { check, make_workdir, start, run } = harness({ name, total_timeout_ms: 110_000, trim_output: true });
 
 // ---------------------------------------------------------------------------
-// Checks and the way out
+// Resident size
 // ---------------------------------------------------------------------------
-
-let passed = 0;
-const failures = [];
-
-function check(condition, what) {
-  if (condition) {
-    passed++;
-    console.log(`  ok   ${what}`);
-  } else {
-    failures.push(what);
-    console.log(`  FAIL ${what}`);
-  }
-  return condition;
-}
-
-// A failure after which the test cannot go on.
-class fatal extends Error {}
-
-const children = [];
-let workdir;
-
-process.on('exit', () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  if (workdir) rmSync(workdir, { recursive: true, force: true });
-});
-for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => {
-    console.log(`${name}: FAILED (interrupted by ${signal})`);
-    process.exit(1);
-  });
-}
-
-function finish(extra) {
-  const seconds = ((Date.now() - started) / 1000).toFixed(1);
-  if (extra) failures.push(extra);
-  if (failures.length === 0) {
-    console.log(`${name}: PASSED, ${passed} checks in ${seconds} s`);
-    process.exit(0);
-  }
-  console.log(`${name}: FAILED, ${failures.length} of ${passed + failures.length} checks failed in ${seconds} s:`);
-  for (const f of failures) console.log(`  - ${f}`);
-  for (const child of children) {
-    console.log(`--- last output of ${child.label} ---`);
-    console.log(child.output.join('').trimEnd().split('\n').slice(-30).join('\n'));
-  }
-  process.exit(1);
-}
-
-setTimeout(() => finish(`the whole test took longer than ${total_timeout_ms / 1000} s`), total_timeout_ms).unref();
-
-// ---------------------------------------------------------------------------
-// Programs and ports
-// ---------------------------------------------------------------------------
-
-function option(flag, env_name) {
-  const i = process.argv.indexOf(flag);
-  if (i >= 0 && i + 1 < process.argv.length) return process.argv[i + 1];
-  return process.env[env_name];
-}
-
-function executable(path, what) {
-  if (!path) throw new fatal(`no path to ${what}: build the ${what} target`);
-  try {
-    accessSync(path, constants.X_OK);
-  } catch {
-    throw new fatal(`${what} is not an executable file: ${path}`);
-  }
-  return path;
-}
-
-function free_port() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-// Keeps only the last part of a program's output: a flood logs a line a request.
-function start(label, path, args, env = process.env) {
-  const child = spawn(path, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  child.label = label;
-  child.output = [];
-  const keep = (d) => {
-    child.output.push(d.toString());
-    if (child.output.length > 200) child.output.splice(0, 100);
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  children.push(child);
-  return child;
-}
-
-async function wait_for(child, what, ready, timeout_ms = 15_000) {
-  const deadline = Date.now() + timeout_ms;
-  while (Date.now() < deadline) {
-    const value = ready();
-    if (value) return value;
-    if (child.exitCode !== null || child.signalCode !== null)
-      throw new fatal(`${child.label} exited (${child.exitCode ?? child.signalCode}) before ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new fatal(`${child.label}: no ${what} within ${timeout_ms / 1000} s`);
-}
-
-function read_port(file) {
-  try {
-    const port = Number(readFileSync(file, 'utf8').trim());
-    return port > 0 ? port : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 function rss_kib(pid) {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -317,7 +199,7 @@ async function main() {
   const web_app = executable(option('--web-app', 'WEB_APP'), 'web-app');
   const fake_atlassian = executable(option('--fake-atlassian', 'FAKE_ATLASSIAN'), 'fake-atlassian');
 
-  workdir = mkdtempSync(join(tmpdir(), 'web-app-load-'));
+  const workdir = make_workdir('web-app-load-');
   const client_id = 'web-app-load-client';
   const client_secret = random_hex(24);
   writeFileSync(join(workdir, 'secret'), client_secret + '\n', { mode: 0o600 });
@@ -407,9 +289,4 @@ async function main() {
   await fake.exited;
 }
 
-try {
-  await main();
-  finish();
-} catch (e) {
-  finish(e instanceof fatal ? e.message : `unexpected error: ${e.stack ?? e}`);
-}
+await run(main);
