@@ -684,8 +684,8 @@ inline std::size_t utf8_sequence(std::string_view s, char32_t& cp) noexcept {
 /// to print, log or put in an exception, and short: C0 and C1 controls and
 /// line separators become spaces, bidirectional overrides, isolates and marks
 /// (which can make a terminal show text in another order) are dropped, and
-/// bytes that are not UTF-8 become '?'. At most `max` bytes, never half a
-/// character.
+/// bytes that are not UTF-8 become '?'. At most `max` bytes of the text,
+/// never half a character, then "..." when it was cut.
 inline std::string sanitize_text(std::string_view in, std::size_t max = 300) {
   std::string out;
   out.reserve(std::min(in.size(), max) + 3);
@@ -876,33 +876,42 @@ class secret {
 
 namespace detail {
 
+/// Overwrites a string's whole buffer, the bytes past its size included.
+inline void wipe(std::string& s) noexcept { OPENSSL_cleanse(s.data(), s.capacity()); }
+
 /// The ways a secret can come back in text: as it is; as this library sends
 /// it (percent-encoded in a form or query, escaped in JSON) and as servers
 /// re-encode what they echo (lower-case hex, '+' for space, JSON's "\/");
 /// and inside base64 (an HTTP Basic credential "id:secret", a JWT). Base64
 /// of a longer text carries the secret at one of three alignments: the
 /// characters that depend only on the secret's bytes are listed for each.
+/// Each form once, longest first.
 inline std::vector<std::string> encodings_of(const std::string& value) {
   std::vector<std::string> forms;
   forms.push_back(value);
-  auto lower_hex = [](std::string text) {
-    for (std::size_t i = 0; i + 2 < text.size(); ++i)
-      if (text[i] == '%')
-        for (std::size_t k = i + 1; k <= i + 2; ++k)
-          if (text[k] >= 'A' && text[k] <= 'F') text[k] = static_cast<char>(text[k] + 32);
-    return text;
-  };
-  std::string percent = percent_encode(value);
-  std::string plus = percent;
-  for (auto at = plus.find("%20"); at != std::string::npos; at = plus.find("%20", at + 1)) plus.replace(at, 3, "+");
-  for (auto* form : {&percent, &plus}) {
-    forms.push_back(*form);
-    forms.push_back(lower_hex(*form));
+  std::string percent = percent_encode(value), plus;
+  for (std::size_t i = 0; i < percent.size(); ++i) {
+    if (percent.compare(i, 3, "%20") == 0) {
+      plus += '+';
+      i += 2;
+    } else {
+      plus += percent[i];
+    }
   }
+  for (const std::string* form : {&percent, &plus}) {
+    std::string lower = *form;
+    for (std::size_t i = 0; i + 2 < lower.size(); ++i)
+      if (lower[i] == '%')
+        for (std::size_t k = i + 1; k <= i + 2; ++k)
+          if (lower[k] >= 'A' && lower[k] <= 'F') lower[k] = static_cast<char>(lower[k] + 32);
+    forms.push_back(*form);
+    forms.push_back(std::move(lower));
+  }
+  wipe(percent);
+  wipe(plus);
   nlohmann::json as_json = value;
   std::string escaped = as_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  auto& copy = as_json.get_ref<std::string&>();
-  OPENSSL_cleanse(copy.data(), copy.size());
+  wipe(as_json.get_ref<std::string&>());
   escaped = escaped.substr(1, escaped.size() - 2);  // without the quotes
   std::string solidus;
   for (char c : escaped) solidus += c == '/' ? std::string("\\/") : std::string(1, c);
@@ -912,7 +921,7 @@ inline std::vector<std::string> encodings_of(const std::string& value) {
     std::string padded(lead, '\0');
     padded += value;
     std::string url = base64url_encode(padded);
-    OPENSSL_cleanse(padded.data(), padded.size());
+    wipe(padded);
     // Skip what the lead bytes touch, and the last group, which the next bytes touch.
     const std::size_t from = (lead * 4 + 2) / 3, to = (padded.size() / 3) * 4;
     if (to > from + 8) {
@@ -921,73 +930,99 @@ inline std::vector<std::string> encodings_of(const std::string& value) {
       forms.push_back(std::move(core));
       forms.push_back(std::move(standard));
     }
-    OPENSSL_cleanse(url.data(), url.size());
+    wipe(url);
   }
-  OPENSSL_cleanse(percent.data(), percent.size());
-  OPENSSL_cleanse(plus.data(), plus.size());
+  std::sort(forms.begin(), forms.end(), [](const auto& a, const auto& b) { return a.size() > b.size() || (a.size() == b.size() && a < b); });
+  for (auto dup = std::unique(forms.begin(), forms.end()); dup != forms.end(); ++dup) wipe(*dup);
+  forms.erase(std::unique(forms.begin(), forms.end()), forms.end());
   return forms;
 }
 
 /// Replaces every occurrence of the given secrets in text from outside, in
 /// every encoding of encodings_of, with "[redacted]". White space and line
-/// breaks inside an occurrence do not hide it (a server or a log that wraps
-/// long lines), and a piece of at least 8 characters that starts or ends the
-/// text is taken for the rest of a secret cut at a line's edge.
+/// breaks inside an occurrence of a long secret do not hide it (a server or a
+/// log that wraps long lines), and a piece of at least 8 characters of one
+/// that starts or ends the text is taken for the rest of a secret cut at a
+/// line's edge. Linear in the text for each form: it also runs on large
+/// error bodies.
 inline std::string redact(std::string text, std::span<const secret* const> secrets) {
   static constexpr std::string_view mark = "[redacted]";
-  static constexpr std::size_t min_piece = 8;
+  static constexpr std::size_t min_piece = 8, min_wrapped = 12;
   auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
-  // The text without white space, and where each of its characters was.
-  std::string compact;
-  std::vector<std::size_t> where;
-  for (std::size_t i = 0; i < text.size(); ++i)
-    if (!is_space(text[i])) {
-      compact += text[i];
-      where.push_back(i);
-    }
-  std::vector<std::pair<std::size_t, std::size_t>> spans;  // [begin, end) in compact
-  for (const secret* s : secrets) {
-    if (!s || s->reveal().size() < 4) continue;
-    auto forms = encodings_of(s->reveal());
-    for (auto& form : forms) {
-      std::erase_if(form, is_space);
-      if (form.size() < 4) continue;
-      for (auto at = compact.find(form); at != std::string::npos; at = compact.find(form, at + 1))
+  std::vector<std::string> forms;
+  for (const secret* s : secrets)
+    if (s && s->reveal().size() >= 4)
+      for (auto& form : encodings_of(s->reveal())) forms.push_back(std::move(form));
+  // [begin, end) ranges of the text to replace, from both passes.
+  std::vector<std::pair<std::size_t, std::size_t>> spans;
+  // Whole occurrences, as they are: a secret made mostly of white space too.
+  for (const auto& form : forms)
+    if (form.size() >= 4)
+      for (auto at = text.find(form); at != std::string::npos; at = text.find(form, at + form.size()))
         spans.emplace_back(at, at + form.size());
-      if (form.size() <= min_piece) continue;
-      // The text ends with the start of a secret...
-      const std::string_view head(form.data(), min_piece);
-      const std::size_t window = std::min(compact.size(), form.size() - 1);
-      for (auto at = compact.find(head, compact.size() - window); at != std::string::npos; at = compact.find(head, at + 1))
-        if (form.compare(0, compact.size() - at, compact, at) == 0) {
-          spans.emplace_back(at, compact.size());
+  // Then occurrences that white space broke up, and pieces at the edges, in
+  // the text without white space ("compact"). A compact index maps back by
+  // the white space before it: the j-th white space character stands after
+  // `spaces[j] - j` compact characters.
+  std::vector<std::uint32_t> spaces;
+  std::string compact;
+  const bool has_space = text.size() <= UINT32_MAX && std::any_of(text.begin(), text.end(), is_space);
+  if (has_space) {
+    compact.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      if (is_space(text[i])) spaces.push_back(static_cast<std::uint32_t>(i - spaces.size()));
+      else compact += text[i];
+    }
+  }
+  const std::string_view squeezed = has_space ? std::string_view(compact) : std::string_view(text);
+  auto original = [&](std::size_t c) {
+    return c + static_cast<std::size_t>(std::upper_bound(spaces.begin(), spaces.end(), c) - spaces.begin());
+  };
+  for (auto& form : forms) {
+    std::string solid = form;
+    std::erase_if(solid, is_space);
+    if (solid.size() < min_wrapped) {
+      wipe(solid);
+      continue;
+    }
+    if (has_space)
+      for (auto at = squeezed.find(solid); at != std::string_view::npos; at = squeezed.find(solid, at + solid.size()))
+        spans.emplace_back(original(at), original(at + solid.size() - 1) + 1);
+    // The text ends with the start of a secret...
+    const std::string_view head(solid.data(), min_piece);
+    const std::size_t window = std::min(squeezed.size(), solid.size() - 1);
+    for (auto at = squeezed.find(head, squeezed.size() - window); at != std::string_view::npos; at = squeezed.find(head, at + 1))
+      if (solid.compare(0, squeezed.size() - at, squeezed.data() + at, squeezed.size() - at) == 0) {
+        spans.emplace_back(original(at), text.size());
+        break;
+      }
+    // ...or starts with the end of one.
+    if (squeezed.size() >= min_piece) {
+      const std::string_view start = squeezed.substr(0, min_piece);
+      for (auto at = solid.find(start, 1); at != std::string::npos; at = solid.find(start, at + 1))
+        if (solid.size() - at <= squeezed.size() && squeezed.compare(0, solid.size() - at, std::string_view(solid).substr(at)) == 0) {
+          spans.emplace_back(0, original(solid.size() - at - 1) + 1);
           break;
         }
-      // ...or starts with the end of one.
-      if (compact.size() >= min_piece)
-        for (auto at = form.find(std::string_view(compact).substr(0, min_piece), 1); at != std::string::npos;
-             at = form.find(std::string_view(compact).substr(0, min_piece), at + 1))
-          if (form.size() - at <= compact.size() && compact.compare(0, form.size() - at, form, at) == 0) {
-            spans.emplace_back(0, form.size() - at);
-            break;
-          }
     }
-    for (auto& f : forms) OPENSSL_cleanse(f.data(), f.size());
+    wipe(solid);
   }
+  for (auto& f : forms) wipe(f);
+  wipe(compact);
   if (spans.empty()) return text;
   std::sort(spans.begin(), spans.end());
   std::string out;
-  std::size_t copied = 0;  // in text
+  out.reserve(text.size());
+  std::size_t copied = 0;
   for (std::size_t i = 0; i < spans.size();) {
     std::size_t begin = spans[i].first, end = spans[i].second;
     for (++i; i < spans.size() && spans[i].first <= end; ++i) end = std::max(end, spans[i].second);
-    out.append(text, copied, where[begin] - copied);
+    out.append(text, copied, begin - copied);
     out += mark;
-    copied = where[end - 1] + 1;
+    copied = end;
   }
   out.append(text, copied);
-  OPENSSL_cleanse(compact.data(), compact.size());
-  OPENSSL_cleanse(text.data(), text.size());
+  wipe(text);
   return out;
 }
 
@@ -2432,8 +2467,8 @@ class file_token_store final : public token_store {
   /// waiting for the lock meanwhile then takes the lock file made after it.
   /// Throws store_error.
   asio::awaitable<void> clear() override {
-    for (const auto& file : {path_, lock_path()})
-      if (::unlink(file.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + file.string());
+    remove_if_there(path_);  // one by one, not a braced list: GCC 12 mishandles those in coroutines
+    remove_if_there(lock_path());
     co_return;
   }
 
@@ -2451,11 +2486,12 @@ class file_token_store final : public token_store {
       if (!*fd) *fd = detail::open_private_file(lock_path, O_RDWR | O_CREAT);
       if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) {
         if (detail::still_names(lock_path, fd->get())) break;
-        fd->reset();  // clear() removed it while we waited: lock the one at the path now
+        fd->reset();  // clear() removed it while we waited: lock the one at the path next time
+      } else if (errno == EINTR) {
         continue;
+      } else if (errno != EWOULDBLOCK) {
+        detail::fail_errno("cannot lock " + lock_path.string());
       }
-      if (errno == EINTR) continue;
-      if (errno != EWOULDBLOCK) detail::fail_errno("cannot lock " + lock_path.string());
       if (std::chrono::steady_clock::now() >= deadline)
         detail::fail(errc::store_error, "another process has held " + lock_path.string() + " for more than " +
                                             std::to_string(lock_timeout_.count()) + " ms");
@@ -2470,6 +2506,10 @@ class file_token_store final : public token_store {
   static constexpr std::string_view format = "confluence_oauth/aes-256-gcm/2";
   /// Still read, so that an upgrade signs nobody out; the next save writes `format`.
   static constexpr std::string_view first_format = "confluence_oauth/aes-256-gcm/1";
+
+  static void remove_if_there(const std::filesystem::path& file) {
+    if (::unlink(file.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + file.string());
+  }
 
   std::filesystem::path lock_path() const {
     auto path = path_;
@@ -2541,7 +2581,7 @@ enum class token_encoding {
 /// reference", gives the rules. Checked by validate() when a client is made.
 struct client_config {
   std::string client_id;  ///< the app's client id
-  secret client_secret;   ///< the app's secret; may be empty only with use_pkce
+  secret client_secret;   ///< the app's secret; may be empty only with use_pkce, and never for Atlassian
   std::string redirect_uri = "http://localhost:3000/callback";  ///< the registered callback URL
   std::vector<std::string> scopes = {"read:page:confluence", "read:space:confluence", "offline_access"};  ///< requested scopes
   std::string audience = "api.atlassian.com";  ///< empty: parameter left out
@@ -2572,7 +2612,10 @@ struct client_config {
     };
     if (client_id.empty()) bad("client_id is empty");
     if (!printable(client_id)) bad("client_id contains spaces or control characters");
-    if (client_secret.empty() && !use_pkce) bad("client_secret is empty (Atlassian apps are confidential clients)");
+    // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
+    const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
+    if (client_secret.empty() && (!use_pkce || atlassian))
+      bad("client_secret is empty (Atlassian apps are confidential clients)");
     if (scopes.empty()) bad("no scopes requested");
     for (const auto& s : scopes)
       if (s.empty() || !printable(s))
@@ -2994,10 +3037,20 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   asio::strand<asio::any_io_executor>& strand() noexcept { return strand_; }
   std::vector<asio::ip::tcp::acceptor>& acceptors() noexcept { return acceptors_; }
   void set_callback_path(std::string path) { callback_path_ = std::move(path); }
-  /// The Host values a browser sends to the loopback addresses on `port`.
-  void set_port(std::uint16_t port) {
-    const std::string suffix = port == 80 ? "" : ":" + std::to_string(port);
-    own_hosts_ = {"127.0.0.1" + suffix, "[::1]" + suffix, "localhost" + suffix};
+  /// The Host values a browser sends to the listener: each address it is
+  /// bound to, and "localhost", with the port (which port 80 may leave out).
+  void set_own_hosts(const std::vector<asio::ip::address>& addresses, std::uint16_t port) {
+    std::vector<std::string> names = {"localhost"};
+    for (const auto& a : addresses) {
+      std::string name = a.to_string();  // appended, not "[" + name: g++ 12 -O3 warns a false -Wrestrict
+      if (a.is_v6()) name = std::string(1, '[').append(name).append(1, ']');
+      names.push_back(std::move(name));
+    }
+    own_hosts_.clear();
+    for (const auto& name : names) {
+      own_hosts_.push_back(name + ":" + std::to_string(port));
+      if (port == 80) own_hosts_.push_back(name);
+    }
   }
 
   /// One wait for the callback that answers `auth`; runs on the strand.
@@ -3182,10 +3235,15 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
                                                 "shows the details."));
       }
       case callback_match::state_mismatch:
+        // A server may drop the state from its error redirect (Atlassian's
+        // denial: not confirmed either way): then it was likely the user's own.
         return page_response(400, "Bad Request",
                              html_page(app, "Authorization mismatch",
-                                       "This response does not belong to the sign-in in progress, which goes "
-                                       "on. If it was not yours, close this tab."));
+                                       params.state || params.error.empty()
+                                           ? "This response does not belong to the sign-in in progress, which goes "
+                                             "on. If it was not yours, close this tab."
+                                           : "This error does not carry the sign-in's state, so it cannot end the "
+                                             "sign-in, which goes on. If you declined, cancel it in the application."));
       case callback_match::incomplete: break;
     }
     return page_response(400, "Bad Request",
@@ -3197,7 +3255,7 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   std::vector<asio::ip::tcp::acceptor> acceptors_;
   std::vector<std::weak_ptr<asio::ip::tcp::socket>> connections_;
   std::string callback_path_;
-  std::array<std::string, 3> own_hosts_;
+  std::vector<std::string> own_hosts_;
   asio::steady_timer done_;
   asio::steady_timer deadline_;
   const authorization* auth_ = nullptr;
@@ -3227,7 +3285,7 @@ class redirect_listener {
     else
       addresses = {asio::ip::make_address(u.host)};
     bind_all(addresses, u.port);
-    state_->set_port(port_);
+    state_->set_own_hosts(addresses, port_);
     if (u.port != 0) {
       redirect_uri_ = std::string(redirect_uri);  // exactly as registered
     } else {
@@ -3428,12 +3486,36 @@ struct browser_command_opener {
   }
 };
 
-/// A page that sends the browser on to a URL, in a folder of its own that
-/// only this user can read; both go when it does. Like Jupyter's redirect
-/// file: a browser's command line is public, a private file is not.
+/// The page of redirect_page: a script first (it leaves before the page has
+/// loaded, which headless browsers wait for), a refresh for browsers without
+/// one, a link last.
+inline std::string redirect_page_html(const std::string& target) {
+  const std::string to = html_escape(target);
+  std::string in_script = nlohmann::json(target).dump();
+  for (auto lt = in_script.find('<'); lt != std::string::npos; lt = in_script.find('<', lt)) in_script.replace(lt, 1, "\\u003c");
+  std::string page = "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">"
+                     "<script>location.replace(" + in_script + ")</script>"
+                     "<meta http-equiv=\"refresh\" content=\"0;url=" + to + "\"><title>Sign in</title></head>"
+                     "<body><p><a href=\"" + to + "\">Continue to sign in</a></p></body></html>\n";
+  wipe(in_script);
+  return page;
+}
+
+}  // namespace detail
+
+/// A private local page that sends the browser on to a URL: mode 0600, in a
+/// folder of its own (0700) under $XDG_RUNTIME_DIR, $TMPDIR or /tmp; both go
+/// when it does. A browser's command line is public (ps, /proc), a private
+/// file is not (Jupyter's redirect file does the same). authorize() makes one
+/// for open_browser and browser_command; an opener of your own that starts a
+/// browser can open one's url() instead of the authorization URL, and keep it
+/// until the sign-in ends.
 class redirect_page {
  public:
+  /// Writes the page; throws oauth_error(browser_launch_failed) when it cannot.
   explicit redirect_page(const std::string& target) {
+    std::string page = detail::redirect_page_html(target);
+    detail::wipe_on_exit wipe{page};
     std::string base = "/tmp";
     for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
       if (const char* v = std::getenv(var); v && *v == '/') {
@@ -3441,42 +3523,65 @@ class redirect_page {
         break;
       }
     std::string dir = base + "/confluence_oauth-XXXXXX";
-    if (!::mkdtemp(dir.data()))  // mode 0700
-      fail(errc::browser_launch_failed, "cannot create a private folder in " + sanitize_text(base, 200) + ": " +
-                                            std::generic_category().message(errno));
+    if (!::mkdtemp(dir.data()))
+      fail_here("cannot create a private folder in " + detail::sanitize_text(base, 200), errno);
     dir_ = dir;
-    path_ = dir + "/sign-in.html";
-    const int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    const std::string to = html_escape(target);
-    std::string page = "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">"
-                       "<meta http-equiv=\"refresh\" content=\"0;url=" + to + "\"><title>Sign in</title></head>"
-                       "<body><p><a href=\"" + to + "\">Continue to sign in</a></p></body></html>\n";
-    bool written = fd >= 0 && ::write(fd, page.data(), page.size()) == static_cast<ssize_t>(page.size());
-    if (fd >= 0) ::close(fd);
-    OPENSSL_cleanse(page.data(), page.size());
-    if (!written) {
-      const int err = errno;
+    try {
+      write(page);
+    } catch (...) {
       remove();
-      fail(errc::browser_launch_failed, "cannot write the sign-in page: " + std::generic_category().message(err));
+      throw;
     }
   }
   redirect_page(const redirect_page&) = delete;
   redirect_page& operator=(const redirect_page&) = delete;
   ~redirect_page() { remove(); }
 
-  /// The page as a file: URL (the folder's name is random; nothing in it needs escaping).
-  std::string url() const { return "file://" + path_; }
+  /// The page as a file: URL.
+  std::string url() const {
+    std::string out = "file://";
+    for (char c : path()) {
+      if (c == '/') out += c;
+      else detail::percent_encode_to(out, std::string_view(&c, 1));
+    }
+    return out;
+  }
 
  private:
+  static constexpr const char* file_name = "sign-in.html";
+
+  std::string path() const { return dir_ + "/" + file_name; }
+
+  [[noreturn]] static void fail_here(const std::string& what, int err) {
+    detail::fail(errc::browser_launch_failed, what + ": " + std::generic_category().message(err));
+  }
+
+  // Through the folder's descriptor, once it is known to be ours and private:
+  // where others may rename folders (a TMPDIR without the sticky bit), the
+  // name may no longer lead to the one mkdtemp made.
+  void write(const std::string& page) const {
+    detail::unique_fd folder(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    struct stat st {};
+    if (!folder || ::fstat(folder.get(), &st) != 0) fail_here("cannot open the private folder", errno);
+    if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
+      detail::fail(errc::browser_launch_failed, "the sign-in page's folder was replaced by another");
+    detail::unique_fd file(::openat(folder.get(), file_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!file) fail_here("cannot create the sign-in page", errno);
+    for (std::string_view rest = page; !rest.empty();) {
+      const auto n = ::write(file.get(), rest.data(), rest.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail_here("cannot write the sign-in page", errno);
+      rest.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+
   void remove() noexcept {
-    ::unlink(path_.c_str());
+    ::unlink(path().c_str());
     ::rmdir(dir_.c_str());
   }
 
-  std::string dir_, path_;
+  std::string dir_;
 };
-
-}  // namespace detail
 
 /// A browser_opener that runs `argv` with the URL as its last argument.
 inline browser_opener browser_command(std::vector<std::string> argv) {
@@ -3497,9 +3602,9 @@ inline asio::awaitable<token_set> authorize(const oauth_client& client, const br
   auto auth = client.begin_authorization(listener.redirect_uri());
   // A browser started as a command gets a private page, not the URL; any
   // other opener (one that prints the URL, say) gets the URL itself.
-  std::optional<redirect_page> page;
+  std::optional<confluence_oauth::redirect_page> page;
   if (options.redirect_page && open.target<browser_command_opener>()) page.emplace(auth.url);
-  const std::string target = page ? page->url() : auth.url;  // as above: not a ?: inside the co_await
+  const std::string target = page ? page->url() : auth.url;  // not a ?: inside the co_await: GCC 12 frees it twice
   co_await open(target);
   auto code = co_await listener.wait(auth);
   page.reset();
@@ -3688,10 +3793,10 @@ class session_state : public std::enable_shared_from_this<session_state> {
  public:
   using clock = token_set::clock;
 
-  session_state(const asio::any_io_executor& ex, client_config config, std::shared_ptr<token_store> store,
-                session_options options)
-      : client_(ex, std::move(config)), store_holder_(std::move(store)), store_(checked(store_holder_)),
-        options_(std::move(options)), api_(parse_url(client_.config().api_url)), strand_(asio::make_strand(ex)) {
+  session_state(oauth_client client, std::shared_ptr<token_store> store, session_options options)
+      : client_(std::move(client)), store_holder_(std::move(store)), store_(checked(store_holder_)),
+        options_(std::move(options)), api_(parse_url(client_.config().api_url)),
+        strand_(asio::make_strand(client_.get_executor())) {
     if (options_.refresh_skew.count() < 0 || options_.near_expiry.count() < 0)
       fail(errc::invalid_config, "session_options: refresh_skew and near_expiry must not be negative");
     if (options_.retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
@@ -3750,8 +3855,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
   asio::awaitable<void> adopt(token_set tokens) {
     auto guard = co_await store_.lock();
     std::string failure;
+    errc kind = errc::store_error;
     try {
       co_await store_.save(tokens);
+    } catch (const oauth_error& e) {
+      failure = e.what();
+      // A store that refuses its file (another user's, a link) needs fixing, not retrying.
+      if (e.code() == errc::invalid_config) kind = errc::invalid_config;
     } catch (const std::exception& e) {
       failure = e.what();
     }
@@ -3760,8 +3870,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
       // The code that bought these tokens is spent: keep them, save them before use.
       unsaved_ = true;
       unsaved_overwrites_ = true;
-      fail(errc::store_error, "the new grant could not be saved (" + failure +
-                                  "); it is kept in memory and saved before it is used");
+      fail(kind, "the new grant could not be saved (" + failure + "); it is kept in memory and saved before it is used");
     }
   }
 
@@ -3774,9 +3883,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
   asio::awaitable<std::optional<token_set>> tokens() { co_return tokens_; }
 
   std::string redact(std::string text) const {
-    std::lock_guard lock(known_mutex_);
+    std::vector<secret> known;
+    {
+      std::lock_guard lock(known_mutex_);  // only for the copy: remember() runs on the strand
+      known = known_;
+    }
     std::vector<const secret*> secrets{&client_.config().client_secret};
-    for (const auto& s : known_) secrets.push_back(&s);
+    for (const auto& s : known) secrets.push_back(&s);
     return detail::redact(std::move(text), secrets);
   }
 
@@ -4047,9 +4160,10 @@ class session_state : public std::enable_shared_from_this<session_state> {
   // replaces the grant (install) and by every refresh round.
   mutable std::mutex published_mutex_;
   std::optional<usable_token> published_;
-  mutable std::mutex known_mutex_;
-  std::vector<secret> known_;  // see remember()
   clock::time_point published_until_;
+  // The tokens held lately, for redact(), which runs off the strand.
+  mutable std::mutex known_mutex_;
+  std::vector<secret> known_;
   std::uint64_t epoch_ = 0;               // bumped when the grant is replaced from outside a round
   std::shared_ptr<refresh_round> round_;  // the round in flight
   secret rejected_;                       // an access token the API refused
@@ -4129,7 +4243,12 @@ class session {
   /// ownership of `store`: a refresh running in the background keeps it alive.
   session(asio::any_io_executor ex, client_config config, std::shared_ptr<token_store> store,
           session_options options = {})
-      : state_(std::make_shared<detail::session_state>(ex, std::move(config), store, std::move(options))) {}
+      : session(oauth_client(std::move(ex), std::move(config)), std::move(store), std::move(options)) {}
+
+  /// A session on an existing client, whose connections and TLS context it
+  /// shares: a web app keeps one oauth_client for all its users' sessions.
+  session(oauth_client client, std::shared_ptr<token_store> store, session_options options = {})
+      : state_(std::make_shared<detail::session_state>(std::move(client), std::move(store), std::move(options))) {}
 
   /// The OAuth client the session refreshes with.
   const oauth_client& client() const noexcept { return state_->client(); }

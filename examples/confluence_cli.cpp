@@ -121,13 +121,18 @@ std::string help_text() {
          "  --api-url URL           API base URL (default " + d.api_url + ")\n"
          "  --ca-file PEM           also trust the CA certificates in this PEM file\n"
          "  --token-encoding ENC    token request body: json (Atlassian; default) or form\n"
-         "  --pkce                  send a PKCE S256 challenge (standard servers; with it the\n"
-         "                          client secret may be omitted)\n"
+         "  --no-pkce               send no PKCE S256 challenge (it is sent by default; off\n"
+         "                          only for a server that rejects it). With PKCE, a\n"
+         "                          server other than Atlassian's may go without the secret\n"
          "  --audience VALUE        audience parameter (default " + d.audience + "; '' omits it)\n"
          "  --prompt VALUE          prompt parameter (default " + d.prompt + "; '' omits it)\n"
          "  --browser CMD           open the URL with CMD, split on spaces, URL appended\n"
          "                          (default: $BROWSER, else the system opener)\n"
          "  --no-browser            do not open a browser, only print the URL\n"
+         "  --no-redirect-page      give the browser the URL itself, not a private local page\n"
+         "                          that leads to it (for browsers that cannot read local\n"
+         "                          files, such as snap-confined ones; the URL is then on\n"
+         "                          the browser's command line, which other users can read)\n"
          "  --timeout SECONDS       how long login waits for the redirect (default 300)\n"
          "  --request-timeout SECONDS  limit for each HTTP request (default 30)\n"
          "  -h, --help              show this help\n"
@@ -156,6 +161,7 @@ struct settings {
   cfo::secret key;                   // the token file's encryption key; empty: not encrypted
   std::vector<std::string> browser;  // empty: the system opener
   bool no_browser = false;
+  bool redirect_page = true;         // the browser opens a private page that leads to the URL
   std::chrono::seconds wait_timeout = 300s;
   std::string command;
   std::vector<std::string> args;             // the command's positional arguments (get's PATH)
@@ -300,9 +306,12 @@ settings parse_arguments(int argc, char** argv) {
       if (v == "json") s.config.encoding = cfo::token_encoding::json;
       else if (v == "form") s.config.encoding = cfo::token_encoding::form;
       else usage_error("--token-encoding: expected json or form, got \"" + cfo::detail::sanitize_text(v, 40) + "\"");
-    } else if (name == "--pkce") {
+    } else if (name == "--pkce") {  // the default since 1.1; still accepted
       flag();
       s.config.use_pkce = true;
+    } else if (name == "--no-pkce") {
+      flag();
+      s.config.use_pkce = false;
     } else if (name == "--audience") {
       s.config.audience = value();
     } else if (name == "--prompt") {
@@ -313,6 +322,9 @@ settings parse_arguments(int argc, char** argv) {
     } else if (name == "--no-browser") {
       flag();
       s.no_browser = true;
+    } else if (name == "--no-redirect-page") {
+      flag();
+      s.redirect_page = false;
     } else if (name == "--timeout") {
       s.wait_timeout = parse_seconds(name, value(), 24 * 3600);
     } else if (name == "--request-timeout") {
@@ -342,7 +354,12 @@ settings parse_arguments(int argc, char** argv) {
   s.config.client_id = client_id ? *client_id : env("ATLASSIAN_CLIENT_ID");
   s.config.client_secret = cfo::secret(client_secret ? *client_secret : env("ATLASSIAN_CLIENT_SECRET"));
   if (s.config.client_id.empty()) usage_error("missing client id: pass --client-id or set ATLASSIAN_CLIENT_ID");
-  if (s.config.client_secret.empty() && !s.config.use_pkce)
+  bool atlassian = false;
+  try {
+    atlassian = cfo::parse_url(s.config.token_url).host == "auth.atlassian.com";
+  } catch (const cfo::oauth_error&) {  // validate() reports it, without a secret pasted there
+  }
+  if (s.config.client_secret.empty() && (!s.config.use_pkce || atlassian))
     usage_error("missing client secret: set ATLASSIAN_CLIENT_SECRET or pass --client-secret");
   if (s.token_file.empty()) s.token_file = default_token_file();
   if (key_file) s.key = read_key_file(*key_file);
@@ -410,12 +427,17 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
 
   cfo::browser_opener launch;
   if (!s.no_browser) launch = s.browser.empty() ? cfo::browser_opener(cfo::open_browser) : cfo::browser_command(s.browser);
-  // The URL holds only public values and a single-use state: fine to print.
+  // The terminal is the user's own: the URL may be printed there. A command
+  // line is every local user's: the browser gets a private page that leads
+  // to the URL, kept until the sign-in ends.
+  std::optional<cfo::redirect_page> page;
   cfo::browser_opener show_and_launch = [&](const std::string& url) -> asio::awaitable<void> {
     std::cerr << "Open this URL to authorize:\n  " << url << '\n' << std::flush;
     if (launch) {
       try {
-        co_await launch(url);
+        if (s.redirect_page) page.emplace(url);
+        const std::string target = page ? page->url() : url;  // not a ?: inside the co_await (GCC 12)
+        co_await launch(target);
       } catch (const cfo::oauth_error& e) {
         if (e.code() != cfo::errc::browser_launch_failed) throw;
         std::cerr << "confluence-cli: " << e.what() << "; open the URL yourself\n";
@@ -425,6 +447,7 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
   };
 
   co_await session.authorize(show_and_launch);  // holds the store's lock only to save
+  page.reset();
   const auto held = co_await session.tokens();
   const auto& tokens = *held;
 

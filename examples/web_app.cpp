@@ -668,8 +668,7 @@ class web_app {
  public:
   /// Validates the configuration (throws oauth_error) and makes the app's one OAuth client.
   web_app(asio::any_io_executor ex, const cfo::client_config& config, unsigned connect_rate)
-      : executor_(std::move(ex)),
-        client_(executor_, config),
+      : client_(std::move(ex), config),
         callback_path_(cfo::parse_url(client_.config().redirect_uri).path()),
         https_(cfo::parse_url(client_.config().redirect_uri).is_https()),
         // Browsers keep a __Host- cookie only when it is Secure, for Path=/ and without Domain:
@@ -851,9 +850,8 @@ class web_app {
       co_return page(503, "error", "Too many users", paragraph("Too many users are connected. Try again later."));
 
     auto tokens = co_await client_.exchange_code(params.code, std::move(*auth));
-    // Its own token store; its own TLS context too, for cfo::session takes a
-    // configuration, not the app's client: one per connected user, never per visitor.
-    cfo::session session(executor_, client_.config(), std::make_shared<cfo::memory_token_store>());
+    // Its own token store, on the app's one client (connections, TLS context).
+    cfo::session session(client_, std::make_shared<cfo::memory_token_store>());
     co_await session.adopt(std::move(tokens));
 
     // A new browser id now that the browser holds a grant: an id planted in
@@ -927,7 +925,6 @@ class web_app {
     return host && (*origin == "http://" + *host || *origin == "https://" + *host);
   }
 
-  asio::any_io_executor executor_;
   cfo::oauth_client client_;  // the one client, TLS context and connection pool of the app
   std::string callback_path_;
   bool https_;

@@ -33,7 +33,7 @@ void check_page(std::string_view app, std::string_view title, std::string_view m
   FUZZ_CHECK(back.status == 400 && back.body == page);
 }
 
-// The listener's route(): the message it builds from what the server said.
+// The listener's route(): how a callback is classified, and what its error carries.
 void check_callback(std::string_view target) {
   const auto& auth = fixed_authorization();
   auto params = cfo::parse_callback(target);
@@ -42,10 +42,17 @@ void check_callback(std::string_view target) {
     case cfo::callback_match::code:
       FUZZ_CHECK(!params.code.empty() && params.state && *params.state == auth.state);
       break;
-    case cfo::callback_match::denied: FUZZ_CHECK(params.error == "access_denied"); break;
-    case cfo::callback_match::failed: FUZZ_CHECK(!params.error.empty() && params.error != "access_denied"); break;
-    case cfo::callback_match::state_mismatch: FUZZ_CHECK(params.state && !(*params.state == auth.state)); break;
-    case cfo::callback_match::incomplete: FUZZ_CHECK(params.error.empty()); break;
+    // Only the authorization's own state answers it, with a code or an error.
+    case cfo::callback_match::denied:
+      FUZZ_CHECK(params.error == "access_denied" && params.state && *params.state == auth.state);
+      break;
+    case cfo::callback_match::failed:
+      FUZZ_CHECK(!params.error.empty() && params.error != "access_denied" && params.state && *params.state == auth.state);
+      break;
+    case cfo::callback_match::state_mismatch: FUZZ_CHECK(!params.state || !(*params.state == auth.state)); break;
+    case cfo::callback_match::incomplete:
+      FUZZ_CHECK(params.error.empty() && params.code.empty() && params.state && *params.state == auth.state);
+      break;
   }
   // verify_callback throws exactly what match_callback classified.
   try {
@@ -59,10 +66,11 @@ void check_callback(std::string_view target) {
       FUZZ_CHECK(ec == cfo::errc::authorization_failed);
     if (match == cfo::callback_match::state_mismatch) FUZZ_CHECK(ec == cfo::errc::state_mismatch);
     FUZZ_CHECK(e.error_description().size() <= 303 && e.error_uri().size() <= 303);
+    for (const std::string* text : {&e.error(), &e.error_description(), &e.error_uri()})
+      for (unsigned char c : *text) FUZZ_CHECK(c >= 0x20 && c != 0x7f);
   }
-  std::string message = "The authorization server reported an error: " + cfo::detail::sanitize_text(params.error, 60) + ".";
-  if (!params.error_description.empty()) message += " " + cfo::detail::sanitize_text(params.error_description, 200);
-  check_page("confluence_oauth", "Authorization failed", message);
+  // The listener's pages are fixed text; html_page escapes any text all the same.
+  check_page("confluence_oauth", "Authorization failed", cfo::detail::sanitize_text(params.error_description, 200));
 }
 
 }  // namespace

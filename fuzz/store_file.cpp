@@ -31,16 +31,18 @@ void decode(const cfo::file_token_store& store, std::string_view text) {
   }
 }
 
-// save()'s envelope around `plain`.
-std::string seal(std::string_view plain) {
+// save()'s envelope around `plain` for "tokens.json": format 2, or the first
+// format that load() still reads (its associated data is the format alone).
+std::string seal(std::string_view plain, bool first_format) {
   static const std::string key_id = [] {
     auto digest = cfo::detail::sha256("confluence_oauth file_token_store key id:" + fixed_key().reveal());
     return cfo::detail::base64url_encode(digest.data(), 9);
   }();
-  constexpr std::string_view format = "confluence_oauth/aes-256-gcm/1";
+  const std::string format = first_format ? "confluence_oauth/aes-256-gcm/1" : "confluence_oauth/aes-256-gcm/2";
+  const std::string aad = first_format ? format : format + "\ntoken_set\ntokens.json";
   nlohmann::json sealed = {{"format", format},
                            {"key_id", key_id},
-                           {"sealed", cfo::detail::base64url_encode(cfo::detail::aes256gcm_seal(fixed_key().reveal(), plain, format))}};
+                           {"sealed", cfo::detail::base64url_encode(cfo::detail::aes256gcm_seal(fixed_key().reveal(), plain, aad))}};
   return sealed.dump(2) + "\n";
 }
 
@@ -54,7 +56,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static const cfo::file_token_store sealed_store("/nonexistent/tokens.json", fixed_key());
 
   if (mode & 1) {
-    auto sealed = seal(text);
+    auto sealed = seal(text, (mode & 2) != 0);
     decode(sealed_store, sealed);
     decode(plain_store, sealed);
     return 0;

@@ -43,6 +43,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -661,11 +662,50 @@ inline std::string html_escape(std::string_view in) {
   return out;
 }
 
-/// Keeps server-supplied text printable and short before it goes into a message.
+/// The length of the well-formed UTF-8 sequence at the start of `s` (1 to 4)
+/// and its code point; 0 when it is not one (overlong, surrogate, cut short).
+inline std::size_t utf8_sequence(std::string_view s, char32_t& cp) noexcept {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char lead = b(0);
+  std::size_t n = lead < 0x80 ? 1 : lead >= 0xC2 && lead <= 0xDF ? 2 : lead >= 0xE0 && lead <= 0xEF ? 3
+                : lead >= 0xF0 && lead <= 0xF4 ? 4 : 0;
+  if (n == 0 || n > s.size()) return 0;
+  cp = n == 1 ? lead : lead & (0x7F >> n);
+  for (std::size_t i = 1; i < n; ++i) {
+    if ((b(i) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(i) & 0x3F);
+  }
+  const bool overlong = (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000);
+  if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+/// Makes text from outside (server messages, error fields, file names) safe
+/// to print, log or put in an exception, and short: C0 and C1 controls and
+/// line separators become spaces, bidirectional overrides, isolates and marks
+/// (which can make a terminal show text in another order) are dropped, and
+/// bytes that are not UTF-8 become '?'. At most `max` bytes of the text,
+/// never half a character, then "..." when it was cut.
 inline std::string sanitize_text(std::string_view in, std::size_t max = 300) {
   std::string out;
-  for (char c : in.substr(0, max)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? ' ' : c;
-  if (in.size() > max) out += "...";
+  out.reserve(std::min(in.size(), max) + 3);
+  std::size_t i = 0;
+  while (i < in.size()) {
+    char32_t cp = 0;
+    std::size_t n = utf8_sequence(in.substr(i), cp);
+    if (i + std::max<std::size_t>(n, 1) > max) break;
+    if (n == 0) {
+      out += '?';
+      n = 1;
+    } else if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F) || cp == 0x2028 || cp == 0x2029) {
+      out += ' ';
+    } else if (!(cp == 0x061C || cp == 0x200E || cp == 0x200F || (cp >= 0x202A && cp <= 0x202E) ||
+                 (cp >= 0x2066 && cp <= 0x2069))) {
+      out.append(in.substr(i, n));
+    }
+    i += n;
+  }
+  if (i < in.size()) out += "...";
   return out;
 }
 
@@ -835,31 +875,157 @@ class secret {
 };
 
 namespace detail {
-/// Replaces every occurrence of the given secrets in server-supplied text:
-/// raw, and as a request carried them (percent-encoded in a form or query,
-/// escaped in a JSON body), which a server reflecting the request sends back.
+
+/// Overwrites a string's whole buffer, the bytes past its size included.
+inline void wipe(std::string& s) noexcept { OPENSSL_cleanse(s.data(), s.capacity()); }
+
+/// The ways a secret can come back in text: as it is; as this library sends
+/// it (percent-encoded in a form or query, escaped in JSON) and as servers
+/// re-encode what they echo (lower-case hex, '+' for space, JSON's "\/");
+/// and inside base64 (an HTTP Basic credential "id:secret", a JWT). Base64
+/// of a longer text carries the secret at one of three alignments: the
+/// characters that depend only on the secret's bytes are listed for each.
+/// Each form once, longest first.
+inline std::vector<std::string> encodings_of(const std::string& value) {
+  std::vector<std::string> forms;
+  forms.push_back(value);
+  std::string percent = percent_encode(value), plus;
+  for (std::size_t i = 0; i < percent.size(); ++i) {
+    if (percent.compare(i, 3, "%20") == 0) {
+      plus += '+';
+      i += 2;
+    } else {
+      plus += percent[i];
+    }
+  }
+  for (const std::string* form : {&percent, &plus}) {
+    std::string lower = *form;
+    for (std::size_t i = 0; i + 2 < lower.size(); ++i)
+      if (lower[i] == '%')
+        for (std::size_t k = i + 1; k <= i + 2; ++k)
+          if (lower[k] >= 'A' && lower[k] <= 'F') lower[k] = static_cast<char>(lower[k] + 32);
+    forms.push_back(*form);
+    forms.push_back(std::move(lower));
+  }
+  wipe(percent);
+  wipe(plus);
+  nlohmann::json as_json = value;
+  std::string escaped = as_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  wipe(as_json.get_ref<std::string&>());
+  escaped = escaped.substr(1, escaped.size() - 2);  // without the quotes
+  std::string solidus;
+  for (char c : escaped) solidus += c == '/' ? std::string("\\/") : std::string(1, c);
+  forms.push_back(std::move(escaped));
+  forms.push_back(std::move(solidus));
+  for (std::size_t lead = 0; lead < 3; ++lead) {
+    std::string padded(lead, '\0');
+    padded += value;
+    std::string url = base64url_encode(padded);
+    wipe(padded);
+    // Skip what the lead bytes touch, and the last group, which the next bytes touch.
+    const std::size_t from = (lead * 4 + 2) / 3, to = (padded.size() / 3) * 4;
+    if (to > from + 8) {
+      std::string core = url.substr(from, to - from), standard = core;
+      for (char& c : standard) c = c == '-' ? '+' : c == '_' ? '/' : c;
+      forms.push_back(std::move(core));
+      forms.push_back(std::move(standard));
+    }
+    wipe(url);
+  }
+  std::sort(forms.begin(), forms.end(), [](const auto& a, const auto& b) { return a.size() > b.size() || (a.size() == b.size() && a < b); });
+  for (auto dup = std::unique(forms.begin(), forms.end()); dup != forms.end(); ++dup) wipe(*dup);
+  forms.erase(std::unique(forms.begin(), forms.end()), forms.end());
+  return forms;
+}
+
+/// Replaces every occurrence of the given secrets in text from outside, in
+/// every encoding of encodings_of, with "[redacted]". White space and line
+/// breaks inside an occurrence of a long secret do not hide it (a server or a
+/// log that wraps long lines), and a piece of at least 8 characters of one
+/// that starts or ends the text is taken for the rest of a secret cut at a
+/// line's edge. Linear in the text for each form: it also runs on large
+/// error bodies.
 inline std::string redact(std::string text, std::span<const secret* const> secrets) {
   static constexpr std::string_view mark = "[redacted]";
-  for (const secret* s : secrets) {
-    if (!s || s->reveal().size() < 4) continue;
-    nlohmann::json as_json = s->reveal();
-    std::string forms[] = {s->reveal(), percent_encode(s->reveal()),
-                           as_json.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
-    auto& copy = as_json.get_ref<std::string&>();
-    OPENSSL_cleanse(copy.data(), copy.size());
-    forms[2].erase(0, 1);  // without the quotes
-    forms[2].pop_back();
-    for (std::size_t i = 0; i < std::size(forms); ++i) {
-      // A form equal to an earlier one is done: searching again would find it inside a mark.
-      if (std::find(forms, forms + i, forms[i]) == forms + i)
-        // Search on after the mark, which may itself contain a short secret.
-        for (auto pos = text.find(forms[i]); pos != std::string::npos; pos = text.find(forms[i], pos + mark.size()))
-          text.replace(pos, forms[i].size(), mark);
+  static constexpr std::size_t min_piece = 8, min_wrapped = 12;
+  auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+  std::vector<std::string> forms;
+  for (const secret* s : secrets)
+    if (s && s->reveal().size() >= 4)
+      for (auto& form : encodings_of(s->reveal())) forms.push_back(std::move(form));
+  // [begin, end) ranges of the text to replace, from both passes.
+  std::vector<std::pair<std::size_t, std::size_t>> spans;
+  // Whole occurrences, as they are: a secret made mostly of white space too.
+  for (const auto& form : forms)
+    if (form.size() >= 4)
+      for (auto at = text.find(form); at != std::string::npos; at = text.find(form, at + form.size()))
+        spans.emplace_back(at, at + form.size());
+  // Then occurrences that white space broke up, and pieces at the edges, in
+  // the text without white space ("compact"). A compact index maps back by
+  // the white space before it: the j-th white space character stands after
+  // `spaces[j] - j` compact characters.
+  std::vector<std::uint32_t> spaces;
+  std::string compact;
+  const bool has_space = text.size() <= UINT32_MAX && std::any_of(text.begin(), text.end(), is_space);
+  if (has_space) {
+    compact.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      if (is_space(text[i])) spaces.push_back(static_cast<std::uint32_t>(i - spaces.size()));
+      else compact += text[i];
     }
-    for (auto& f : forms) OPENSSL_cleanse(f.data(), f.size());
   }
-  return text;
+  const std::string_view squeezed = has_space ? std::string_view(compact) : std::string_view(text);
+  auto original = [&](std::size_t c) {
+    return c + static_cast<std::size_t>(std::upper_bound(spaces.begin(), spaces.end(), c) - spaces.begin());
+  };
+  for (auto& form : forms) {
+    std::string solid = form;
+    std::erase_if(solid, is_space);
+    if (solid.size() < min_wrapped) {
+      wipe(solid);
+      continue;
+    }
+    if (has_space)
+      for (auto at = squeezed.find(solid); at != std::string_view::npos; at = squeezed.find(solid, at + solid.size()))
+        spans.emplace_back(original(at), original(at + solid.size() - 1) + 1);
+    // The text ends with the start of a secret...
+    const std::string_view head(solid.data(), min_piece);
+    const std::size_t window = std::min(squeezed.size(), solid.size() - 1);
+    for (auto at = squeezed.find(head, squeezed.size() - window); at != std::string_view::npos; at = squeezed.find(head, at + 1))
+      if (solid.compare(0, squeezed.size() - at, squeezed.data() + at, squeezed.size() - at) == 0) {
+        spans.emplace_back(original(at), text.size());
+        break;
+      }
+    // ...or starts with the end of one.
+    if (squeezed.size() >= min_piece) {
+      const std::string_view start = squeezed.substr(0, min_piece);
+      for (auto at = solid.find(start, 1); at != std::string::npos; at = solid.find(start, at + 1))
+        if (solid.size() - at <= squeezed.size() && squeezed.compare(0, solid.size() - at, std::string_view(solid).substr(at)) == 0) {
+          spans.emplace_back(0, original(solid.size() - at - 1) + 1);
+          break;
+        }
+    }
+    wipe(solid);
+  }
+  for (auto& f : forms) wipe(f);
+  wipe(compact);
+  if (spans.empty()) return text;
+  std::sort(spans.begin(), spans.end());
+  std::string out;
+  out.reserve(text.size());
+  std::size_t copied = 0;
+  for (std::size_t i = 0; i < spans.size();) {
+    std::size_t begin = spans[i].first, end = spans[i].second;
+    for (++i; i < spans.size() && spans[i].first <= end; ++i) end = std::max(end, spans[i].second);
+    out.append(text, copied, begin - copied);
+    out += mark;
+    copied = end;
+  }
+  out.append(text, copied);
+  wipe(text);
+  return out;
 }
+
 }  // namespace detail
 
 // ============================================================================
@@ -954,14 +1120,22 @@ inline url parse_url_showing(std::string_view text, std::string_view shown) {
 /// belongs in an OAuth endpoint or redirect URI.
 inline url parse_url(std::string_view text) { return detail::parse_url_showing(text, text); }
 
-/// True for "localhost", 127.0.0.0/8 and ::1 (with or without brackets).
+/// True for a literal loopback address: 127.0.0.0/8 and ::1 (with or without
+/// brackets). A name, "localhost" included, is not trusted by its spelling:
+/// plain http to one is allowed only once every address it resolves to is
+/// loopback (checked when connecting).
 inline bool is_loopback(std::string_view host) noexcept {
-  if (detail::iequals(host, "localhost")) return true;
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   std::error_code ec;
   auto addr = asio::ip::make_address(std::string(host), ec);
   return !ec && addr.is_loopback();
 }
+
+namespace detail {
+/// A loopback address, or "localhost", whose addresses are checked when it is
+/// resolved (the transport) or never looked up (the listener binds literals).
+inline bool names_loopback(std::string_view host) noexcept { return iequals(host, "localhost") || is_loopback(host); }
+}  // namespace detail
 
 /// Resolves an absolute URL, an absolute path ("/wiki/...") or a path relative
 /// to a prefix, as pagination links from the Atlassian gateway need.
@@ -1248,6 +1422,7 @@ class http_parser {
     auto line_end = head.find('\n');
     auto start = chomp(head.substr(0, line_end + 1));
     head.remove_prefix(line_end + 1);
+    if (start.find('\r') != std::string_view::npos) return error(errc::protocol_error, "bare CR in the start line"), false;
     if (!(kind_ == kind::response ? parse_status_line(start) : parse_request_line(start))) return false;
     headers_.clear();
     while (!head.empty()) {
@@ -1256,6 +1431,8 @@ class http_parser {
       head.remove_prefix(nl + 1);
       if (line.empty()) break;
       if (line.front() == ' ' || line.front() == '\t') return error(errc::protocol_error, "obsolete header folding"), false;
+      // A bare CR ends a line for some parsers and not for others: request smuggling.
+      if (line.find('\r') != std::string_view::npos) return error(errc::protocol_error, "bare CR in a header line"), false;
       auto colon = line.find(':');
       if (colon == std::string_view::npos || colon == 0) return error(errc::protocol_error, "malformed header line"), false;
       auto name = line.substr(0, colon);
@@ -1601,6 +1778,12 @@ class connection : public std::enable_shared_from_this<connection> {
     const std::error_code rec = found->ec;
     const auto endpoints = std::move(found->endpoints);
     if (rec) co_return failure(make_error_code(errc::resolve_failed), "cannot resolve " + u.host + ": " + rec.message());
+    // Plain http goes to loopback only: a name such as "localhost" must not
+    // resolve anywhere else (a tampered hosts file, a resolver that answers it).
+    if (!use_tls_ && std::any_of(endpoints.begin(), endpoints.end(),
+                                 [](const auto& e) { return !e.endpoint().address().is_loopback(); }))
+      co_return failure(make_error_code(errc::insecure_transport),
+                        "refusing plain http to " + u.authority() + ": it resolves to an address that is not loopback");
     auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, on_strand_tuple());
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (cec == asio::error::operation_aborted) co_return failure(cec, "cancelled");
@@ -1613,12 +1796,12 @@ class connection : public std::enable_shared_from_this<connection> {
       SSL* ssl = stream_.native_handle();
       std::error_code aec;
       asio::ip::make_address(u.host, aec);
-      if (aec) {  // a name: SNI and host-name verification
-        SSL_set_tlsext_host_name(ssl, u.host.c_str());
-        SSL_set1_host(ssl, u.host.c_str());
-      } else {
-        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str());
-      }
+      // Without the name or address to check, any trusted certificate would do: fail instead.
+      const bool checks_set = aec ? SSL_set_tlsext_host_name(ssl, u.host.c_str()) == 1 && SSL_set1_host(ssl, u.host.c_str()) == 1
+                                  : X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), u.host.c_str()) == 1;
+      if (!checks_set)
+        co_return failure(make_error_code(errc::certificate_rejected),
+                          "cannot set up the certificate check for " + sanitize_text(u.host, 100));
       auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, on_strand_tuple());
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (hec == asio::error::operation_aborted) co_return failure(hec, "cancelled");
@@ -1713,7 +1896,7 @@ class http_client {
   /// Sends `req` to `u` and returns the whole response, whatever its status.
   /// The request line uses u.target; req.target is ignored.
   asio::awaitable<http_response> send(const url& u, const http_request& req, http_limits limits = {}) {
-    if (!u.is_https() && !is_loopback(u.host))
+    if (!u.is_https() && !names_loopback(u.host))
       fail(errc::insecure_transport, "refusing plain http to " + u.authority());
     check_request(req);
     const std::string head = serialize_head(req, u);
@@ -1829,7 +2012,9 @@ class http_client {
 //    `token_set` is what the token endpoint grants; a `token_store` keeps it
 //    between runs. The file store writes atomically (temporary file, fsync,
 //    rename, fsync of the folder) with mode 0600, so a crash never leaves a
-//    half-written file and a rotated refresh token is never lost.
+//    half-written file and a rotated refresh token is never lost. Like OpenSSH
+//    with a private key, it refuses files and folders another local user could
+//    have planted or could change.
 // ============================================================================
 
 /// What the token endpoint grants. Streams print the secrets as fingerprints.
@@ -2023,6 +2208,78 @@ class unique_fd {
   fail(errc::store_error, what + ": " + std::generic_category().message(errno));
 }
 
+// A refused file is invalid_config (fix the configuration): the refusal lasts
+// until the user fixes the file, so store_error (retry later) would retry in
+// vain, and store_corrupt (sign in again) would send the user through a login
+// whose save is refused as well.
+[[noreturn]] inline void refuse_file(const std::filesystem::path& path, const std::string& why) {
+  fail(errc::invalid_config, path.string() + " is refused: " + why);
+}
+
+/// "0644": the permission bits of `mode`, as chmod takes them.
+inline std::string octal_mode(mode_t mode) {
+  std::string out = "0";
+  for (int shift : {6, 3, 0}) out += static_cast<char>('0' + ((mode >> shift) & 7));
+  return out;
+}
+
+/// Refuses the file `st` describes (from fstat or lstat) unless it is a
+/// regular file of this user that neither group nor others may read or write.
+inline void check_private_file(const struct stat& st, const std::filesystem::path& path) {
+  if (S_ISLNK(st.st_mode)) refuse_file(path, "it is a symbolic link");
+  if (!S_ISREG(st.st_mode)) refuse_file(path, "it is not a regular file");
+  if (st.st_uid != ::geteuid())
+    refuse_file(path, "it is owned by user " + std::to_string(st.st_uid) + ", not by this user (" +
+                          std::to_string(::geteuid()) + ")");
+  if ((st.st_mode & 077) != 0)
+    refuse_file(path, "group or others may read or write it (mode " + octal_mode(st.st_mode) + "): run chmod 600 on it");
+}
+
+/// Refuses a folder in which others could replace or remove the store's
+/// files: one that group or others may write, unless it is sticky (as /tmp
+/// is, where only a file's owner may rename or remove it). A missing folder is
+/// fine.
+inline void check_private_folder(const std::filesystem::path& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    fail_errno("cannot inspect " + dir.string());
+  }
+  if ((st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0)
+    refuse_file(dir, "group or others may write this folder (mode " + octal_mode(st.st_mode) + "): run chmod go-w on it");
+}
+
+/// The folder `path` is in.
+inline std::filesystem::path folder_of(const std::filesystem::path& path) {
+  return path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+}
+
+/// Opens `path` with `flags` and refuses it unless check_private_file passes,
+/// checking the open descriptor, never the path again (no race between the
+/// check and the use). Never follows a symbolic link, nor blocks on a FIFO;
+/// creates with mode 0600. An empty descriptor when the file does not exist
+/// and `flags` do not create it.
+inline unique_fd open_private_file(const std::filesystem::path& path, int flags) {
+  unique_fd fd(::open(path.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600));
+  if (!fd) {
+    if (errno == ENOENT && (flags & O_CREAT) == 0) return fd;
+    if (errno == ELOOP) refuse_file(path, "it is a symbolic link");
+    if (errno == EISDIR) refuse_file(path, "it is not a regular file");
+    fail_errno("cannot open " + path.string());
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) fail_errno("cannot inspect " + path.string());
+  check_private_file(st, path);
+  return fd;
+}
+
+/// Whether `path` still names the file open as `fd`.
+inline bool still_names(const std::filesystem::path& path, int fd) {
+  struct stat held {}, named {};
+  return ::fstat(fd, &held) == 0 && ::lstat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+         held.st_ino == named.st_ino;
+}
+
 inline void write_all(int fd, std::string_view data, const std::string& what) {
   while (!data.empty()) {
     auto n = ::write(fd, data.data(), data.size());
@@ -2032,13 +2289,13 @@ inline void write_all(int fd, std::string_view data, const std::string& what) {
   }
 }
 
-/// Reads a whole file of at most `limit` bytes; nullopt if it does not exist.
-inline std::optional<std::string> read_file(const std::filesystem::path& path, std::size_t limit) {
-  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    if (errno == ENOENT) return std::nullopt;
-    fail_errno("cannot open " + path.string());
-  }
+/// Reads a whole private file (see open_private_file) of at most `limit`
+/// bytes in a private folder (see check_private_folder); nullopt if it does
+/// not exist.
+inline std::optional<std::string> read_private_file(const std::filesystem::path& path, std::size_t limit) {
+  check_private_folder(folder_of(path));
+  unique_fd fd = open_private_file(path, O_RDONLY);
+  if (!fd) return std::nullopt;
   std::string out;
   std::array<char, 4096> buf;
   for (;;) {
@@ -2085,11 +2342,21 @@ inline void remove_stale_temporaries(const std::filesystem::path& path, const st
   }
 }
 
-/// Replaces `path` atomically: a crash leaves either the old or the new file
-/// (and a temporary file, which a later save removes).
+/// Replaces `path` atomically with a private file: a crash leaves either the
+/// old or the new file (and a temporary file, which a later save removes).
+/// Refuses, writing nothing, a folder or an existing file that
+/// check_private_folder or check_private_file refuses.
 inline void write_file_atomically(const std::filesystem::path& path, std::string_view data) {
-  auto dir = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  auto dir = folder_of(path);
   create_private_folders(dir);
+  check_private_folder(dir);
+  // A file planted between this check and the rename is replaced, never
+  // written through: rename swaps the name, and O_EXCL creates the temporary.
+  struct stat existing {};
+  if (::lstat(path.c_str(), &existing) == 0)
+    check_private_file(existing, path);
+  else if (errno != ENOENT)
+    fail_errno("cannot inspect " + path.string());
   auto tmp = path;
   tmp += ".tmp-" + random_token(6);
   unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
@@ -2115,6 +2382,13 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
 /// clear error, never a garbage token. `lock` takes an advisory lock (flock)
 /// on "<file>.lock", so processes sharing the file refresh once. The file work
 /// is synchronous: a few small reads and writes and an fsync per save.
+///
+/// As OpenSSH treats a private key, the store refuses (invalid_config, naming
+/// the file and the reason; nothing read or written) a token or lock file that
+/// is a symbolic link, not a regular file, not owned by this user, or that
+/// group or others may read or write, and a folder that group or others may
+/// write unless it is sticky. A sealed file is bound to its file name: renaming
+/// the file makes it unreadable (moving its folder does not).
 class file_token_store final : public token_store {
  public:
   explicit file_token_store(std::filesystem::path path) : path_(std::move(path)) {}
@@ -2142,16 +2416,18 @@ class file_token_store final : public token_store {
   void set_lock_timeout(std::chrono::milliseconds timeout) noexcept { lock_timeout_ = timeout; }
 
   /// Reads the file (at most 1 MiB); nullopt when it does not exist. Throws
-  /// store_corrupt, store_key_mismatch or store_error.
+  /// invalid_config (a refused file or folder), store_corrupt,
+  /// store_key_mismatch or store_error.
   asio::awaitable<std::optional<token_set>> load() override {
-    auto text = detail::read_file(path_, 1024 * 1024);
+    auto text = detail::read_private_file(path_, 1024 * 1024);
     if (!text) co_return std::nullopt;
     detail::wipe_on_exit wipe{*text};
     co_return decode(*text);
   }
 
-  /// Decodes text read from the file, as load() does, without touching the
-  /// file. Throws store_corrupt or store_key_mismatch.
+  /// Decodes text read from the file, as load() does (a sealed text only
+  /// under the file's name), without touching the file. Throws store_corrupt
+  /// or store_key_mismatch.
   token_set decode(std::string_view text) const {
     auto j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
@@ -2171,40 +2447,51 @@ class file_token_store final : public token_store {
 
   /// Writes the file atomically, mode 0600; missing folders are created 0700.
   /// Removes temporary files that saves killed mid-way left over ten minutes
-  /// ago. Throws store_error.
+  /// ago. Throws invalid_config (a refused file or folder) or store_error.
   asio::awaitable<void> save(const token_set& tokens) override {
     std::string text = tokens.to_json().dump(2) + "\n";
     detail::wipe_on_exit wipe{text};
     if (encrypted()) {
-      nlohmann::json sealed = {{"format", format},
-                               {"key_id", key_id()},
-                               {"sealed", detail::base64url_encode(detail::aes256gcm_seal(key_.reveal(), text, format))}};
+      nlohmann::json sealed = {
+          {"format", format},
+          {"key_id", key_id()},
+          {"sealed", detail::base64url_encode(detail::aes256gcm_seal(key_.reveal(), text, associated_data()))}};
       text = sealed.dump(2) + "\n";
     }
     detail::write_file_atomically(path_, text);
     co_return;
   }
 
-  /// Removes the file; a missing one is fine. Throws store_error.
+  /// Removes the file and its lock file; missing ones are fine. Processes
+  /// sharing the file call it under lock(), as session::logout does: one
+  /// waiting for the lock meanwhile then takes the lock file made after it.
+  /// Throws store_error.
   asio::awaitable<void> clear() override {
-    if (::unlink(path_.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + path_.string());
+    remove_if_there(path_);  // one by one, not a braced list: GCC 12 mishandles those in coroutines
+    remove_if_there(lock_path());
     co_return;
   }
 
-  /// Polls a non-blocking flock so that the executor never blocks.
+  /// Polls a non-blocking flock so that the executor never blocks. The lock
+  /// file is refused as the token file is. Throws invalid_config or store_error.
   asio::awaitable<store_lock> lock() override {
-    auto lock_path = path_;
-    lock_path += ".lock";
-    auto dir = lock_path.parent_path().empty() ? std::filesystem::path(".") : lock_path.parent_path();
+    const auto lock_path = this->lock_path();
+    const auto dir = detail::folder_of(lock_path);
     detail::create_private_folders(dir);
-    auto fd = std::make_shared<detail::unique_fd>(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!*fd) detail::fail_errno("cannot open " + lock_path.string());
+    detail::check_private_folder(dir);
+    auto fd = std::make_shared<detail::unique_fd>();
     asio::steady_timer wait(co_await asio::this_coro::executor);
     const auto deadline = std::chrono::steady_clock::now() + lock_timeout_;
     for (std::chrono::milliseconds delay{1};; delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
-      if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) break;
-      if (errno == EINTR) continue;
-      if (errno != EWOULDBLOCK) detail::fail_errno("cannot lock " + lock_path.string());
+      if (!*fd) *fd = detail::open_private_file(lock_path, O_RDWR | O_CREAT);
+      if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) {
+        if (detail::still_names(lock_path, fd->get())) break;
+        fd->reset();  // clear() removed it while we waited: lock the one at the path next time
+      } else if (errno == EINTR) {
+        continue;
+      } else if (errno != EWOULDBLOCK) {
+        detail::fail_errno("cannot lock " + lock_path.string());
+      }
       if (std::chrono::steady_clock::now() >= deadline)
         detail::fail(errc::store_error, "another process has held " + lock_path.string() + " for more than " +
                                             std::to_string(lock_timeout_.count()) + " ms");
@@ -2216,7 +2503,29 @@ class file_token_store final : public token_store {
   }
 
  private:
-  static constexpr std::string_view format = "confluence_oauth/aes-256-gcm/1";
+  static constexpr std::string_view format = "confluence_oauth/aes-256-gcm/2";
+  /// Still read, so that an upgrade signs nobody out; the next save writes `format`.
+  static constexpr std::string_view first_format = "confluence_oauth/aes-256-gcm/1";
+
+  static void remove_if_there(const std::filesystem::path& file) {
+    if (::unlink(file.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + file.string());
+  }
+
+  std::filesystem::path lock_path() const {
+    auto path = path_;
+    path += ".lock";
+    return path;
+  }
+
+  // Sealed with the token set, so that another file sealed with the same key
+  // (another grant's token file, a file of another purpose) cannot stand in
+  // for this one: it fails to open as an altered file would. The file name
+  // binds it, not the whole path, so that moving the folder (a new home
+  // folder, a backup restored elsewhere) keeps the file working; renaming the
+  // file itself signs the user out. The first format bound only itself.
+  std::string associated_data() const {
+    return std::string(format) + "\ntoken_set\n" + path_.filename().string();
+  }
 
   /// Names the key without revealing it, so a wrong key is told from an altered file.
   std::string key_id() const {
@@ -2230,13 +2539,22 @@ class file_token_store final : public token_store {
       if (it == j.end() || !it->is_string()) detail::fail(errc::store_corrupt, path_.string() + ": no " + name);
       return it->get<std::string>();
     };
-    if (field("format") != format)
+    const auto file_format = field("format");
+    if (file_format != format && file_format != first_format)
       detail::fail(errc::store_corrupt, path_.string() + " is in a format this version cannot read");
     if (!detail::constant_time_equal(field("key_id"), key_id()))
       detail::fail(errc::store_key_mismatch, path_.string() + " was encrypted with another key");
     auto data = detail::base64_decode(field("sealed"));
-    auto plain = data ? detail::aes256gcm_open(key_.reveal(), *data, format) : std::nullopt;
-    if (!plain) detail::fail(errc::store_corrupt, path_.string() + " has been altered: its authentication tag does not match");
+    const auto aad = file_format == format ? associated_data() : std::string(first_format);
+    auto plain = data ? detail::aes256gcm_open(key_.reveal(), *data, aad) : std::nullopt;
+    // The right key, but a tag that does not match: an altered file, or one
+    // sealed for another name or purpose. Either way it holds no grant of
+    // ours, so store_corrupt (sign in again), not store_key_mismatch (the key
+    // is the right one).
+    if (!plain)
+      detail::fail(errc::store_corrupt, path_.string() +
+                                            " has been altered, or was sealed for another file: its authentication "
+                                            "tag does not match");
     return std::move(*plain);
   }
 
@@ -2263,7 +2581,7 @@ enum class token_encoding {
 /// reference", gives the rules. Checked by validate() when a client is made.
 struct client_config {
   std::string client_id;  ///< the app's client id
-  secret client_secret;   ///< the app's secret; may be empty only with use_pkce
+  secret client_secret;   ///< the app's secret; may be empty only with use_pkce, and never for Atlassian
   std::string redirect_uri = "http://localhost:3000/callback";  ///< the registered callback URL
   std::vector<std::string> scopes = {"read:page:confluence", "read:space:confluence", "offline_access"};  ///< requested scopes
   std::string audience = "api.atlassian.com";  ///< empty: parameter left out
@@ -2272,7 +2590,11 @@ struct client_config {
   std::string token_url = "https://auth.atlassian.com/oauth/token";    ///< where codes and refresh tokens are traded
   std::string api_url = "https://api.atlassian.com";                   ///< the base of session requests
   token_encoding encoding = token_encoding::json;  ///< token request bodies
-  bool use_pkce = false;  ///< Atlassian does not document PKCE; standard servers use it
+  /// PKCE S256 (RFC 7636) with every authorization: on by default, for
+  /// Atlassian too (the secret is still sent; a server that ignores the
+  /// challenge loses nothing). A code stolen from the loopback redirect is then
+  /// worthless without this run's verifier. Off only for a server that rejects it.
+  bool use_pkce = true;
   std::vector<std::pair<std::string, std::string>> extra_authorize_params;  ///< more authorization URL parameters; empty values left out
   tls_options tls;        ///< whom TLS trusts
   timeouts timeout;       ///< HTTP deadlines
@@ -2290,18 +2612,21 @@ struct client_config {
     };
     if (client_id.empty()) bad("client_id is empty");
     if (!printable(client_id)) bad("client_id contains spaces or control characters");
-    if (client_secret.empty() && !use_pkce) bad("client_secret is empty (Atlassian apps are confidential clients)");
+    // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
+    const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
+    if (client_secret.empty() && (!use_pkce || atlassian))
+      bad("client_secret is empty (Atlassian apps are confidential clients)");
     if (scopes.empty()) bad("no scopes requested");
     for (const auto& s : scopes)
       if (s.empty() || !printable(s))
         bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
     for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
       auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
-      if (!u.is_https() && !is_loopback(u.host))
+      if (!u.is_https() && !detail::names_loopback(u.host))
         detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
     }
     auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
-    if (!r.is_https() && !is_loopback(r.host))
+    if (!r.is_https() && !detail::names_loopback(r.host))
       detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
     if (timeout.request.count() <= 0) bad("request timeout must be positive");
   }
@@ -2344,22 +2669,19 @@ inline callback_params parse_callback(std::string_view target) {
 /// How a callback relates to the authorization it may answer.
 enum class callback_match {
   code,            ///< the state matches and there is a code
-  denied,          ///< error=access_denied (with a matching state, or none)
-  failed,          ///< another error (with a matching state, or none)
-  state_mismatch,  ///< the state belongs to another authorization
-  incomplete       ///< neither a code with its state nor an error
+  denied,          ///< the state matches and error=access_denied
+  failed,          ///< the state matches and there is another error
+  state_mismatch,  ///< the state is missing or belongs to another authorization
+  incomplete       ///< the state matches, but there is neither a code nor an error
 };
 
-/// Classifies a callback without throwing: a matching state with a code, an
-/// error (whose state, when echoed, must match), or something to ignore.
+/// Classifies a callback without throwing. Only a callback carrying this
+/// authorization's state may answer it, with a code or with an error: any
+/// web page can send the listener `?error=access_denied`, and such a
+/// callback must not end a sign-in in progress.
 inline callback_match match_callback(const callback_params& p, const authorization& auth) {
-  bool state_ok = p.state && *p.state == auth.state;
-  if (!p.error.empty()) {
-    if (p.state && !state_ok) return callback_match::state_mismatch;
-    return p.error == "access_denied" ? callback_match::denied : callback_match::failed;
-  }
-  if (!p.state) return callback_match::incomplete;
-  if (!state_ok) return callback_match::state_mismatch;
+  if (!p.state || auth.state.empty() || !(*p.state == auth.state)) return callback_match::state_mismatch;
+  if (!p.error.empty()) return p.error == "access_denied" ? callback_match::denied : callback_match::failed;
   return p.code.empty() ? callback_match::incomplete : callback_match::code;
 }
 
@@ -2367,16 +2689,17 @@ inline callback_match match_callback(const callback_params& p, const authorizati
 inline secret verify_callback(const callback_params& p, const authorization& auth) {
   // The server's words are kept, but not what they echo of this authorization.
   const secret* own[] = {&p.code, &auth.state, &auth.code_verifier};
-  error_details d{detail::redact(p.error, own), detail::sanitize_text(detail::redact(p.error_description, own)),
+  error_details d{detail::sanitize_text(detail::redact(p.error, own), 60), detail::sanitize_text(detail::redact(p.error_description, own)),
                   detail::sanitize_text(detail::redact(p.error_uri, own)), 0, {}, {}};
   switch (match_callback(p, auth)) {
     case callback_match::code: return p.code;
     case callback_match::denied: detail::fail(errc::authorization_denied, "the user declined the authorization", d);
     case callback_match::failed: detail::fail(errc::authorization_failed, "the authorization server returned an error", d);
-    case callback_match::state_mismatch: detail::fail(errc::state_mismatch, "callback state does not match");
+    case callback_match::state_mismatch:
+      detail::fail(errc::state_mismatch, "the callback's state is missing or does not match");
     case callback_match::incomplete: break;
   }
-  detail::fail(errc::authorization_failed, "callback carries neither a code with its state nor an error");
+  detail::fail(errc::authorization_failed, "callback carries neither a code nor an error");
 }
 
 namespace detail {
@@ -2668,6 +2991,12 @@ struct listener_options {
   std::chrono::milliseconds read_timeout{std::chrono::seconds(10)};  ///< one connection: request in, page out
   std::size_t max_connections = 32;                                  ///< connections at once; when full, the oldest is closed
   std::string app_name = "confluence_oauth";                         ///< shown on the pages
+  /// With open_browser or browser_command, authorize() opens a private local
+  /// page (mode 0600 in a 0700 folder, removed when the sign-in ends) that
+  /// redirects to the authorization URL: the URL, state included, never
+  /// appears on a command line, which every local user can read. False passes
+  /// the URL itself, for a browser that cannot read local files (snap confinement).
+  bool redirect_page = true;
 };
 
 namespace detail {
@@ -2708,6 +3037,21 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   asio::strand<asio::any_io_executor>& strand() noexcept { return strand_; }
   std::vector<asio::ip::tcp::acceptor>& acceptors() noexcept { return acceptors_; }
   void set_callback_path(std::string path) { callback_path_ = std::move(path); }
+  /// The Host values a browser sends to the listener: each address it is
+  /// bound to, and "localhost", with the port (which port 80 may leave out).
+  void set_own_hosts(const std::vector<asio::ip::address>& addresses, std::uint16_t port) {
+    std::vector<std::string> names = {"localhost"};
+    for (const auto& a : addresses) {
+      std::string name = a.to_string();  // appended, not "[" + name: g++ 12 -O3 warns a false -Wrestrict
+      if (a.is_v6()) name = std::string(1, '[').append(name).append(1, ']');
+      names.push_back(std::move(name));
+    }
+    own_hosts_.clear();
+    for (const auto& name : names) {
+      own_hosts_.push_back(name + ":" + std::to_string(port));
+      if (port == 80) own_hosts_.push_back(name);
+    }
+  }
 
   /// One wait for the callback that answers `auth`; runs on the strand.
   asio::awaitable<secret> run(const authorization& auth) {
@@ -2841,6 +3185,10 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
     socket->close(ignored);
   }
 
+  bool is_own_host(std::optional<std::string_view> host) const {
+    return host && std::any_of(own_hosts_.begin(), own_hosts_.end(), [&](const std::string& h) { return iequals(*host, h); });
+  }
+
   http_response bad_request() const {
     return page_response(400, "Bad Request",
                          html_page(options_.app_name, "Bad request", "This request could not be understood."));
@@ -2850,6 +3198,10 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   // (the wait is woken only after the page is written, so the browser gets it).
   http_response route(http_request req, bool& ended_wait) {
     const auto& app = options_.app_name;
+    // DNS rebinding: a page on another site whose name resolves to 127.0.0.1
+    // reaches this port, but its requests name that site in Host.
+    if (!is_own_host(req.headers.get("Host")))
+      return page_response(400, "Bad Request", html_page(app, "Wrong host", "This address does not serve the sign-in."));
     auto path = std::string_view(req.target).substr(0, req.target.find('?'));
     if (path != callback_path_)
       return page_response(404, "Not Found", html_page(app, "Not found", "There is nothing here."));
@@ -2874,23 +3226,28 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
           failure_ = std::current_exception();
         }
         finished_ = ended_wait = true;
-        // The page shows the server's words, escaped, but never the code or the state.
-        const secret* own[] = {&params.code, &auth_->state, &auth_->code_verifier};
-        std::string message = denied ? "Access was not granted, so the application cannot continue."
-                                     : "The authorization server reported an error: " + sanitize_text(redact(params.error, own), 60) + ".";
-        if (!params.error_description.empty()) message += " " + sanitize_text(redact(params.error_description, own), 200);
+        // Fixed text: the server's words go to the application's error, sanitized, never to the page.
         return page_response(denied ? 403 : 400, denied ? "Forbidden" : "Bad Request",
-                             html_page(app, denied ? "Authorization denied" : "Authorization failed", message));
+                             denied ? html_page(app, "Authorization denied",
+                                                "Access was not granted, so the application cannot continue.")
+                                    : html_page(app, "Authorization failed",
+                                                "The authorization server reported an error. The application "
+                                                "shows the details."));
       }
       case callback_match::state_mismatch:
+        // A server may drop the state from its error redirect (Atlassian's
+        // denial: not confirmed either way): then it was likely the user's own.
         return page_response(400, "Bad Request",
                              html_page(app, "Authorization mismatch",
-                                       "This response does not belong to the sign-in in progress. Start the "
-                                       "sign-in again from the application."));
+                                       params.state || params.error.empty()
+                                           ? "This response does not belong to the sign-in in progress, which goes "
+                                             "on. If it was not yours, close this tab."
+                                           : "This error does not carry the sign-in's state, so it cannot end the "
+                                             "sign-in, which goes on. If you declined, cancel it in the application."));
       case callback_match::incomplete: break;
     }
     return page_response(400, "Bad Request",
-                         html_page(app, "Incomplete authorization response", "The response lacks a code or a state."));
+                         html_page(app, "Incomplete authorization response", "The response lacks a code."));
   }
 
   asio::strand<asio::any_io_executor> strand_;
@@ -2898,6 +3255,7 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   std::vector<asio::ip::tcp::acceptor> acceptors_;
   std::vector<std::weak_ptr<asio::ip::tcp::socket>> connections_;
   std::string callback_path_;
+  std::vector<std::string> own_hosts_;
   asio::steady_timer done_;
   asio::steady_timer deadline_;
   const authorization* auth_ = nullptr;
@@ -2918,7 +3276,7 @@ class redirect_listener {
   redirect_listener(const asio::any_io_executor& ex, std::string_view redirect_uri, listener_options options = {})
       : state_(std::make_shared<detail::listener_state>(ex, std::move(options))) {
     url u = parse_url(redirect_uri);
-    if (u.is_https() || !is_loopback(u.host))
+    if (u.is_https() || !detail::names_loopback(u.host))
       detail::fail(errc::invalid_config, "the redirect listener needs an http:// loopback redirect_uri, not " + u.origin());
     state_->set_callback_path(std::string(u.path()));
     std::vector<asio::ip::address> addresses;
@@ -2927,6 +3285,7 @@ class redirect_listener {
     else
       addresses = {asio::ip::make_address(u.host)};
     bind_all(addresses, u.port);
+    state_->set_own_hosts(addresses, port_);
     if (u.port != 0) {
       redirect_uri_ = std::string(redirect_uri);  // exactly as registered
     } else {
@@ -3028,9 +3387,24 @@ inline bool command_exists(const std::string& name) {
   return false;
 }
 
+/// The environment a browser needs (display, locale, folders, proxies, the
+/// browser's own settings) and nothing else: a caller's
+/// ATLASSIAN_CLIENT_SECRET, cloud keys or database passwords stay behind.
+inline bool browser_needs(std::string_view entry) {
+  const auto name = entry.substr(0, entry.find('='));
+  static constexpr std::string_view names[] = {
+      "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "DISPLAY",
+      "WAYLAND_DISPLAY", "XAUTHORITY", "DBUS_SESSION_BUS_ADDRESS", "DESKTOP_SESSION", "BROWSER", "http_proxy",
+      "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"};
+  static constexpr std::string_view prefixes[] = {"LC_", "XDG_", "MOZ_", "CHROME_", "GTK_", "GDK_", "QT_", "KDE_", "GNOME_"};
+  return std::find(std::begin(names), std::end(names), name) != std::end(names) ||
+         std::any_of(std::begin(prefixes), std::end(prefixes), [&](std::string_view p) { return name.starts_with(p); });
+}
+
 /// Starts argv in the background through `sh -c '"$@" &'` (the URL is an
 /// argument, never shell text), so the browser is not our child, and reaps
-/// the short-lived shell without blocking the executor.
+/// the short-lived shell without blocking the executor. The browser gets
+/// only the environment it needs (browser_needs).
 inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   if (argv.empty() || !command_exists(argv.front()))
     fail(errc::browser_launch_failed, "browser command not found: " + (argv.empty() ? std::string("(empty)") : sanitize_text(argv.front(), 100)));
@@ -3039,6 +3413,10 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   std::vector<char*> cargs;
   for (auto& a : args) cargs.push_back(a.data());
   cargs.push_back(nullptr);
+  std::vector<char*> env;
+  for (char** e = environ; e && *e; ++e)
+    if (browser_needs(*e)) env.push_back(*e);
+  env.push_back(nullptr);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
@@ -3047,7 +3425,7 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   posix_spawn_file_actions_addclosefrom_np(&actions, 3);
 #endif
   pid_t pid = 0;
-  int err = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, cargs.data(), environ);
+  int err = ::posix_spawn(&pid, "/bin/sh", &actions, nullptr, cargs.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   if (err != 0) fail(errc::browser_launch_failed, "cannot start /bin/sh: " + std::generic_category().message(err));
   asio::steady_timer timer(co_await asio::this_coro::executor);
@@ -3060,47 +3438,161 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   }
 }
 
+/// A browser started as a command: `argv` with the URL as its last argument,
+/// or, with no argv, the system's (the first command of $BROWSER, `%s`
+/// standing for the URL, else `open` on macOS, else `xdg-open`).
+struct browser_command_opener {
+  std::vector<std::string> argv;
+
+  asio::awaitable<void> operator()(const std::string& url) const {
+    auto args = argv.empty() ? system_browser(url) : with_url(url);  // GCC 12 frees a ?: temporary in a co_await twice
+    co_await spawn_detached(std::move(args));
+  }
+
+ private:
+  std::vector<std::string> with_url(const std::string& url) const {
+    auto args = argv;
+    args.push_back(url);
+    return args;
+  }
+
+  static std::vector<std::string> system_browser(const std::string& url) {
+    std::vector<std::string> args;
+    bool url_placed = false;
+    if (const char* b = std::getenv("BROWSER"); b && *b) {
+      std::string_view cmd = b;
+      cmd = cmd.substr(0, cmd.find(':'));
+      while (!cmd.empty()) {
+        auto sp = cmd.find(' ');
+        if (sp != 0) {
+          std::string arg(cmd.substr(0, sp));
+          if (auto at = arg.find("%s"); at != std::string::npos) {
+            arg.replace(at, 2, url);
+            url_placed = true;
+          }
+          args.push_back(std::move(arg));
+        }
+        if (sp == std::string_view::npos) break;
+        cmd.remove_prefix(sp + 1);
+      }
+    }
+#if defined(__APPLE__)
+    if (args.empty()) args.emplace_back("open");
+#else
+    if (args.empty()) args.emplace_back("xdg-open");
+#endif
+    if (!url_placed) args.push_back(url);
+    return args;
+  }
+};
+
+/// The page of redirect_page: a script first (it leaves before the page has
+/// loaded, which headless browsers wait for), a refresh for browsers without
+/// one, a link last.
+inline std::string redirect_page_html(const std::string& target) {
+  const std::string to = html_escape(target);
+  std::string in_script = nlohmann::json(target).dump();
+  for (auto lt = in_script.find('<'); lt != std::string::npos; lt = in_script.find('<', lt)) in_script.replace(lt, 1, "\\u003c");
+  std::string page = "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">"
+                     "<script>location.replace(" + in_script + ")</script>"
+                     "<meta http-equiv=\"refresh\" content=\"0;url=" + to + "\"><title>Sign in</title></head>"
+                     "<body><p><a href=\"" + to + "\">Continue to sign in</a></p></body></html>\n";
+  wipe(in_script);
+  return page;
+}
+
 }  // namespace detail
+
+/// A private local page that sends the browser on to a URL: mode 0600, in a
+/// folder of its own (0700) under $XDG_RUNTIME_DIR, $TMPDIR or /tmp; both go
+/// when it does. A browser's command line is public (ps, /proc), a private
+/// file is not (Jupyter's redirect file does the same). authorize() makes one
+/// for open_browser and browser_command; an opener of your own that starts a
+/// browser can open one's url() instead of the authorization URL, and keep it
+/// until the sign-in ends.
+class redirect_page {
+ public:
+  /// Writes the page; throws oauth_error(browser_launch_failed) when it cannot.
+  explicit redirect_page(const std::string& target) {
+    std::string page = detail::redirect_page_html(target);
+    detail::wipe_on_exit wipe{page};
+    std::string base = "/tmp";
+    for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
+      if (const char* v = std::getenv(var); v && *v == '/') {
+        base = v;
+        break;
+      }
+    std::string dir = base + "/confluence_oauth-XXXXXX";
+    if (!::mkdtemp(dir.data()))
+      fail_here("cannot create a private folder in " + detail::sanitize_text(base, 200), errno);
+    dir_ = dir;
+    try {
+      write(page);
+    } catch (...) {
+      remove();
+      throw;
+    }
+  }
+  redirect_page(const redirect_page&) = delete;
+  redirect_page& operator=(const redirect_page&) = delete;
+  ~redirect_page() { remove(); }
+
+  /// The page as a file: URL.
+  std::string url() const {
+    std::string out = "file://";
+    for (char c : path()) {
+      if (c == '/') out += c;
+      else detail::percent_encode_to(out, std::string_view(&c, 1));
+    }
+    return out;
+  }
+
+ private:
+  static constexpr const char* file_name = "sign-in.html";
+
+  std::string path() const { return dir_ + "/" + file_name; }
+
+  [[noreturn]] static void fail_here(const std::string& what, int err) {
+    detail::fail(errc::browser_launch_failed, what + ": " + std::generic_category().message(err));
+  }
+
+  // Through the folder's descriptor, once it is known to be ours and private:
+  // where others may rename folders (a TMPDIR without the sticky bit), the
+  // name may no longer lead to the one mkdtemp made.
+  void write(const std::string& page) const {
+    detail::unique_fd folder(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    struct stat st {};
+    if (!folder || ::fstat(folder.get(), &st) != 0) fail_here("cannot open the private folder", errno);
+    if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
+      detail::fail(errc::browser_launch_failed, "the sign-in page's folder was replaced by another");
+    detail::unique_fd file(::openat(folder.get(), file_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!file) fail_here("cannot create the sign-in page", errno);
+    for (std::string_view rest = page; !rest.empty();) {
+      const auto n = ::write(file.get(), rest.data(), rest.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail_here("cannot write the sign-in page", errno);
+      rest.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+
+  void remove() noexcept {
+    ::unlink(path().c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  std::string dir_;
+};
 
 /// A browser_opener that runs `argv` with the URL as its last argument.
 inline browser_opener browser_command(std::vector<std::string> argv) {
-  return [argv = std::move(argv)](const std::string& url) -> asio::awaitable<void> {
-    auto args = argv;
-    args.push_back(url);
-    co_await detail::spawn_detached(std::move(args));
-  };
+  return detail::browser_command_opener{std::move(argv)};
 }
 
-/// The system's opener: the first command of $BROWSER (colon-separated, `%s`
-/// standing for the URL) if set, else `open` on macOS, else `xdg-open`.
-inline asio::awaitable<void> open_browser(const std::string& url) {
-  std::vector<std::string> argv;
-  bool url_placed = false;
-  if (const char* b = std::getenv("BROWSER"); b && *b) {
-    std::string_view cmd = b;
-    cmd = cmd.substr(0, cmd.find(':'));
-    while (!cmd.empty()) {
-      auto sp = cmd.find(' ');
-      if (sp != 0) {
-        std::string arg(cmd.substr(0, sp));
-        if (auto at = arg.find("%s"); at != std::string::npos) {
-          arg.replace(at, 2, url);
-          url_placed = true;
-        }
-        argv.push_back(std::move(arg));
-      }
-      if (sp == std::string_view::npos) break;
-      cmd.remove_prefix(sp + 1);
-    }
-  }
-#if defined(__APPLE__)
-  if (argv.empty()) argv.emplace_back("open");
-#else
-  if (argv.empty()) argv.emplace_back("xdg-open");
-#endif
-  if (!url_placed) argv.push_back(url);
-  co_await detail::spawn_detached(std::move(argv));
-}
+/// The system's browser_opener: the first command of $BROWSER (colon-separated,
+/// `%s` standing for the URL) if set, else `open` on macOS, else `xdg-open`.
+/// Called as `co_await open_browser(url)`; authorize() gives it a private
+/// redirect page instead of the URL (listener_options::redirect_page).
+inline const detail::browser_command_opener open_browser{};
 
 namespace detail {
 
@@ -3108,8 +3600,14 @@ inline asio::awaitable<token_set> authorize(const oauth_client& client, const br
                                             const listener_options& options) {
   redirect_listener listener(client.get_executor(), client.config().redirect_uri, options);
   auto auth = client.begin_authorization(listener.redirect_uri());
-  co_await open(auth.url);
+  // A browser started as a command gets a private page, not the URL; any
+  // other opener (one that prints the URL, say) gets the URL itself.
+  std::optional<confluence_oauth::redirect_page> page;
+  if (options.redirect_page && open.target<browser_command_opener>()) page.emplace(auth.url);
+  const std::string target = page ? page->url() : auth.url;  // not a ?: inside the co_await: GCC 12 frees it twice
+  co_await open(target);
   auto code = co_await listener.wait(auth);
+  page.reset();
   listener.close();
   co_return co_await client.exchange_code(std::move(code), std::move(auth));
 }
@@ -3295,10 +3793,10 @@ class session_state : public std::enable_shared_from_this<session_state> {
  public:
   using clock = token_set::clock;
 
-  session_state(const asio::any_io_executor& ex, client_config config, std::shared_ptr<token_store> store,
-                session_options options)
-      : client_(ex, std::move(config)), store_holder_(std::move(store)), store_(checked(store_holder_)),
-        options_(std::move(options)), api_(parse_url(client_.config().api_url)), strand_(asio::make_strand(ex)) {
+  session_state(oauth_client client, std::shared_ptr<token_store> store, session_options options)
+      : client_(std::move(client)), store_holder_(std::move(store)), store_(checked(store_holder_)),
+        options_(std::move(options)), api_(parse_url(client_.config().api_url)),
+        strand_(asio::make_strand(client_.get_executor())) {
     if (options_.refresh_skew.count() < 0 || options_.near_expiry.count() < 0)
       fail(errc::invalid_config, "session_options: refresh_skew and near_expiry must not be negative");
     if (options_.retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
@@ -3357,8 +3855,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
   asio::awaitable<void> adopt(token_set tokens) {
     auto guard = co_await store_.lock();
     std::string failure;
+    errc kind = errc::store_error;
     try {
       co_await store_.save(tokens);
+    } catch (const oauth_error& e) {
+      failure = e.what();
+      // A store that refuses its file (another user's, a link) needs fixing, not retrying.
+      if (e.code() == errc::invalid_config) kind = errc::invalid_config;
     } catch (const std::exception& e) {
       failure = e.what();
     }
@@ -3367,8 +3870,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
       // The code that bought these tokens is spent: keep them, save them before use.
       unsaved_ = true;
       unsaved_overwrites_ = true;
-      fail(errc::store_error, "the new grant could not be saved (" + failure +
-                                  "); it is kept in memory and saved before it is used");
+      fail(kind, "the new grant could not be saved (" + failure + "); it is kept in memory and saved before it is used");
     }
   }
 
@@ -3379,6 +3881,17 @@ class session_state : public std::enable_shared_from_this<session_state> {
   }
 
   asio::awaitable<std::optional<token_set>> tokens() { co_return tokens_; }
+
+  std::string redact(std::string text) const {
+    std::vector<secret> known;
+    {
+      std::lock_guard lock(known_mutex_);  // only for the copy: remember() runs on the strand
+      known = known_;
+    }
+    std::vector<const secret*> secrets{&client_.config().client_secret};
+    for (const auto& s : known) secrets.push_back(&s);
+    return detail::redact(std::move(text), secrets);
+  }
 
   /// A token fit to send now. A token inside the refresh skew is still handed
   /// out while a round refreshes it in the background.
@@ -3453,6 +3966,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   void install(std::optional<token_set> tokens) {
     withdraw_published();
     tokens_ = std::move(tokens);
+    remember(tokens_);
     obtained_at_ = clock::now();
     ++epoch_;
     unsaved_ = false;
@@ -3565,6 +4079,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     if (!save_failure.empty()) {
       if (ours) {  // keep the new grant (the old refresh token is spent) and save it before use
         tokens_ = std::move(next);
+        remember(tokens_);
         obtained_at_ = clock::now();
         unsaved_ = true;
         unsaved_base_ = stored;
@@ -3580,12 +4095,26 @@ class session_state : public std::enable_shared_from_this<session_state> {
       co_return;
     }
     tokens_ = std::move(next);
+    remember(tokens_);
     obtained_at_ = clock::now();
   }
 
   void take_from_store(std::optional<token_set> stored) {
     tokens_ = std::move(stored);
+    remember(tokens_);
     obtained_at_ = clock::now();
+  }
+
+  // The tokens the session has held lately, for redact(): a server may echo
+  // the one before the current. Under a mutex: redact() runs off the strand.
+  void remember(const std::optional<token_set>& t) {
+    if (!t) return;
+    std::lock_guard lock(known_mutex_);
+    for (const secret* s : {&t->access_token, &t->refresh_token})
+      if (!s->empty() && std::find(known_.begin(), known_.end(), *s) == known_.end()) {
+        known_.push_back(*s);
+        if (known_.size() > 8) known_.erase(known_.begin());
+      }
   }
 
   static bool transient(const std::error_code& ec) {
@@ -3632,6 +4161,9 @@ class session_state : public std::enable_shared_from_this<session_state> {
   mutable std::mutex published_mutex_;
   std::optional<usable_token> published_;
   clock::time_point published_until_;
+  // The tokens held lately, for redact(), which runs off the strand.
+  mutable std::mutex known_mutex_;
+  std::vector<secret> known_;
   std::uint64_t epoch_ = 0;               // bumped when the grant is replaced from outside a round
   std::shared_ptr<refresh_round> round_;  // the round in flight
   secret rejected_;                       // an access token the API refused
@@ -3711,7 +4243,12 @@ class session {
   /// ownership of `store`: a refresh running in the background keeps it alive.
   session(asio::any_io_executor ex, client_config config, std::shared_ptr<token_store> store,
           session_options options = {})
-      : state_(std::make_shared<detail::session_state>(ex, std::move(config), store, std::move(options))) {}
+      : session(oauth_client(std::move(ex), std::move(config)), std::move(store), std::move(options)) {}
+
+  /// A session on an existing client, whose connections and TLS context it
+  /// shares: a web app keeps one oauth_client for all its users' sessions.
+  session(oauth_client client, std::shared_ptr<token_store> store, session_options options = {})
+      : state_(std::make_shared<detail::session_state>(std::move(client), std::move(store), std::move(options))) {}
 
   /// The OAuth client the session refreshes with.
   const oauth_client& client() const noexcept { return state_->client(); }
@@ -3719,6 +4256,12 @@ class session {
   const session_options& options() const noexcept { return state_->options(); }
   /// The API base without a trailing slash, e.g. "https://api.atlassian.com".
   std::string api_base() const { return state_->api_base(); }
+
+  /// `text` with the client secret and every token the session has held lately
+  /// replaced by "[redacted]", raw or encoded as the library sends them (and as
+  /// servers echo them): for printing what a server answered, which may echo a
+  /// token (an echo endpoint, a misconfigured proxy).
+  std::string redact(std::string text) const { return state_->redact(std::move(text)); }
 
   /// Where operations given a completion token other than use_awaitable run.
   const asio::any_io_executor& get_executor() const noexcept { return state_->client().get_executor(); }

@@ -548,10 +548,11 @@ asio::awaitable<std::string> read_all(tcp::socket& s) {
 asio::awaitable<void> flood_then_callback(fake_atlassian::server& auth, std::string authorize_url,
                                           flood_report& out) {
   auto ex = co_await asio::this_coro::executor;
-  std::string redirect_uri, state;
+  std::string redirect_uri, state, challenge;
   for (auto& [name, value] : cfo::detail::parse_query(authorize_url.substr(authorize_url.find('?') + 1))) {
     if (name == "redirect_uri") redirect_uri = value;
     if (name == "state") state = value;
+    if (name == "code_challenge") challenge = value;
   }
   const cfo::url listener = cfo::parse_url(redirect_uri);
   const tcp::endpoint endpoint(asio::ip::make_address(listener.host), listener.port);
@@ -587,7 +588,7 @@ asio::awaitable<void> flood_then_callback(fake_atlassian::server& auth, std::str
   }
   tcp::socket browser(ex);
   co_await browser.async_connect(endpoint, asio::use_awaitable);
-  const std::string code = auth.issue_code(redirect_uri, scopes);
+  const std::string code = auth.issue_code(redirect_uri, scopes, challenge);  // as /authorize would bind it
   const std::string request = "GET " + std::string(listener.path()) + "?code=" + cfo::detail::percent_encode(code) +
                               "&state=" + cfo::detail::percent_encode(state) + " HTTP/1.1\r\nHost: " +
                               listener.authority() + "\r\nConnection: close\r\n\r\n";

@@ -289,6 +289,31 @@ void check_no_secrets(const test_util::process_result& r, const cfo::token_set& 
 
 TEST_SUITE("cli") {
 
+// Security: the browser's command line is every local user's (ps); login gives
+// the browser a private page that leads to the URL, or, when asked, the URL itself.
+TEST_CASE("confluence-cli login gives the browser a private page, not the URL") {
+  cli_fixture f;
+  const std::string args = f.dir / "browser-args", script = f.dir / "browser.sh";
+  {
+    std::ofstream out(script);
+    out << "#!/bin/sh\nprintf '%s\\n' \"$@\" >> '" << args << "'\nexec " << f.browser() << " \"$1\"\n";
+  }
+  REQUIRE(::chmod(script.c_str(), 0700) == 0);
+  auto login = f.cli({"--browser", script, "--timeout", "30", "login"});
+  CAPTURE(login.err);
+  REQUIRE(login.exit_code == 0);
+  auto seen = test_util::read_text(args);
+  CHECK(seen.rfind("file:///", 0) == 0);
+  CHECK(seen.find("state=") == std::string::npos);
+  const auto page = seen.substr(7, seen.find('\n') - 7);
+  CHECK_FALSE(std::filesystem::exists(page));  // removed once the sign-in ended
+
+  std::filesystem::remove(args);
+  login = f.cli({"--browser", script, "--no-redirect-page", "--timeout", "30", "login"});
+  REQUIRE(login.exit_code == 0);
+  CHECK(test_util::read_text(args).rfind(f.srv.base_url() + "/authorize?", 0) == 0);
+}
+
 TEST_CASE("confluence-cli login, token and token --refresh") {
   cli_fixture f;
   auto login = f.cli({"--browser", f.browser(), "--timeout", "30", "login"});
@@ -351,7 +376,7 @@ TEST_CASE("confluence-cli exit codes") {
     auto help = test_util::run_process({CFO_CLI_PATH, "--help"});
     CHECK(help.exit_code == 0);
     for (const char* opt : {"--client-id", "--client-secret", "--redirect-uri", "--scope", "--token-file", "--key-file",
-                            "--authorize-url", "--token-url", "--api-url", "--ca-file", "--token-encoding", "--pkce",
+                            "--authorize-url", "--token-url", "--api-url", "--ca-file", "--token-encoding", "--no-pkce", "--no-redirect-page",
                             "--audience", "--prompt", "--browser", "--no-browser", "--timeout", "--request-timeout",
                             "--refresh", "--site", "--limit", "\n  login ", "\n  token [--refresh] ", "\n  sites ",
                             "\n  pages [--site SITE] [--limit N]\n", "\n  get [--site SITE] PATH\n", "\n  logout "}) {

@@ -180,8 +180,9 @@ TEST_CASE("malformed URLs are typed errors") {
 }
 
 TEST_CASE("loopback detection") {
-  for (const char* h : {"localhost", "LOCALHOST", "127.0.0.1", "127.1.2.3", "::1", "[::1]"}) CHECK(cfo::is_loopback(h));
-  for (const char* h : {"example.com", "10.0.0.1", "localhost.example.com", "0.0.0.0", "::", "128.0.0.1"})
+  for (const char* h : {"127.0.0.1", "127.1.2.3", "::1", "[::1]"}) CHECK(cfo::is_loopback(h));
+  // A name is judged by what it resolves to, when plain http connects.
+  for (const char* h : {"localhost", "LOCALHOST", "example.com", "10.0.0.1", "localhost.example.com", "0.0.0.0", "::", "128.0.0.1"})
     CHECK_FALSE(cfo::is_loopback(h));
 }
 
@@ -250,10 +251,13 @@ TEST_CASE("configuration validation names the problem") {
   ok.token_url = "http://127.0.0.1:8080/token";
   ok.redirect_uri = "https://app.example.com/callback";
   CHECK_NOTHROW(ok.validate());
+  // A public client (no secret, PKCE) of a standard server; Atlassian's always needs the secret.
   auto pkce = valid_config();
   pkce.client_secret = cfo::secret();
-  pkce.use_pkce = true;
+  pkce.token_url = "https://auth.example.com/oauth/token";
   CHECK_NOTHROW(pkce.validate());
+  pkce.use_pkce = false;
+  CHECK(errc_of([&] { pkce.validate(); }) == cfo::errc::invalid_config);
 }
 
 TEST_CASE("the authorization URL has every Atlassian parameter and a fresh state") {
@@ -273,7 +277,7 @@ TEST_CASE("the authorization URL has every Atlassian parameter and a fresh state
   CHECK(m.at("state") == a.state.reveal());
   CHECK(a.state.reveal().size() == 43);  // 32 random bytes
   CHECK_FALSE(a.state == b.state);
-  CHECK(m.count("code_challenge") == 0);
+  CHECK(m.at("code_challenge_method") == "S256");  // PKCE by default, Atlassian included
   CHECK(a.url.find("client-secret-value") == std::string::npos);
 }
 
