@@ -314,6 +314,24 @@ TEST_CASE("confluence-cli login gives the browser a private page, not the URL") 
   CHECK(test_util::read_text(args).rfind(f.srv.base_url() + "/authorize?", 0) == 0);
 }
 
+// Security: an answer may echo the token (an echo endpoint, a misconfigured proxy);
+// before 1.1 `get` printed it verbatim.
+TEST_CASE("confluence-cli get redacts the tokens and the secret an answer echoes") {
+  cli_fixture f;
+  f.sign_in();
+  const auto t = f.saved();
+  f.srv.push_status("/echo", 200,
+                    R"({"authorization":"Bearer )" + t.access_token.reveal() + R"(","refresh":")" +
+                        cfo::detail::percent_encode(t.refresh_token.reveal()) + R"(","secret":"test-client-secret"})");
+  auto r = f.cli({"get", "/echo"});
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find(t.access_token.reveal()) == std::string::npos);
+  CHECK(r.out.find(t.refresh_token.reveal()) == std::string::npos);
+  CHECK(r.out.find("test-client-secret") == std::string::npos);
+  CHECK(r.out.find("\"authorization\": \"Bearer [redacted]\"") != std::string::npos);
+}
+
 TEST_CASE("confluence-cli login, token and token --refresh") {
   cli_fixture f;
   auto login = f.cli({"--browser", f.browser(), "--timeout", "30", "login"});
