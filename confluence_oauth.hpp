@@ -3965,9 +3965,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
 
   void install(std::optional<token_set> tokens) {
     withdraw_published();
-    tokens_ = std::move(tokens);
-    remember(tokens_);
-    obtained_at_ = clock::now();
+    hold(std::move(tokens));
     ++epoch_;
     unsaved_ = false;
     unsaved_overwrites_ = false;
@@ -4046,13 +4044,13 @@ class session_state : public std::enable_shared_from_this<session_state> {
       else
         saved = co_await store_.replace(unsaved_base_, pending);
       if (superseded()) co_return;
-      if (!saved) take_from_store(std::move(stored));  // a sharer saved first: theirs is as good
+      if (!saved) hold(std::move(stored));  // a sharer saved first: theirs is as good
       unsaved_ = false;
       unsaved_overwrites_ = false;
       co_return;
     }
     if (!same_grant(stored, tokens_)) {
-      take_from_store(stored);  // another process refreshed, signed in again, or signed out
+      hold(stored);  // another process refreshed, signed in again, or signed out
       if (!tokens_ || !needs_refresh()) co_return;
     } else if (!needs_refresh()) {
       co_return;
@@ -4078,9 +4076,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     const bool ours = !superseded() && same_grant(tokens_, stored);
     if (!save_failure.empty()) {
       if (ours) {  // keep the new grant (the old refresh token is spent) and save it before use
-        tokens_ = std::move(next);
-        remember(tokens_);
-        obtained_at_ = clock::now();
+        hold(std::move(next));
         unsaved_ = true;
         unsaved_base_ = stored;
       }
@@ -4091,16 +4087,15 @@ class session_state : public std::enable_shared_from_this<session_state> {
     if (!replaced) {
       // A store without a lock changed under us: the sharer that saved first wins.
       auto winner = co_await store_.load();
-      if (!superseded()) take_from_store(std::move(winner));
+      if (!superseded()) hold(std::move(winner));
       co_return;
     }
-    tokens_ = std::move(next);
-    remember(tokens_);
-    obtained_at_ = clock::now();
+    hold(std::move(next));
   }
 
-  void take_from_store(std::optional<token_set> stored) {
-    tokens_ = std::move(stored);
+  /// The grant the session holds from now on, obtained now.
+  void hold(std::optional<token_set> tokens) {
+    tokens_ = std::move(tokens);
     remember(tokens_);
     obtained_at_ = clock::now();
   }
