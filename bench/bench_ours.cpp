@@ -166,7 +166,7 @@ void run_to_end(asio::io_context& io, Awaitable op) {
 }
 
 int load(const arguments& a) {
-  const auto target = cfo::parse_url(a.url);
+  const auto target = cfo::detail::parse_url(a.url);
   cfo::client_config cfg;
   cfg.client_id = "bench-client";
   cfg.client_secret = cfo::secret("bench-secret");
@@ -189,7 +189,7 @@ int load(const arguments& a) {
 int storm(const arguments& a) {
   std::ifstream in(a.grant);
   const auto grant = nlohmann::json::parse(in);
-  const auto api = cfo::parse_url(grant.at("api_url").get<std::string>());
+  const auto api = cfo::detail::parse_url(grant.at("api_url").get<std::string>());
   cfo::client_config cfg;
   cfg.client_id = grant.at("client_id").get<std::string>();
   cfg.client_secret = cfo::secret(grant.at("client_secret").get<std::string>());

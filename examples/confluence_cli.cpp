@@ -303,8 +303,8 @@ settings parse_arguments(int argc, char** argv) {
       s.config.tls.ca_file = value();
     } else if (name == "--token-encoding") {
       auto v = value();
-      if (v == "json") s.config.encoding = cfo::token_encoding::json;
-      else if (v == "form") s.config.encoding = cfo::token_encoding::form;
+      if (v == "json") s.config.encoding = cfo::client_config::token_encoding::json;
+      else if (v == "form") s.config.encoding = cfo::client_config::token_encoding::form;
       else usage_error("--token-encoding: expected json or form, got \"" + cfo::detail::sanitize_text(v, 40) + "\"");
     } else if (name == "--pkce") {  // the default since 1.1; still accepted
       flag();
@@ -328,7 +328,7 @@ settings parse_arguments(int argc, char** argv) {
     } else if (name == "--timeout") {
       s.wait_timeout = parse_seconds(name, value(), 24 * 3600);
     } else if (name == "--request-timeout") {
-      s.config.timeout.request = parse_seconds(name, value(), 3600);
+      s.config.timeouts.request = parse_seconds(name, value(), 3600);
     } else if (name == "--refresh") {  // command options: find_command checks that the command takes them
       flag();
       s.refresh = true;
@@ -356,7 +356,7 @@ settings parse_arguments(int argc, char** argv) {
   if (s.config.client_id.empty()) usage_error("missing client id: pass --client-id or set ATLASSIAN_CLIENT_ID");
   bool atlassian = false;
   try {
-    atlassian = cfo::parse_url(s.config.token_url).host == "auth.atlassian.com";
+    atlassian = cfo::detail::parse_url(s.config.token_url).host == "auth.atlassian.com";
   } catch (const cfo::oauth_error&) {  // validate() reports it, without a secret pasted there
   }
   if (s.config.client_secret.empty() && (!s.config.use_pkce || atlassian))
@@ -448,7 +448,7 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
 
   co_await session.authorize(show_and_launch);  // holds the store's lock only to save
   page.reset();
-  const auto held = co_await session.tokens();
+  const auto held = co_await session.grant();
   const auto& tokens = *held;
 
   std::string expiry = "expiry unknown";
@@ -464,7 +464,7 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
 
 asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
   auto session = co_await signed_in(s, store);
-  auto held = co_await session.tokens();
+  auto held = co_await session.grant();
   if (s.refresh && !held->has_refresh_token())
     throw cli_error(exit_reconsent, "the grant has no refresh token: log in again with the offline_access scope");
   // session.token() hands out a token until it expires (refreshing it in the
@@ -571,9 +571,9 @@ int exit_code_for(const std::error_code& ec) {
       ec == errc::state_mismatch)
     return exit_authorization;
   if (ec == errc::store_error) return exit_failure;  // the token file cannot be read or written
-  if (ec == cfo::condition::reauthenticate) return exit_reconsent;
-  if (ec == cfo::condition::fix_configuration) return exit_usage;  // scope_mismatch, api_gone, site_not_found, ...
-  if (ec == cfo::condition::retry_later) return exit_retry;
+  if (ec == cfo::remedy::reauthenticate) return exit_reconsent;
+  if (ec == cfo::remedy::fix_configuration) return exit_usage;  // scope_mismatch, api_gone, site_not_found, ...
+  if (ec == cfo::remedy::retry_later) return exit_retry;
   return exit_failure;
 }
 

@@ -43,7 +43,7 @@ int main() {
       if (e) std::rethrow_exception(e);
     } catch (const cfo::oauth_error& error) {
       std::cerr << error.what() << '\n';
-      status = error.code() == cfo::condition::reauthenticate ? 3 : 1;
+      status = error.code() == cfo::remedy::reauthenticate ? 3 : 1;
     }
   });
   io.run();

@@ -669,8 +669,8 @@ class web_app {
   /// Validates the configuration (throws oauth_error) and makes the app's one OAuth client.
   web_app(asio::any_io_executor ex, const cfo::client_config& config, unsigned connect_rate)
       : client_(std::move(ex), config),
-        callback_path_(cfo::parse_url(client_.config().redirect_uri).path()),
-        https_(cfo::parse_url(client_.config().redirect_uri).is_https()),
+        callback_path_(cfo::detail::parse_url(client_.config().redirect_uri).path()),
+        https_(cfo::detail::parse_url(client_.config().redirect_uri).is_https()),
         // Browsers keep a __Host- cookie only when it is Secure, for Path=/ and without Domain:
         // no subdomain or plain-http page can plant or overwrite it.
         cookie_name_(https_ ? "__Host-webapp_session" : "webapp_session"),
@@ -745,7 +745,7 @@ class web_app {
     try {
       spaces = co_await spaces_html(session);
     } catch (const cfo::oauth_error& e) {
-      if (e.code() != cfo::condition::reauthenticate) throw;
+      if (e.code() != cfo::remedy::reauthenticate) throw;
       grant_gone = true;  // revoked, expired or never had offline_access: only a new consent helps
     }
     if (grant_gone) {
@@ -826,7 +826,7 @@ class web_app {
   // --- the callback: the code must answer an authorization of THIS browser ---
 
   asio::awaitable<response> callback(const request& req) {
-    auto params = cfo::parse_callback(req.target);
+    auto params = cfo::detail::parse_callback(req.target);
     auto id = browser_id(req);
     // Only a callback whose state matches an authorization of this browser
     // counts, and takes it out (single use). Anything else, an error included,
@@ -835,9 +835,9 @@ class web_app {
     if (id && params.state) auth = pending_.take(*id, *params.state, std::chrono::steady_clock::now());
     if (!auth) co_return not_this_browser();
 
-    switch (cfo::match_callback(params, *auth)) {
-      case cfo::callback_match::code: break;
-      case cfo::callback_match::denied:
+    switch (cfo::detail::match_callback(params, *auth)) {
+      case cfo::detail::callback_match::code: break;
+      case cfo::detail::callback_match::denied:
         co_return page(403, "declined", "Access declined",
                        paragraph("You declined to connect your Confluence account, so the app cannot show your spaces.") +
                            "<p><a href=\"/\" id=\"try-again\">Try again</a></p>\n");
@@ -1074,7 +1074,7 @@ int main(int argc, char** argv) {
     if (!s.redirect_given) s.config.redirect_uri = origin + "/callback";
     // A bad configuration stops us here, not at the first user.
     auto app = std::make_shared<web_app>(io.get_executor(), s.config, s.connect_rate);
-    auto redirect = cfo::parse_url(s.config.redirect_uri);
+    auto redirect = cfo::detail::parse_url(s.config.redirect_uri);
     if (redirect.path() == "/" || redirect.path() == "/connect" || redirect.path() == "/logout") {
       std::cerr << "web-app: --redirect-uri: the path " << redirect.path() << " is taken by the app's own pages\n";
       return 2;
@@ -1090,7 +1090,7 @@ int main(int argc, char** argv) {
     io.run();
   } catch (const cfo::oauth_error& e) {
     std::cerr << "web-app: " << e.what() << '\n';
-    return e.code() == cfo::condition::fix_configuration ? 2 : 1;
+    return e.code() == cfo::remedy::fix_configuration ? 2 : 1;
   } catch (const std::exception& e) {
     std::cerr << "web-app: " << e.what() << '\n';
     return 1;

@@ -71,7 +71,7 @@ inline cfo::http_response response_from(reader& in) {
 
 /// An oauth_error must carry the library's own category and one of its codes.
 inline cfo::errc errc_of(const cfo::oauth_error& e) {
-  FUZZ_CHECK(e.code().category() == cfo::error_category());
+  FUZZ_CHECK(e.code().category() == cfo::detail::error_category());
   return static_cast<cfo::errc>(e.code().value());
 }
 

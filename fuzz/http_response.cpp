@@ -16,7 +16,7 @@ struct outcome {
   cfo::http_response response;
 };
 
-void check_response(const cfo::http_response& res, const cfo::http_limits& limits) {
+void check_response(const cfo::http_response& res, const cfo::detail::http_limits& limits) {
   FUZZ_CHECK(res.body.size() <= limits.max_body_bytes);
   FUZZ_CHECK(res.headers.size() <= limits.max_header_count);
   // Interim responses are skipped; 101 is final (and has no body).
@@ -31,7 +31,7 @@ void check_response(const cfo::http_response& res, const cfo::http_limits& limit
 // Feeds `stream` in pieces; every byte up to the end of the message is used,
 // none after it (the transport treats those as a reason not to reuse the connection).
 outcome parse(std::string_view stream, const std::uint8_t (&sizes)[4], bool head_request, bool eof,
-              const cfo::http_limits& limits) {
+              const cfo::detail::http_limits& limits) {
   http_parser parser(http_parser::kind::response, limits);
   if (head_request) parser.expect_no_body();
   FUZZ_CHECK(!parser.started());
@@ -55,7 +55,7 @@ outcome parse(std::string_view stream, const std::uint8_t (&sizes)[4], bool head
   out.error = parser.error();
   out.keep_alive = parser.keep_alive();
   if (out.error) {
-    FUZZ_CHECK(out.error.category() == cfo::error_category());
+    FUZZ_CHECK(out.error.category() == cfo::detail::error_category());
     FUZZ_CHECK(!parser.error_text().empty());
   }
   if (out.keep_alive) FUZZ_CHECK(out.done);
@@ -74,7 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::uint8_t sizes[4];
   for (auto& s : sizes) s = in.byte();
   const bool head_request = flags & 1;
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   if (flags & 2) {
     limits.max_head_bytes = 512;
     limits.max_header_count = 8;

@@ -12,10 +12,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(header.find("<" + *link + ">") != std::string_view::npos);
 
   static const auto current =
-      cfo::parse_url("https://api.atlassian.com/ex/confluence/cloud-id/wiki/api/v2/pages?limit=5");
+      cfo::detail::parse_url("https://api.atlassian.com/ex/confluence/cloud-id/wiki/api/v2/pages?limit=5");
   if (link->empty() || link->front() == '/' || cfo::detail::is_absolute_url(*link)) return 0;
   try {
-    auto next = cfo::resolve_reference(current, *link);
+    auto next = cfo::detail::resolve_reference(current, *link);
     if (link->find("://") == std::string::npos) FUZZ_CHECK(next.origin() == current.origin());
   } catch (const cfo::oauth_error& e) {
     FUZZ_CHECK(fuzz::errc_of(e) == cfo::errc::invalid_url);

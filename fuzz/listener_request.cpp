@@ -26,7 +26,7 @@ void check_page(std::string_view app, std::string_view title, std::string_view m
   // The page goes out whole and a client reads back exactly it.
   auto res = cfo::detail::page_response(400, "Bad Request", page);
   auto bytes = cfo::detail::serialize_response(res);
-  http_parser reader(http_parser::kind::response, cfo::http_limits{});
+  http_parser reader(http_parser::kind::response, cfo::detail::http_limits{});
   FUZZ_CHECK(reader.feed(bytes) == bytes.size());
   FUZZ_CHECK(reader.done());
   auto back = reader.take_response();
@@ -36,35 +36,35 @@ void check_page(std::string_view app, std::string_view title, std::string_view m
 // The listener's route(): how a callback is classified, and what its error carries.
 void check_callback(std::string_view target) {
   const auto& auth = fixed_authorization();
-  auto params = cfo::parse_callback(target);
-  auto match = cfo::match_callback(params, auth);
+  auto params = cfo::detail::parse_callback(target);
+  auto match = cfo::detail::match_callback(params, auth);
   switch (match) {
-    case cfo::callback_match::code:
+    case cfo::detail::callback_match::code:
       FUZZ_CHECK(!params.code.empty() && params.state && *params.state == auth.state);
       break;
     // Only the authorization's own state answers it, with a code or an error.
-    case cfo::callback_match::denied:
+    case cfo::detail::callback_match::denied:
       FUZZ_CHECK(params.error == "access_denied" && params.state && *params.state == auth.state);
       break;
-    case cfo::callback_match::failed:
+    case cfo::detail::callback_match::failed:
       FUZZ_CHECK(!params.error.empty() && params.error != "access_denied" && params.state && *params.state == auth.state);
       break;
-    case cfo::callback_match::state_mismatch: FUZZ_CHECK(!params.state || !(*params.state == auth.state)); break;
-    case cfo::callback_match::incomplete:
+    case cfo::detail::callback_match::state_mismatch: FUZZ_CHECK(!params.state || !(*params.state == auth.state)); break;
+    case cfo::detail::callback_match::incomplete:
       FUZZ_CHECK(params.error.empty() && params.code.empty() && params.state && *params.state == auth.state);
       break;
   }
   // verify_callback throws exactly what match_callback classified.
   try {
-    auto code = cfo::verify_callback(params, auth);
-    FUZZ_CHECK(match == cfo::callback_match::code && code == params.code);
+    auto code = cfo::detail::verify_callback(params, auth);
+    FUZZ_CHECK(match == cfo::detail::callback_match::code && code == params.code);
   } catch (const cfo::oauth_error& e) {
     auto ec = fuzz::errc_of(e);
-    FUZZ_CHECK(match != cfo::callback_match::code);
-    if (match == cfo::callback_match::denied) FUZZ_CHECK(ec == cfo::errc::authorization_denied);
-    if (match == cfo::callback_match::failed || match == cfo::callback_match::incomplete)
+    FUZZ_CHECK(match != cfo::detail::callback_match::code);
+    if (match == cfo::detail::callback_match::denied) FUZZ_CHECK(ec == cfo::errc::authorization_denied);
+    if (match == cfo::detail::callback_match::failed || match == cfo::detail::callback_match::incomplete)
       FUZZ_CHECK(ec == cfo::errc::authorization_failed);
-    if (match == cfo::callback_match::state_mismatch) FUZZ_CHECK(ec == cfo::errc::state_mismatch);
+    if (match == cfo::detail::callback_match::state_mismatch) FUZZ_CHECK(ec == cfo::errc::state_mismatch);
     FUZZ_CHECK(e.error_description().size() <= 303 && e.error_uri().size() <= 303);
     for (const std::string* text : {&e.error(), &e.error_description(), &e.error_uri()})
       for (unsigned char c : *text) FUZZ_CHECK(c >= 0x20 && c != 0x7f);
@@ -81,7 +81,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (auto& s : sizes) s = in.byte();
   std::string_view stream = in.rest();
 
-  cfo::http_limits limits;  // as listener_state::serve sets them
+  cfo::detail::http_limits limits;  // as listener_state::serve sets them
   limits.max_head_bytes = 16 * 1024;
   limits.max_header_count = 64;
   limits.max_body_bytes = 16 * 1024;
@@ -97,7 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   parser.on_eof();
   FUZZ_CHECK(parser.done() != static_cast<bool>(parser.error()));
   if (parser.error()) {
-    FUZZ_CHECK(parser.error().category() == cfo::error_category());
+    FUZZ_CHECK(parser.error().category() == cfo::detail::error_category());
     // Whatever could not be parsed as a request may still be a callback query.
     check_callback(in.rest());
     return 0;

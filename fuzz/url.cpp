@@ -5,12 +5,12 @@
 
 namespace {
 
-bool same(const cfo::url& a, const cfo::url& b) {
+bool same(const cfo::detail::url& a, const cfo::detail::url& b) {
   return a.scheme == b.scheme && a.host == b.host && a.port == b.port && a.target == b.target;
 }
 
 // What parse_url accepts is well formed, and its text reads back as itself.
-void check_url(const cfo::url& u) {
+void check_url(const cfo::detail::url& u) {
   FUZZ_CHECK(u.scheme == "http" || u.scheme == "https");
   FUZZ_CHECK(!u.host.empty());
   for (char c : u.host) FUZZ_CHECK(!(c >= 'A' && c <= 'Z') && static_cast<unsigned char>(c) > 0x20);
@@ -18,16 +18,16 @@ void check_url(const cfo::url& u) {
   FUZZ_CHECK(u.target.find('#') == std::string::npos);
   FUZZ_CHECK(u.path().size() <= u.target.size());
   FUZZ_CHECK(u.str() == u.origin() + u.target);
-  cfo::url back;
+  cfo::detail::url back;
   try {
-    back = cfo::parse_url(u.str());
+    back = cfo::detail::parse_url(u.str());
   } catch (const cfo::oauth_error& e) {
     std::fprintf(stderr, "%s does not read back: %s\n", u.str().c_str(), e.what());
     FUZZ_CHECK(!"a parsed URL reads back");
   }
   FUZZ_CHECK(same(back, u));
-  (void)cfo::is_loopback(u.host);
-  (void)cfo::is_loopback(u.authority());
+  (void)cfo::detail::is_loopback(u.host);
+  (void)cfo::detail::is_loopback(u.authority());
 }
 
 }  // namespace
@@ -36,20 +36,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   fuzz::reader in(data, size);
   const std::string_view base_text = in.until('\n');
   const std::string_view ref = in.rest();
-  (void)cfo::is_loopback(base_text);
+  (void)cfo::detail::is_loopback(base_text);
 
-  cfo::url base;
+  cfo::detail::url base;
   try {
-    base = cfo::parse_url(base_text);
+    base = cfo::detail::parse_url(base_text);
   } catch (const cfo::oauth_error& e) {
     FUZZ_CHECK(fuzz::errc_of(e) == cfo::errc::invalid_url);
-    base = cfo::parse_url("https://api.atlassian.com/ex/confluence/cloud-id/wiki/api/v2/pages?limit=5");
+    base = cfo::detail::parse_url("https://api.atlassian.com/ex/confluence/cloud-id/wiki/api/v2/pages?limit=5");
   }
   check_url(base);
 
-  cfo::url resolved;
+  cfo::detail::url resolved;
   try {
-    resolved = cfo::resolve_reference(base, ref);
+    resolved = cfo::detail::resolve_reference(base, ref);
   } catch (const cfo::oauth_error& e) {
     FUZZ_CHECK(fuzz::errc_of(e) == cfo::errc::invalid_url);
     return 0;
@@ -62,7 +62,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // A resolved reference is not checked yet (the session parses it again
   // before it sends anything): it reads back as itself or is refused.
   try {
-    auto again = cfo::parse_url(resolved.str());
+    auto again = cfo::detail::parse_url(resolved.str());
     FUZZ_CHECK(same(again, resolved));
     check_url(again);
   } catch (const cfo::oauth_error& e) {

@@ -51,7 +51,7 @@ TEST_CASE("headless Chromium follows the authorization redirect into the listene
   auto tokens = test_util::run(
       [&](auto ex) -> asio::awaitable<cfo::token_set> {
         cfo::oauth_client client(ex, cfg);
-        co_return co_await cfo::authorize(client, cfo::browser_command(chromium_command(chromium, profile.path().string())), lo);
+        co_return co_await cfo::detail::authorize(client, cfo::browser_command(chromium_command(chromium, profile.path().string())), lo);
       },
       120s);
   CHECK_FALSE(tokens.access_token.empty());

@@ -70,7 +70,7 @@ struct fixture {
   std::shared_ptr<cfo::memory_token_store> store = std::make_shared<cfo::memory_token_store>();
 
   fixture() {
-    cfg.timeout.request = 10s;
+    cfg.timeouts.request = 10s;
     test_util::run([&](auto) -> asio::awaitable<void> { co_await store->save(granted); });
   }
 };
@@ -192,8 +192,8 @@ TEST_CASE("a callback user gets our error category, and with_error_details the s
   io.run_for(30s);
 
   CHECK(token_ec == cfo::errc::not_signed_in);
-  CHECK(token_ec.category() == cfo::error_category());
-  CHECK(token_ec == cfo::condition::reauthenticate);
+  CHECK(token_ec.category() == cfo::detail::error_category());
+  CHECK(token_ec == cfo::remedy::reauthenticate);
   CHECK(refresh_ec == cfo::errc::invalid_grant);
   REQUIRE(detail.has_value());
   CHECK(detail->code() == cfo::errc::invalid_grant);
@@ -226,7 +226,7 @@ TEST_CASE("a std::future user drives the session from another thread") {
     CHECK(e.code() == cfo::errc::api_gone);
   }
   s.logout(asio::use_future).get();
-  CHECK_FALSE(s.tokens(asio::use_future).get().has_value());
+  CHECK_FALSE(s.grant(asio::use_future).get().has_value());
 }
 
 TEST_CASE("deferred and as_tuple tokens") {
@@ -319,7 +319,7 @@ TEST_CASE("store-bound session operations are cancelled while the store is slow,
     REQUIRE(saved.has_value());
     CHECK(saved->refresh_token == f.granted.refresh_token);
     CHECK(co_await s.load());
-    auto held = co_await s.tokens();
+    auto held = co_await s.grant();
     CHECK(held.has_value());
   });
 }
@@ -339,13 +339,13 @@ TEST_CASE("the OAuth client, the listener and authorize() are cancelled by await
     f.srv.push_stall("/oauth/token");
     co_await expect_cancelled(client.refresh(f.granted), "oauth_client::refresh", stalled);
 
-    cfo::redirect_listener listener(ex, "http://127.0.0.1:0/callback");
+    cfo::detail::redirect_listener listener(ex, "http://127.0.0.1:0/callback");
     co_await expect_cancelled(listener.wait(client.begin_authorization(listener.redirect_uri())),
                               "redirect_listener::wait");
     listener.close();
 
     auto nobody_comes = [](const std::string&) -> asio::awaitable<void> { co_return; };
-    co_await expect_cancelled(cfo::authorize(client, nobody_comes), "authorize");
+    co_await expect_cancelled(cfo::detail::authorize(client, nobody_comes), "authorize");
     cfo::session s(ex, cfg, std::make_shared<cfo::memory_token_store>());
     co_await expect_cancelled(s.authorize(nobody_comes), "session::authorize");
 

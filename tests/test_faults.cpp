@@ -174,7 +174,7 @@ struct fixture {
     c.api_url = api.base_url();
     c.tls.ca_pem = auth.ca_pem() + api.ca_pem();
     c.tls.use_system_trust = false;
-    c.timeout.request = 3s;
+    c.timeouts.request = 3s;
     return c;
   }
 
@@ -205,7 +205,7 @@ recovery run_fault(fixture& f) {
         co_await f.between(s);
         r.after = co_await observe(s.get_json(api_path));
         r.stored = co_await f.store->load();
-        r.held = co_await s.tokens();
+        r.held = co_await s.grant();
         r.refresh = co_await observe(s.refresh());
         r.stored_after_refresh = co_await f.store->load();
         co_return r;
@@ -219,8 +219,8 @@ void check_no_sentinel(const observed& o) {
 }
 
 /// `ec` matches `expected` and no other condition (none at all when nullopt).
-void check_condition(std::error_code ec, std::optional<cfo::condition> expected) {
-  for (auto c : {cfo::condition::reauthenticate, cfo::condition::retry_later, cfo::condition::fix_configuration}) {
+void check_condition(std::error_code ec, std::optional<cfo::remedy> expected) {
+  for (auto c : {cfo::remedy::reauthenticate, cfo::remedy::retry_later, cfo::remedy::fix_configuration}) {
     CAPTURE(static_cast<int>(c));
     CHECK((ec == c) == (expected == c));
   }
@@ -250,7 +250,7 @@ struct fault_row {
   const char* name;
   std::function<void(fixture&)> inject;
   std::optional<errc> code;               // nullopt: the call succeeds
-  std::optional<cfo::condition> condition;
+  std::optional<cfo::remedy> condition;
   std::chrono::milliseconds budget;       // what the configuration allows the call (deadlines, retries, waits)
   std::chrono::milliseconds at_least{0};  // what it must take (a deadline or a Retry-After honoured)
   int token_requests = -1;                // token endpoint requests the call makes; -1: not counted
@@ -261,7 +261,7 @@ struct fault_row {
 
 void run_row(const fault_row& row) {
   fixture f(row.api_listening);
-  f.cfg.timeout.request = row.request_timeout;
+  f.cfg.timeouts.request = row.request_timeout;
   if (row.needs_refresh) f.expire_locally();
   row.inject(f);
   const auto before = f.auth.stats();
@@ -306,12 +306,12 @@ std::function<void(fixture&)> api_plan(hostile::plan p) {
 
 std::vector<fault_row> api_rows() {
   std::vector<fault_row> rows;
-  auto fails = [&](const char* name, hostile::plan p, errc code, std::optional<cfo::condition> condition) {
+  auto fails = [&](const char* name, hostile::plan p, errc code, std::optional<cfo::remedy> condition) {
     rows.push_back({name, api_plan(std::move(p)), code, condition, 3s});
   };
-  const auto retry = cfo::condition::retry_later;
-  const auto fix = cfo::condition::fix_configuration;
-  const std::optional<cfo::condition> none;
+  const auto retry = cfo::remedy::retry_later;
+  const auto fix = cfo::remedy::fix_configuration;
+  const std::optional<cfo::remedy> none;
 
   fault_row refused{"fault matrix: connection refused", [](fixture& f) {
                       f.between = [&f](cfo::session&) -> asio::awaitable<void> {
@@ -414,11 +414,11 @@ std::vector<fault_row> token_rows() {
   // A refresh may take every attempt to its deadline plus every wait between them.
   const std::chrono::milliseconds retries = quick.retry.max_total_wait + 3s * quick.retry.max_attempts;
   const int attempts = quick.retry.max_attempts;
-  const auto retry = cfo::condition::retry_later;
-  const std::optional<cfo::condition> none;
+  const auto retry = cfo::remedy::retry_later;
+  const std::optional<cfo::remedy> none;
   std::vector<fault_row> rows;
   auto row = [&](const char* name, std::function<void(fixture&)> inject, std::optional<errc> code,
-                 std::optional<cfo::condition> condition, int token_requests,
+                 std::optional<cfo::remedy> condition, int token_requests,
                  std::chrono::milliseconds at_least = 0ms) {
     rows.push_back({name, std::move(inject), code, condition, retries, at_least, token_requests, true});
   };
@@ -437,7 +437,7 @@ std::vector<fault_row> token_rows() {
                                {"error_description", std::string("echo ") + client_secret + " " +
                                                          f.granted.refresh_token.reveal()}};
         f.auth.push_status("/oauth/token", 200, body.dump());
-      }, errc::oauth_error_response, cfo::condition::fix_configuration, 1);
+      }, errc::oauth_error_response, cfo::remedy::fix_configuration, 1);
   row("fault matrix: non-JSON token answer", [](fixture& f) {
         f.auth.push_raw_response("/oauth/token", raw_response("HTTP/1.1 200 OK", "text/html", "<html>sign in</html>"));
       }, errc::invalid_token_response, none, 1);
@@ -554,7 +554,7 @@ asio::awaitable<void> flood_then_callback(fake_atlassian::server& auth, std::str
     if (name == "state") state = value;
     if (name == "code_challenge") challenge = value;
   }
-  const cfo::url listener = cfo::parse_url(redirect_uri);
+  const cfo::detail::url listener = cfo::detail::parse_url(redirect_uri);
   const tcp::endpoint endpoint(asio::ip::make_address(listener.host), listener.port);
 
   std::vector<std::pair<std::shared_ptr<tcp::socket>, steady::time_point>> idle;
@@ -630,7 +630,7 @@ TEST_CASE("fault matrix: refresh token revoked") {
   auto r = run_fault(f);
   CAPTURE(r.fault.texts);
   CHECK(r.fault.code == errc::invalid_grant);
-  check_condition(r.fault.code, cfo::condition::reauthenticate);
+  check_condition(r.fault.code, cfo::remedy::reauthenticate);
   CHECK(r.fault.elapsed < 3s + slack);
   CHECK(again.code == errc::invalid_grant);
   check_no_sentinel(again);
@@ -653,7 +653,7 @@ TEST_CASE("fault matrix: token_store throws on save") {
   auto r = run_fault(f);
   CAPTURE(r.fault.texts);
   CHECK(r.fault.code == errc::store_error);
-  check_condition(r.fault.code, cfo::condition::retry_later);
+  check_condition(r.fault.code, cfo::remedy::retry_later);
   CHECK(r.fault.elapsed < 3s + slack);
   // The refreshed tokens were kept and saved by the next call, which did not refresh
   // again: the rotated refresh token was not lost. The final refresh is the second.
@@ -685,7 +685,7 @@ TEST_CASE("fault matrix: full disk under a file_token_store") {
   auto r = run_fault(f);
   CAPTURE(r.fault.texts);
   CHECK(r.fault.code == errc::store_error);
-  check_condition(r.fault.code, cfo::condition::retry_later);
+  check_condition(r.fault.code, cfo::remedy::retry_later);
   CHECK(r.fault.texts.find("File too large") != std::string::npos);
   CHECK(r.fault.elapsed < 3s + slack);
   REQUIRE(on_disk_after_fault);  // the atomic replace left the old file whole

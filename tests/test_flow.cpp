@@ -57,7 +57,7 @@ cfo::token_set run_authorize(const cfo::client_config& cfg, test_browser::decisi
                              std::shared_ptr<test_browser::visit> seen, cfo::listener_options o = {}) {
   return test_util::run([&](auto ex) -> asio::awaitable<cfo::token_set> {
     cfo::oauth_client client(ex, cfg);
-    co_return co_await cfo::authorize(client, simulated_browser(cfg, d, seen), o);
+    co_return co_await cfo::detail::authorize(client, simulated_browser(cfg, d, seen), o);
   });
 }
 
@@ -100,7 +100,7 @@ TEST_CASE("consent with Deny ends with authorization_denied and no token request
   auto seen = std::make_shared<test_browser::visit>();
   CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
           cfo::oauth_client client(ex, f.config());
-          co_await cfo::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen));
+          co_await cfo::detail::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen));
         }) == cfo::errc::authorization_denied);
   CHECK(seen->status == 403);
   CHECK(seen->body.find("Authorization denied") != std::string::npos);
@@ -118,7 +118,7 @@ TEST_CASE("a denial that does not echo the state gets the mismatch page and the 
   lo.timeout = 1500ms;
   CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
           cfo::oauth_client client(ex, f.config());
-          co_await cfo::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen), lo);
+          co_await cfo::detail::authorize(client, simulated_browser(f.config(), test_browser::decision::deny, seen), lo);
         }) == cfo::errc::listener_timeout);
   CHECK(seen->status == 400);
   CHECK(seen->body.find("Authorization mismatch") != std::string::npos);
@@ -130,7 +130,7 @@ TEST_CASE("auto-approve and PKCE with form encoding") {
   flow_fixture f(o);
   auto cfg = f.config();
   cfg.use_pkce = true;
-  cfg.encoding = cfo::token_encoding::form;
+  cfg.encoding = cfo::client_config::token_encoding::form;
   auto seen = std::make_shared<test_browser::visit>();
   auto tokens = run_authorize(cfg, test_browser::decision::allow, seen);
   CHECK_FALSE(tokens.access_token.empty());
@@ -147,7 +147,7 @@ TEST_CASE("an unregistered redirect URI never reaches the listener") {
   o.timeout = 1s;
   CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
           cfo::oauth_client client(ex, cfg);
-          co_await cfo::authorize(client, simulated_browser(cfg, test_browser::decision::allow, seen), o);
+          co_await cfo::detail::authorize(client, simulated_browser(cfg, test_browser::decision::allow, seen), o);
         }) == cfo::errc::listener_timeout);
   CHECK(seen->status == 400);
   CHECK(seen->body.find("unauthorized_client") != std::string::npos);
@@ -160,10 +160,10 @@ TEST_CASE("a browser that cannot start is a typed error and releases the port") 
           cfo::oauth_client client(ex, f.config());
           std::vector<std::string> missing_browser;
           missing_browser.emplace_back("/nonexistent/browser");
-          co_await cfo::authorize(client, cfo::browser_command(missing_browser));
+          co_await cfo::detail::authorize(client, cfo::browser_command(missing_browser));
         }) == cfo::errc::browser_launch_failed);
   test_util::run([&](auto ex) -> asio::awaitable<void> {
-    cfo::redirect_listener again(ex, f.redirect);  // the port is free again
+    cfo::detail::redirect_listener again(ex, f.redirect);  // the port is free again
     CHECK(again.port() == f.port);
     co_return;
   });
@@ -178,10 +178,10 @@ TEST_CASE("a browser that keeps running does not inherit the listener's port") {
   for (const char* arg : {"/bin/sh", "-c", "sleep 3", "sh"}) lingering.emplace_back(arg);
   CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
           cfo::oauth_client client(ex, f.config());
-          co_await cfo::authorize(client, cfo::browser_command(lingering), o);
+          co_await cfo::detail::authorize(client, cfo::browser_command(lingering), o);
         }) == cfo::errc::listener_timeout);
   test_util::run([&](auto ex) -> asio::awaitable<void> {
-    cfo::redirect_listener again(ex, f.redirect);  // would be address_in_use if the browser held it
+    cfo::detail::redirect_listener again(ex, f.redirect);  // would be address_in_use if the browser held it
     CHECK(again.port() == f.port);
     co_return;
   });
@@ -216,7 +216,7 @@ TEST_CASE("the file store replaces atomically and reports corruption") {
     REQUIRE(::chmod(path.c_str(), 0600) == 0);  // a file the umask left open to others is refused before it is read
     auto ec = test_util::error_of([&](auto) -> asio::awaitable<void> { co_await store.load(); });
     CHECK(ec == cfo::errc::store_corrupt);
-    CHECK(ec == cfo::condition::reauthenticate);
+    CHECK(ec == cfo::remedy::reauthenticate);
   }
   cfo::file_token_store unwritable("/proc/cfo-cannot-write/tokens.json");
   CHECK(test_util::error_of([&](auto) -> asio::awaitable<void> { co_await unwritable.save(t); }) == cfo::errc::store_error);

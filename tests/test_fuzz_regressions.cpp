@@ -58,11 +58,11 @@ TEST_CASE("fuzz regression: a bracket in a host outside an IPv6 literal is inval
   // fuzz/regressions/url/host_with_bracket: its text read back as another URL.
   for (const char* bad : {"http://a]:b:1/", "http://:]:1", "https://x[y/", "https://[a]b]/"}) {
     CAPTURE(bad);
-    CHECK(test_util::thrown_code([&] { cfo::parse_url(bad); }) == cfo::errc::invalid_url);
+    CHECK(test_util::thrown_code([&] { cfo::detail::parse_url(bad); }) == cfo::errc::invalid_url);
   }
-  auto v6 = cfo::parse_url("http://[::1]:8765/callback");
+  auto v6 = cfo::detail::parse_url("http://[::1]:8765/callback");
   CHECK(v6.host == "::1");
-  CHECK(cfo::parse_url(v6.str()).authority() == "[::1]:8765");
+  CHECK(cfo::detail::parse_url(v6.str()).authority() == "[::1]:8765");
 }
 
 }  // namespace test_fuzz_regressions

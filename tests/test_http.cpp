@@ -43,7 +43,7 @@ struct outcome {
 
 struct parse_options {
   parser::kind kind = parser::kind::response;
-  cfo::http_limits limits{};
+  cfo::detail::http_limits limits{};
   bool eof = false;      // the peer closes after the bytes
   bool head = false;     // the response answers a HEAD request
 };
@@ -453,16 +453,16 @@ TEST_CASE("parser rejects obsolete line folding") {
 
 TEST_CASE("parser enforces max_head_bytes") {
   const std::string head = "HTTP/1.1 200 OK\r\nX-Pad: " + std::string(100, 'p') + "\r\nContent-Length: 0\r\n\r\n";
-  cfo::http_limits exact;
+  cfo::detail::http_limits exact;
   exact.max_head_bytes = head.size();
   expect_response(head, {.limits = exact});  // exactly at the limit is fine
 
-  cfo::http_limits tight;
+  cfo::detail::http_limits tight;
   tight.max_head_bytes = head.size() - 1;
   expect_parse_error(head, errc::header_too_large, {.limits = tight});
 
   // A head that never ends, even without any line break, stops at the limit.
-  cfo::http_limits small;
+  cfo::detail::http_limits small;
   small.max_head_bytes = 256;
   expect_parse_error(std::string(1000, 'x'), errc::header_too_large, {.limits = small});
   expect_parse_error("HTTP/1.1 200 OK\r\n" + std::string(1000, 'x'), errc::header_too_large, {.limits = small});
@@ -474,7 +474,7 @@ TEST_CASE("parser enforces max_head_bytes") {
 }
 
 TEST_CASE("parser enforces max_header_count") {
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   limits.max_header_count = 3;
   expect_response("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nContent-Length: 0\r\n\r\n", {.limits = limits});
   expect_parse_error("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nContent-Length: 0\r\n\r\n", errc::header_too_large,
@@ -486,7 +486,7 @@ TEST_CASE("parser enforces max_header_count") {
 }
 
 TEST_CASE("parser rejects a Content-Length over max_body_bytes before the body arrives") {
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   limits.max_body_bytes = 100;
   // Only the head: the error is already there.
   expect_parse_error("HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n", errc::body_too_large, {.limits = limits});
@@ -502,7 +502,7 @@ TEST_CASE("parser rejects a Content-Length over max_body_bytes before the body a
 }
 
 TEST_CASE("parser rejects chunked bodies whose total is over max_body_bytes") {
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   limits.max_body_bytes = 10;
   auto ok = expect_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n",
                             {.limits = limits});
@@ -515,7 +515,7 @@ TEST_CASE("parser rejects chunked bodies whose total is over max_body_bytes") {
 }
 
 TEST_CASE("parser rejects close-delimited bodies over max_body_bytes") {
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   limits.max_body_bytes = 10;
   expect_parse_error("HTTP/1.1 200 OK\r\n\r\n" + std::string(11, 'x'), errc::body_too_large, {.limits = limits});
   auto ok = expect_response("HTTP/1.1 200 OK\r\n\r\n" + std::string(10, 'x'), {.limits = limits, .eof = true});
@@ -523,7 +523,7 @@ TEST_CASE("parser rejects close-delimited bodies over max_body_bytes") {
 }
 
 TEST_CASE("parser rejects trailers over max_head_bytes") {
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   limits.max_head_bytes = 128;
   std::string trailers;
   for (int i = 0; i < 10; ++i) trailers += "X-T" + std::to_string(i) + ": " + std::string(20, 't') + "\r\n";
@@ -559,7 +559,7 @@ TEST_CASE("parser reports eof before any byte as connection_closed") {
   CHECK_FALSE(p.started());
   p.on_eof();
   CHECK(p.error() == errc::connection_closed);
-  CHECK(p.error() == cfo::condition::retry_later);
+  CHECK(p.error() == cfo::remedy::retry_later);
   CHECK_FALSE(p.done());
   CHECK(p.error_text().find("before any response") != std::string::npos);
 }
@@ -580,7 +580,7 @@ TEST_CASE("serialize_head writes the URL target the Host header and Content-Leng
   req.target = "/ignored";  // the request line uses the URL's target
   req.headers.add("Content-Type", "application/json");
   req.body = "{}";
-  auto head = cfo::detail::serialize_head(req, cfo::parse_url("https://auth.atlassian.com/oauth/token?a=b"));
+  auto head = cfo::detail::serialize_head(req, cfo::detail::parse_url("https://auth.atlassian.com/oauth/token?a=b"));
   CHECK(head ==
         "POST /oauth/token?a=b HTTP/1.1\r\nHost: auth.atlassian.com\r\nContent-Type: application/json\r\n"
         "Content-Length: 2\r\n\r\n");
@@ -596,13 +596,13 @@ TEST_CASE("serialize_head writes the URL target the Host header and Content-Leng
   CHECK(back.body == "{}");
 
   cfo::http_request get;
-  CHECK(cfo::detail::serialize_head(get, cfo::parse_url("http://[::1]:8080/x")) ==
+  CHECK(cfo::detail::serialize_head(get, cfo::detail::parse_url("http://[::1]:8080/x")) ==
         "GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n");
-  CHECK(cfo::detail::serialize_head(get, cfo::parse_url("http://127.0.0.1:80?q=1")) ==
+  CHECK(cfo::detail::serialize_head(get, cfo::detail::parse_url("http://127.0.0.1:80?q=1")) ==
         "GET /?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
   cfo::http_request empty_post;
   empty_post.method = "POST";
-  CHECK(cfo::detail::serialize_head(empty_post, cfo::parse_url("https://h:443/")).find("Content-Length: 0\r\n") !=
+  CHECK(cfo::detail::serialize_head(empty_post, cfo::detail::parse_url("https://h:443/")).find("Content-Length: 0\r\n") !=
         std::string::npos);
 }
 
@@ -634,8 +634,8 @@ class raw_server {
   raw_server(const raw_server&) = delete;
   raw_server& operator=(const raw_server&) = delete;
 
-  cfo::url url(const std::string& target = "/x") const {
-    return cfo::parse_url("http://127.0.0.1:" + std::to_string(st_->port) + target);
+  cfo::detail::url url(const std::string& target = "/x") const {
+    return cfo::detail::parse_url("http://127.0.0.1:" + std::to_string(st_->port) + target);
   }
   int connections() const { return st_->connections; }
   int requests() const { return st_->requests; }
@@ -715,11 +715,11 @@ struct attempt {
 };
 
 // One GET through a fresh http_client to a raw server following `plan`.
-attempt fetch_from(raw_plan plan, std::chrono::milliseconds request_timeout = 5s, cfo::http_limits limits = {}) {
+attempt fetch_from(raw_plan plan, std::chrono::milliseconds request_timeout = 5s, cfo::detail::http_limits limits = {}) {
   return test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<attempt> {
         raw_server srv(ex, std::move(plan));
-        cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::timeouts{request_timeout, 30s});
+        cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::http_timeouts{request_timeout, 30s});
         const auto u = srv.url("/x");
         cfo::http_request req;
         req.target = u.target;
@@ -745,8 +745,8 @@ attempt fetch_from_fake(fake_atlassian::server& srv, const std::string& path, st
       [&](asio::any_io_executor ex) -> asio::awaitable<attempt> {
         cfo::tls_options tls;
         tls.ca_pem = srv.ca_pem();
-        cfo::detail::http_client client(ex, tls, cfo::timeouts{timeout, 30s});
-        const auto u = cfo::parse_url(srv.base_url() + path);
+        cfo::detail::http_client client(ex, tls, cfo::http_timeouts{timeout, 30s});
+        const auto u = cfo::detail::parse_url(srv.base_url() + path);
         cfo::http_request req;
         req.target = u.target;
         attempt a;
@@ -784,7 +784,7 @@ TEST_CASE("client reports a bad status line as protocol_error") {
   CAPTURE(a.what);
   CHECK_FALSE(a.response);
   CHECK(a.ec == errc::protocol_error);
-  CHECK(a.ec == cfo::condition::retry_later);
+  CHECK(a.ec == cfo::remedy::retry_later);
   CHECK(a.idle == 0);
   auto b = fetch_from({.response = "SSH-2.0-OpenSSH_9.6\r\n\r\n"});
   CHECK(b.ec == errc::protocol_error);
@@ -840,7 +840,7 @@ TEST_CASE("client reports oversized response headers as header_too_large") {
   CHECK(a.ec == errc::header_too_large);
   CHECK(a.idle == 0);
 
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   limits.max_head_bytes = 100;
   auto b = fetch_from({.response = "HTTP/1.1 200 OK\r\nX-Pad: " + std::string(100, 'p') + "\r\nContent-Length: 0\r\n\r\n"},
                       5s, limits);
@@ -848,7 +848,7 @@ TEST_CASE("client reports oversized response headers as header_too_large") {
 }
 
 TEST_CASE("client reports an oversized Content-Length as body_too_large") {
-  cfo::http_limits limits;
+  cfo::detail::http_limits limits;
   limits.max_body_bytes = 1000;
   auto a = fetch_from({.response = "HTTP/1.1 200 OK\r\nContent-Length: 1001\r\n\r\n"}, 5s, limits);
   CAPTURE(a.what);
@@ -861,7 +861,7 @@ TEST_CASE("client times out on a server that accepts and never answers") {
   auto a = fetch_from({.response = "", .trickle = 0ms, .answer = false}, 300ms);
   CAPTURE(a.what);
   CHECK(a.ec == errc::timeout);
-  CHECK(a.ec == cfo::condition::retry_later);
+  CHECK(a.ec == cfo::remedy::retry_later);
   CHECK(a.elapsed >= 300ms);
   CHECK(a.elapsed < 5s);
   CHECK(a.idle == 0);
@@ -884,7 +884,7 @@ TEST_CASE("client errors carry context in the message") {
   CHECK(a.ec == errc::protocol_error);
   CHECK(a.what.find("GET http://127.0.0.1:") != std::string::npos);
   CHECK(a.what.find("/x") != std::string::npos);
-  CHECK(a.ec.category() == cfo::error_category());
+  CHECK(a.ec.category() == cfo::detail::error_category());
 }
 
 TEST_CASE("client reports malformed responses over TLS with typed errors") {

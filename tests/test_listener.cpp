@@ -24,15 +24,15 @@ cfo::client_config listener_config(std::string redirect = "http://localhost:0/ca
 }
 
 /// GETs `target` on the listener (plain http, loopback) and returns the response.
-asio::awaitable<cfo::http_response> get(const cfo::oauth_client& client, const cfo::redirect_listener& l,
+asio::awaitable<cfo::http_response> get(const cfo::oauth_client& client, const cfo::detail::redirect_listener& l,
                                         std::string target, std::string host = "127.0.0.1",
                                         std::string method = "GET") {
-  auto u = cfo::parse_url(l.redirect_uri());
+  auto u = cfo::detail::parse_url(l.redirect_uri());
   u.host = std::move(host);
   u.target = std::move(target);
   cfo::http_request req;
   req.method = std::move(method);
-  co_return co_await client.http().send(u, req);
+  co_return co_await cfo::detail::http_of(client).send(u, req);
 }
 
 std::string callback(const cfo::authorization& a, std::string code = "the-code") {
@@ -51,7 +51,7 @@ struct background_wait {
   bool done = false;
 };
 
-void start_wait(const asio::any_io_executor& ex, cfo::redirect_listener& l, const cfo::authorization& a,
+void start_wait(const asio::any_io_executor& ex, cfo::detail::redirect_listener& l, const cfo::authorization& a,
                 background_wait& out, asio::cancellation_slot slot = {}) {
   asio::co_spawn(ex, l.wait(a), asio::bind_cancellation_slot(slot, [&out](std::exception_ptr e, cfo::secret code) {
     out.done = true;
@@ -77,7 +77,7 @@ asio::awaitable<void> until_done(const background_wait& w, std::chrono::millisec
 /// the authorization it made.
 struct pending_login {
   cfo::oauth_client client;
-  cfo::redirect_listener listener;
+  cfo::detail::redirect_listener listener;
   cfo::authorization auth;
   background_wait wait;
 
@@ -95,7 +95,7 @@ TEST_SUITE("listener") {
 TEST_CASE("the callback with the right state ends the wait and the page never shows the code") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
     cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
+    cfo::detail::redirect_listener l(ex, client.config().redirect_uri);
     CHECK(l.port() != 0);
     CHECK(l.redirect_uri() == "http://localhost:" + std::to_string(l.port()) + "/callback");
     auto a = client.begin_authorization(l.redirect_uri());
@@ -134,7 +134,7 @@ TEST_CASE("a fixed port is bound as given and kept verbatim") {
     auto port = probe.local_endpoint().port();
     probe.close();
     std::string uri = "http://127.0.0.1:" + std::to_string(port) + "/oauth/cb";
-    cfo::redirect_listener l(ex, uri);
+    cfo::detail::redirect_listener l(ex, uri);
     CHECK(l.port() == port);
     CHECK(l.redirect_uri() == uri);
     co_return;
@@ -301,7 +301,7 @@ TEST_CASE("a taken port is a clear address_in_use error") {
     tcp::acceptor holder(ex, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
     auto port = holder.local_endpoint().port();
     try {
-      cfo::redirect_listener l(ex, "http://127.0.0.1:" + std::to_string(port) + "/callback");
+      cfo::detail::redirect_listener l(ex, "http://127.0.0.1:" + std::to_string(port) + "/callback");
       FAIL("bound a taken port");
     } catch (const cfo::oauth_error& e) {
       CHECK(e.code() == cfo::errc::address_in_use);
@@ -316,7 +316,7 @@ TEST_CASE("redirect URIs the listener cannot serve are refused") {
     for (const char* uri : {"http://example.com:3000/callback", "https://localhost:3000/callback", "http://10.0.0.1/cb"}) {
       CAPTURE(uri);
       try {
-        cfo::redirect_listener l(ex, uri);
+        cfo::detail::redirect_listener l(ex, uri);
         FAIL("accepted");
       } catch (const cfo::oauth_error& e) {
         CHECK(e.code() == cfo::errc::invalid_config);
@@ -331,7 +331,7 @@ TEST_CASE("the overall deadline ends the wait with listener_timeout") {
     cfo::oauth_client client(ex, listener_config());
     cfo::listener_options o;
     o.timeout = 300ms;
-    cfo::redirect_listener l(ex, client.config().redirect_uri, o);
+    cfo::detail::redirect_listener l(ex, client.config().redirect_uri, o);
     auto a = client.begin_authorization(l.redirect_uri());
     auto start = std::chrono::steady_clock::now();
     try {
@@ -339,7 +339,7 @@ TEST_CASE("the overall deadline ends the wait with listener_timeout") {
       FAIL("wait returned");
     } catch (const cfo::oauth_error& e) {
       CHECK(e.code() == cfo::errc::listener_timeout);
-      CHECK(e.code() == cfo::condition::reauthenticate);
+      CHECK(e.code() == cfo::remedy::reauthenticate);
     }
     auto elapsed = std::chrono::steady_clock::now() - start;
     CHECK(elapsed >= 250ms);
@@ -350,7 +350,7 @@ TEST_CASE("the overall deadline ends the wait with listener_timeout") {
 TEST_CASE("cancelling the wait ends it with operation_aborted and the listener is reusable") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
     cfo::oauth_client client(ex, listener_config());
-    cfo::redirect_listener l(ex, client.config().redirect_uri);
+    cfo::detail::redirect_listener l(ex, client.config().redirect_uri);
     auto a = client.begin_authorization(l.redirect_uri());
     asio::cancellation_signal cancel;
     background_wait w;

@@ -21,7 +21,7 @@ constexpr const char* scopes = "read:page:confluence read:space:confluence offli
 
 cfo::client_config config_for(const fake_atlassian::server& srv) {
   auto c = test_util::client_config_for(srv, redirect);
-  c.timeout.request = 10s;
+  c.timeouts.request = 10s;
   return c;
 }
 
@@ -85,7 +85,7 @@ TEST_CASE("a code is exchanged for a token set with JSON") {
 TEST_CASE("a code is exchanged with form encoding") {
   fake_atlassian::server srv;
   auto cfg = config_for(srv);
-  cfg.encoding = cfo::token_encoding::form;
+  cfg.encoding = cfo::client_config::token_encoding::form;
   auto t = exchange_code(cfg, srv.issue_code(redirect, scopes));
   CHECK_FALSE(t.access_token.empty());
   CHECK(srv.stats().authorization_code_grants == 1);
@@ -105,7 +105,7 @@ TEST_CASE("a reused code is rejected as Atlassian does") {
   exchange_code(cfg, code);
   auto e = expect_error([&] { exchange_code(cfg, code); }, {code, "test-client-secret"});
   CHECK(e.code() == cfo::errc::invalid_request);
-  CHECK(e.code() == cfo::condition::reauthenticate);
+  CHECK(e.code() == cfo::remedy::reauthenticate);
   CHECK(e.http_status() == 400);
   CHECK(e.error() == "invalid_request");
   CHECK(e.error_description() == "authorization_code is invalid");
@@ -137,7 +137,7 @@ TEST_CASE("a wrong client secret is a configuration error and never printed") {
   auto code = srv.issue_code(redirect, scopes);
   auto e = expect_error([&] { exchange_code(cfg, code); }, {"wrong-secret-value", code});
   CHECK(e.code() == cfo::errc::invalid_client);
-  CHECK(e.code() == cfo::condition::fix_configuration);
+  CHECK(e.code() == cfo::remedy::fix_configuration);
   CHECK(e.http_status() == 401);
   CHECK(e.error() == "access_denied");
 }
@@ -165,7 +165,7 @@ TEST_CASE("refresh tokens rotate and the old one works only within the reuse win
   srv.advance_clock(601s);
   auto e = expect_error([&] { refresh_tokens(cfg, first); }, {first.refresh_token.reveal(), "test-client-secret"});
   CHECK(e.code() == cfo::errc::invalid_grant);
-  CHECK(e.code() == cfo::condition::reauthenticate);
+  CHECK(e.code() == cfo::remedy::reauthenticate);
   CHECK(e.http_status() == 403);
   CHECK(e.error_description() == "Unknown or invalid refresh token.");
   CHECK(srv.stats().families_revoked == 1);
@@ -176,7 +176,7 @@ TEST_CASE("refresh tokens rotate and the old one works only within the reuse win
 TEST_CASE("refresh with form encoding") {
   fake_atlassian::server srv;
   auto cfg = config_for(srv);
-  cfg.encoding = cfo::token_encoding::form;
+  cfg.encoding = cfo::client_config::token_encoding::form;
   auto first = exchange_code(cfg, srv.issue_code(redirect, scopes));
   auto second = refresh_tokens(cfg, first);
   CHECK_FALSE(second.refresh_token == first.refresh_token);
@@ -230,7 +230,7 @@ TEST_CASE("hostile or broken token responses are typed errors") {
     CHECK(e.code() == c.expected);
     if (c.expected == cfo::errc::rate_limited) {
       CHECK(e.retry_after() == 7s);
-      CHECK(e.code() == cfo::condition::retry_later);
+      CHECK(e.code() == cfo::remedy::retry_later);
     }
   }
 }
@@ -251,12 +251,12 @@ TEST_CASE("a server echoing secrets back never gets them into a message") {
 TEST_CASE("a token endpoint that never answers hits the request deadline") {
   fake_atlassian::server srv;
   auto cfg = config_for(srv);
-  cfg.timeout.request = 300ms;
+  cfg.timeouts.request = 300ms;
   srv.push_stall("/oauth/token");
   auto start = std::chrono::steady_clock::now();
   auto e = expect_error([&] { exchange_code(cfg, srv.issue_code(redirect, scopes)); });
   CHECK(e.code() == cfo::errc::timeout);
-  CHECK(e.code() == cfo::condition::retry_later);
+  CHECK(e.code() == cfo::remedy::retry_later);
   CHECK(std::chrono::steady_clock::now() - start < 5s);
 }
 
@@ -267,7 +267,7 @@ TEST_CASE("the token endpoint is reached over one kept-alive connection") {
     cfo::oauth_client client(ex, cfg);
     auto t = co_await client.exchange_code(cfo::secret(srv.issue_code(redirect, scopes)), auth_for());
     for (int i = 0; i < 5; ++i) t = co_await client.refresh(t);
-    CHECK(client.http().connections_opened() == 1);
+    CHECK(cfo::detail::http_of(client).connections_opened() == 1);
   });
   CHECK(srv.stats().connections == 1);
   CHECK(srv.stats().refresh_grants == 5);

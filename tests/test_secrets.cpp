@@ -218,12 +218,12 @@ fake_atlassian::options server_options() {
   return o;
 }
 
-cfo::client_config config_for(const fake_atlassian::server& srv, cfo::token_encoding encoding = cfo::token_encoding::json) {
+cfo::client_config config_for(const fake_atlassian::server& srv, cfo::client_config::token_encoding encoding = cfo::client_config::token_encoding::json) {
   auto c = test_util::client_config_for(srv, redirect);
   c.client_secret = cfo::secret(client_secret);
   c.encoding = encoding;
   c.use_pkce = true;
-  c.timeout.request = 10s;
+  c.timeouts.request = 10s;
   c.tls.use_system_trust = false;  // only the fake server's CA; loading the system store is slow
   return c;
 }
@@ -322,7 +322,7 @@ struct listener_result {
 /// (name, raw request) arrive one after the other; the last must end the wait.
 asio::awaitable<listener_result> drive_listener(std::vector<std::pair<std::string, std::string>> requests) {
   auto ex = co_await asio::this_coro::executor;
-  cfo::redirect_listener listener(ex, "http://127.0.0.1:0/callback");
+  cfo::detail::redirect_listener listener(ex, "http://127.0.0.1:0/callback");
   auto auth = sentinel_authorization(listener.redirect_uri());
   struct wait_state {
     explicit wait_state(const asio::any_io_executor& ex) : finished(ex, asio::steady_timer::time_point::max()) {}
@@ -397,8 +397,8 @@ TEST_CASE("secrets: token endpoint errors that reflect the request do not carry 
   const auto exchange_echo = echo_of({client_secret, auth_code, verifier});
   const auto refresh_echo = echo_of({client_secret, refresh_token, access_token});
   // Header values must stay on one line; the echo does.
-  for (auto encoding : {cfo::token_encoding::json, cfo::token_encoding::form}) {
-    const std::string enc = encoding == cfo::token_encoding::json ? "json" : "form";
+  for (auto encoding : {cfo::client_config::token_encoding::json, cfo::client_config::token_encoding::form}) {
+    const std::string enc = encoding == cfo::client_config::token_encoding::json ? "json" : "form";
     const auto cfg = config_for(srv, encoding);
     struct reflected {
       std::string name;
@@ -467,10 +467,10 @@ TEST_CASE("secrets: network failures during the code exchange and the refresh") 
   check_failure("code exchange, connection refused", exchange_failure(refused), cfo::errc::connect_failed);
   check_failure("refresh, connection refused", refresh_failure(refused), cfo::errc::connect_failed);
 
-  auto slow = config_for(srv, cfo::token_encoding::form);
+  auto slow = config_for(srv, cfo::client_config::token_encoding::form);
   // Long enough for the handshake on a loaded machine: the stall must take
   // this request, or the next one meets it.
-  slow.timeout.request = 1500ms;
+  slow.timeouts.request = 1500ms;
   srv.push_stall("/oauth/token");
   check_failure("code exchange, timeout", exchange_failure(slow), cfo::errc::timeout);
   REQUIRE(srv.queued_faults() == 0);
@@ -563,7 +563,7 @@ TEST_CASE("secrets: a revoked or unreachable refresh") {
     f.cfg.token_url = "https://127.0.0.1:" + std::to_string(test_util::free_port()) + "/oauth/token";
     check_failure("session refresh, connection refused", f.get_failure(), cfo::errc::connect_failed);
     session_fixture g(-10s);
-    g.cfg.timeout.request = 1500ms;
+    g.cfg.timeouts.request = 1500ms;
     g.srv.push_stall("/oauth/token");
     check_failure("session refresh, timeout", g.get_failure(), cfo::errc::timeout);
     REQUIRE(g.srv.queued_faults() == 0);
@@ -650,7 +650,7 @@ TEST_CASE("secrets: verify_callback errors never carry the code or the state") {
   for (const auto& c : cases) {
     outcome o;
     try {
-      cfo::verify_callback(cfo::parse_callback(c.query), auth);
+      cfo::detail::verify_callback(cfo::detail::parse_callback(c.query), auth);
     } catch (const cfo::oauth_error& e) {
       o = {e.code(), texts_of(e)};
     }
@@ -931,7 +931,7 @@ TEST_CASE("secrets: web-app pages and log lines carry no secret") {
                                    std::to_string(form.size()) + "\r\nConnection: close\r\n\r\n" + form);
   };
   auto connect = post_connect();
-  auto app_state = cfo::parse_callback(header_of(connect, "Location")).state;
+  auto app_state = cfo::detail::parse_callback(header_of(connect, "Location")).state;
   REQUIRE(app_state);
   const std::string real_state = app_state->reveal();
 
@@ -947,7 +947,7 @@ TEST_CASE("secrets: web-app pages and log lines carry no secret") {
   CHECK(f.srv.stats().token_requests == 1);  // the exchange was really made
 
   connect = post_connect();
-  app_state = cfo::parse_callback(header_of(connect, "Location")).state;
+  app_state = cfo::detail::parse_callback(header_of(connect, "Location")).state;
   REQUIRE(app_state);
   const std::string second_state = app_state->reveal();
   pages.emplace_back("authorization error", http_to(app.port(), with_cookie(callback_target(

@@ -44,7 +44,7 @@ std::string challenge_of(const cfo::secret& verifier) {
 }
 
 std::string query_value(const std::string& url, const std::string& name) {
-  for (auto& [k, v] : cfo::detail::parse_query(cfo::parse_url(url).query()))
+  for (auto& [k, v] : cfo::detail::parse_query(cfo::detail::parse_url(url).query()))
     if (k == name) return v;
   return {};
 }
@@ -114,10 +114,10 @@ TEST_CASE("an attacker's own code delivered with the victim's state is refused a
         attacker_grants++ == 0 ? f.srv.issue_code(f.redirect, scopes)
                                : f.srv.issue_code(f.redirect, scopes, challenge_of(cfo::secret("attacker-verifier-0123456789-0123456789-0123")));
     auto ex = co_await asio::this_coro::executor;
-    auto http = std::make_shared<cfo::detail::http_client>(ex, cfo::tls_options{}, cfo::timeouts{});
+    auto http = std::make_shared<cfo::detail::http_client>(ex, cfo::tls_options{}, cfo::http_timeouts{});
     asio::co_spawn(ex, [http, target = f.redirect + "?code=" + code + "&state=" + cfo::detail::percent_encode(state)]()
                            -> asio::awaitable<void> {
-      const auto u = cfo::parse_url(target);  // no temporaries in a co_await: GCC 12 frees them twice
+      const auto u = cfo::detail::parse_url(target);  // no temporaries in a co_await: GCC 12 frees them twice
       const cfo::http_request get;
       co_await http->send(u, get);
     }, asio::detached);
@@ -125,7 +125,7 @@ TEST_CASE("an attacker's own code delivered with the victim's state is refused a
   for (int i = 0; i < 2; ++i)
     CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
             cfo::oauth_client client(ex, cfg);
-            co_await cfo::authorize(client, attacker);
+            co_await cfo::detail::authorize(client, attacker);
           }) == cfo::errc::invalid_grant);
   CHECK(f.srv.stats().authorization_code_grants == 0);
 }
@@ -156,7 +156,7 @@ TEST_CASE("the browser gets a private redirect page and a scrubbed environment")
   const auto browser = cfo::browser_command({script});  // GCC 12: no braced lists in coroutines
   auto tokens = test_util::run([&](auto ex) -> asio::awaitable<cfo::token_set> {
     cfo::oauth_client client(ex, f.config());
-    co_return co_await cfo::authorize(client, browser);
+    co_return co_await cfo::detail::authorize(client, browser);
   });
   ::unsetenv("ATLASSIAN_CLIENT_SECRET");
   ::unsetenv("PGPASSWORD");
@@ -197,7 +197,7 @@ TEST_CASE("listener_options::redirect_page = false hands the browser the URL its
   const auto browser = cfo::browser_command({script});
   test_util::run([&](auto ex) -> asio::awaitable<void> {
     cfo::oauth_client client(ex, f.config());
-    co_await cfo::authorize(client, browser, o);
+    co_await cfo::detail::authorize(client, browser, o);
   });
   CHECK(test_util::read_text(args).rfind(f.srv.base_url() + "/authorize?", 0) == 0);
 }
@@ -324,34 +324,34 @@ TEST_CASE("session::redact covers the client secret and the tokens held") {
 TEST_CASE("a bare CR inside a header line is a protocol error") {
   for (std::string head : {"HTTP/1.1 200 OK\r\nX-A: one\rX-Injected: two\r\nContent-Length: 0\r\n\r\n",
                            "HTTP/1.1 200 O\rK\r\nContent-Length: 0\r\n\r\n"}) {
-    cfo::detail::http_parser p(cfo::detail::http_parser::kind::response, cfo::http_limits{});
+    cfo::detail::http_parser p(cfo::detail::http_parser::kind::response, cfo::detail::http_limits{});
     p.feed(head);
     CHECK(p.error() == cfo::errc::protocol_error);
   }
-  cfo::detail::http_parser request(cfo::detail::http_parser::kind::request, cfo::http_limits{});
+  cfo::detail::http_parser request(cfo::detail::http_parser::kind::request, cfo::detail::http_limits{});
   request.feed("GET /callback HTTP/1.1\r\nHost: 127.0.0.1:1\rX: y\r\n\r\n");
   CHECK(request.error() == cfo::errc::protocol_error);
 }
 
 TEST_CASE("only literal addresses are loopback by their spelling") {
-  CHECK(cfo::is_loopback("127.0.0.1"));
-  CHECK(cfo::is_loopback("127.1.2.3"));
-  CHECK(cfo::is_loopback("::1"));
-  CHECK(cfo::is_loopback("[::1]"));
-  CHECK_FALSE(cfo::is_loopback("localhost"));  // a name: its addresses decide
-  CHECK_FALSE(cfo::is_loopback("localhost.attacker.example"));
-  CHECK_FALSE(cfo::is_loopback("10.0.0.1"));
+  CHECK(cfo::detail::is_loopback("127.0.0.1"));
+  CHECK(cfo::detail::is_loopback("127.1.2.3"));
+  CHECK(cfo::detail::is_loopback("::1"));
+  CHECK(cfo::detail::is_loopback("[::1]"));
+  CHECK_FALSE(cfo::detail::is_loopback("localhost"));  // a name: its addresses decide
+  CHECK_FALSE(cfo::detail::is_loopback("localhost.attacker.example"));
+  CHECK_FALSE(cfo::detail::is_loopback("10.0.0.1"));
 }
 
 TEST_CASE("plain http to localhost works because localhost resolves to loopback") {
   fake_atlassian::options o;
   o.tls = false;
   fake_atlassian::server srv(o);
-  auto u = cfo::parse_url(srv.base_url());
+  auto u = cfo::detail::parse_url(srv.base_url());
   u.host = "localhost";
   u.target = "/oauth/token/accessible-resources";
   auto res = test_util::run([&](auto ex) -> asio::awaitable<cfo::http_response> {
-    cfo::detail::http_client http(ex, cfo::tls_options{}, cfo::timeouts{});
+    cfo::detail::http_client http(ex, cfo::tls_options{}, cfo::http_timeouts{});
     const cfo::http_request get;  // not a temporary in the co_await (GCC 12)
     co_return co_await http.send(u, get);
   });

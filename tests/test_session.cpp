@@ -52,7 +52,7 @@ struct session_fixture {
 
   explicit session_fixture(fake_atlassian::options o = {}, const char* scope = scopes)
       : srv(std::move(o)), cfg(test_util::client_config_for(srv, redirect)), granted(test_util::grant_from(srv, cfg, scope)) {
-    cfg.timeout.request = 10s;
+    cfg.timeouts.request = 10s;
     test_util::run([&](auto) -> asio::awaitable<void> { co_await store->save(granted); });
   }
 
@@ -116,13 +116,13 @@ TEST_CASE("without a grant, token() says to sign in") {
     co_await s.token();
   });
   CHECK(ec == cfo::errc::not_signed_in);
-  CHECK(ec == cfo::condition::reauthenticate);
+  CHECK(ec == cfo::remedy::reauthenticate);
 }
 
 TEST_CASE("1,000 concurrent requests on an expired token make exactly one token request") {
   program_args::raise_fd_limit(4096);
   session_fixture f;
-  f.cfg.timeout.request = 60s;  // a thousand requests queue behind each other on a loaded 2-core CI machine
+  f.cfg.timeouts.request = 60s;  // a thousand requests queue behind each other on a loaded 2-core CI machine
   f.expire_locally();
   const auto before = f.srv.stats();
   int ok = test_util::run([&](auto ex) -> asio::awaitable<int> {
@@ -143,7 +143,7 @@ TEST_CASE("1,000 concurrent requests on an expired token make exactly one token 
 TEST_CASE("1,000 concurrent requests that meet a server-side expiry make exactly one token request") {
   program_args::raise_fd_limit(4096);
   session_fixture f;
-  f.cfg.timeout.request = 60s;  // a thousand requests queue behind each other on a loaded 2-core CI machine
+  f.cfg.timeouts.request = 60s;  // a thousand requests queue behind each other on a loaded 2-core CI machine
   f.srv.advance_clock(3601s);  // the server now refuses the access token the client still trusts
   const auto before = f.srv.stats();
   int ok = test_util::run([&](auto ex) -> asio::awaitable<int> {
@@ -288,7 +288,7 @@ TEST_CASE("load() or logout() during a refresh neither loses the rotated token n
     co_await std::move(refreshing);
     auto after = co_await f.store->load();
     CHECK_FALSE(after.has_value());  // signed out stays signed out
-    auto held = co_await s.tokens();
+    auto held = co_await s.grant();
     CHECK_FALSE(held.has_value());
   });
 }
@@ -410,7 +410,7 @@ TEST_CASE("a failed save is reported, the new tokens are kept and saved before u
     co_await s.load();
     auto [e1, t1] = co_await asio::co_spawn(ex, s.token(), cfo::detail::use_tuple);
     CHECK(test_util::code_of(e1) == cfo::errc::store_error);
-    auto held = co_await s.tokens();
+    auto held = co_await s.grant();
     REQUIRE(held);
     CHECK_FALSE(held->refresh_token == f.granted.refresh_token);  // not thrown away
     store->fail_saves = false;
@@ -461,7 +461,7 @@ TEST_CASE("a scope mismatch is a configuration problem, not a reason to refresh"
     co_await wiki.get("/wiki/api/v2/spaces");
   });
   CHECK(ec == cfo::errc::scope_mismatch);
-  CHECK(ec == cfo::condition::fix_configuration);
+  CHECK(ec == cfo::remedy::fix_configuration);
   CHECK(what.find("scope does not match") != std::string::npos);
   CHECK(f.srv.stats().token_requests == before.token_requests);
 }

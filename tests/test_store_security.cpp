@@ -57,7 +57,7 @@ std::optional<cfo::token_set> load(cfo::file_token_store& store) {
 void check_refused(const test_util::failure& f, const std::string& file, const std::string& reason) {
   CAPTURE(f.what);
   CHECK(f.code == cfo::errc::invalid_config);
-  CHECK(f.code == cfo::condition::fix_configuration);
+  CHECK(f.code == cfo::remedy::fix_configuration);
   CHECK(f.what.find(file) != std::string::npos);
   CHECK(f.what.find(reason) != std::string::npos);
 }

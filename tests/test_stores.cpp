@@ -68,7 +68,7 @@ TEST_CASE("a wrong key, an altered file and a missing or unexpected key are clea
 
   cfo::file_token_store wrong(path, cfo::file_token_store::generate_key());
   CHECK(load_error(wrong) == cfo::errc::store_key_mismatch);
-  CHECK(load_error(wrong) == cfo::condition::fix_configuration);
+  CHECK(load_error(wrong) == cfo::remedy::fix_configuration);
 
   cfo::file_token_store keyless(path);
   CHECK(load_error(keyless) == cfo::errc::store_key_mismatch);

@@ -25,7 +25,7 @@ cfo::errc errc_of(auto&& f) {
   try {
     f();
   } catch (const cfo::oauth_error& e) {
-    REQUIRE(e.code().category() == cfo::error_category());
+    REQUIRE(e.code().category() == cfo::detail::error_category());
     return static_cast<cfo::errc>(e.code().value());
   }
   FAIL("no oauth_error thrown");
@@ -154,7 +154,7 @@ TEST_CASE("redaction ends when a secret is part of the mark and comes before tru
 }
 
 TEST_CASE("URLs parse with defaults, IPv6 and ports") {
-  auto u = cfo::parse_url("HTTPS://Auth.Atlassian.com/oauth/token?x=1");
+  auto u = cfo::detail::parse_url("HTTPS://Auth.Atlassian.com/oauth/token?x=1");
   CHECK(u.scheme == "https");
   CHECK(u.host == "auth.atlassian.com");
   CHECK(u.port == 443);
@@ -162,12 +162,12 @@ TEST_CASE("URLs parse with defaults, IPv6 and ports") {
   CHECK(u.path() == "/oauth/token");
   CHECK(u.query() == "x=1");
   CHECK(u.str() == "https://auth.atlassian.com/oauth/token?x=1");
-  auto v6 = cfo::parse_url("http://[::1]:8080");
+  auto v6 = cfo::detail::parse_url("http://[::1]:8080");
   CHECK(v6.host == "::1");
   CHECK(v6.port == 8080);
   CHECK(v6.target == "/");
   CHECK(v6.authority() == "[::1]:8080");
-  CHECK(cfo::parse_url("http://localhost?a=b").target == "/?a=b");
+  CHECK(cfo::detail::parse_url("http://localhost?a=b").target == "/?a=b");
 }
 
 TEST_CASE("malformed URLs are typed errors") {
@@ -175,25 +175,25 @@ TEST_CASE("malformed URLs are typed errors") {
                           "https://host:99999/", "https://host:12a/", "https://host/#frag", "https://[::1/",
                           "https://ho st/", "http://h/a b"}) {
     CAPTURE(bad);
-    CHECK(errc_of([&] { cfo::parse_url(bad); }) == cfo::errc::invalid_url);
+    CHECK(errc_of([&] { cfo::detail::parse_url(bad); }) == cfo::errc::invalid_url);
   }
 }
 
 TEST_CASE("loopback detection") {
-  for (const char* h : {"127.0.0.1", "127.1.2.3", "::1", "[::1]"}) CHECK(cfo::is_loopback(h));
+  for (const char* h : {"127.0.0.1", "127.1.2.3", "::1", "[::1]"}) CHECK(cfo::detail::is_loopback(h));
   // A name is judged by what it resolves to, when plain http connects.
   for (const char* h : {"localhost", "LOCALHOST", "example.com", "10.0.0.1", "localhost.example.com", "0.0.0.0", "::", "128.0.0.1"})
-    CHECK_FALSE(cfo::is_loopback(h));
+    CHECK_FALSE(cfo::detail::is_loopback(h));
 }
 
 TEST_CASE("relative references resolve against the gateway base") {
-  auto base = cfo::parse_url("https://api.atlassian.com/ex/confluence/abc/wiki/api/v2/pages?limit=5");
-  CHECK(cfo::resolve_reference(base, "/wiki/api/v2/pages?cursor=x").str() ==
+  auto base = cfo::detail::parse_url("https://api.atlassian.com/ex/confluence/abc/wiki/api/v2/pages?limit=5");
+  CHECK(cfo::detail::resolve_reference(base, "/wiki/api/v2/pages?cursor=x").str() ==
         "https://api.atlassian.com/wiki/api/v2/pages?cursor=x");
-  CHECK(cfo::resolve_reference(base, "https://other.example/p").str() == "https://other.example/p");
-  CHECK(cfo::resolve_reference(base, "?cursor=y").str() ==
+  CHECK(cfo::detail::resolve_reference(base, "https://other.example/p").str() == "https://other.example/p");
+  CHECK(cfo::detail::resolve_reference(base, "?cursor=y").str() ==
         "https://api.atlassian.com/ex/confluence/abc/wiki/api/v2/pages?cursor=y");
-  CHECK(cfo::resolve_reference(base, "spaces").str() == "https://api.atlassian.com/ex/confluence/abc/wiki/api/v2/spaces");
+  CHECK(cfo::detail::resolve_reference(base, "spaces").str() == "https://api.atlassian.com/ex/confluence/abc/wiki/api/v2/spaces");
 }
 
 TEST_CASE("Retry-After in seconds and as an HTTP date") {
@@ -207,16 +207,16 @@ TEST_CASE("Retry-After in seconds and as an HTTP date") {
 
 TEST_CASE("error codes map to conditions") {
   std::error_code grant = cfo::errc::invalid_grant;
-  CHECK(grant == cfo::condition::reauthenticate);
-  CHECK(grant != cfo::condition::retry_later);
-  CHECK(std::error_code(cfo::errc::timeout) == cfo::condition::retry_later);
-  CHECK(std::error_code(cfo::errc::rate_limited) == cfo::condition::retry_later);
-  CHECK(std::error_code(cfo::errc::invalid_client) == cfo::condition::fix_configuration);
-  CHECK(std::error_code(cfo::errc::certificate_rejected) == cfo::condition::fix_configuration);
-  CHECK(std::error_code(cfo::errc::authorization_denied) == cfo::condition::reauthenticate);
+  CHECK(grant == cfo::remedy::reauthenticate);
+  CHECK(grant != cfo::remedy::retry_later);
+  CHECK(std::error_code(cfo::errc::timeout) == cfo::remedy::retry_later);
+  CHECK(std::error_code(cfo::errc::rate_limited) == cfo::remedy::retry_later);
+  CHECK(std::error_code(cfo::errc::invalid_client) == cfo::remedy::fix_configuration);
+  CHECK(std::error_code(cfo::errc::certificate_rejected) == cfo::remedy::fix_configuration);
+  CHECK(std::error_code(cfo::errc::authorization_denied) == cfo::remedy::reauthenticate);
   CHECK(grant.category().name() == std::string("confluence_oauth"));
   for (int e = 1; e <= static_cast<int>(cfo::errc::site_not_found); ++e)
-    CHECK(cfo::error_category().message(e).find("unknown") == std::string::npos);
+    CHECK(cfo::detail::error_category().message(e).find("unknown") == std::string::npos);
 }
 
 TEST_CASE("oauth_error carries the server's details") {
@@ -228,7 +228,7 @@ TEST_CASE("oauth_error carries the server's details") {
   CHECK(std::string(e.what()).find("HTTP 403; invalid_grant: Unknown or invalid refresh token.") != std::string::npos);
   CHECK(e.http_status() == 403);
   CHECK(e.error() == "invalid_grant");
-  CHECK(e.code() == cfo::condition::reauthenticate);
+  CHECK(e.code() == cfo::remedy::reauthenticate);
 }
 
 TEST_CASE("configuration validation names the problem") {
@@ -246,7 +246,7 @@ TEST_CASE("configuration validation names the problem") {
   check([](auto& c) { c.token_url = "http://auth.example.com/token"; }, cfo::errc::insecure_transport);
   check([](auto& c) { c.api_url = "not a url"; }, cfo::errc::invalid_url);
   check([](auto& c) { c.redirect_uri = "http://app.example.com/callback"; }, cfo::errc::insecure_transport);
-  check([](auto& c) { c.timeout.request = 0ms; }, cfo::errc::invalid_config);
+  check([](auto& c) { c.timeouts.request = 0ms; }, cfo::errc::invalid_config);
   auto ok = valid_config();
   ok.token_url = "http://127.0.0.1:8080/token";
   ok.redirect_uri = "https://app.example.com/callback";
@@ -266,7 +266,7 @@ TEST_CASE("the authorization URL has every Atlassian parameter and a fresh state
   auto a = client.begin_authorization();
   auto b = client.begin_authorization();
   CHECK(a.url.rfind("https://auth.atlassian.com/authorize?", 0) == 0);
-  auto params = cfo::detail::parse_query(cfo::parse_url(a.url).query());
+  auto params = cfo::detail::parse_query(cfo::detail::parse_url(a.url).query());
   std::map<std::string, std::string> m(params.begin(), params.end());
   CHECK(m.at("audience") == "api.atlassian.com");
   CHECK(m.at("client_id") == "client-id");
@@ -290,7 +290,7 @@ TEST_CASE("empty optional parameters are left out and PKCE uses S256") {
   c.extra_authorize_params = {{"login_hint", "a@b.c"}, {"empty", ""}};
   cfo::oauth_client client(io.get_executor(), c);
   auto a = client.begin_authorization("http://127.0.0.1:5555/cb");
-  auto params = cfo::detail::parse_query(cfo::parse_url(a.url).query());
+  auto params = cfo::detail::parse_query(cfo::detail::parse_url(a.url).query());
   std::map<std::string, std::string> m(params.begin(), params.end());
   CHECK(m.count("audience") == 0);
   CHECK(m.count("prompt") == 0);
@@ -307,26 +307,26 @@ TEST_CASE("empty optional parameters are left out and PKCE uses S256") {
 TEST_CASE("callbacks are parsed and matched against the pending state") {
   cfo::authorization auth;
   auth.state = cfo::secret("the-state");
-  auto ok = cfo::parse_callback("/callback?code=the%20code&state=the-state");
+  auto ok = cfo::detail::parse_callback("/callback?code=the%20code&state=the-state");
   CHECK(ok.code.reveal() == "the code");
-  CHECK(cfo::match_callback(ok, auth) == cfo::callback_match::code);
-  CHECK(cfo::verify_callback(ok, auth).reveal() == "the code");
-  auto other = cfo::parse_callback("code=x&state=other");
-  CHECK(cfo::match_callback(other, auth) == cfo::callback_match::state_mismatch);
-  CHECK(errc_of([&] { cfo::verify_callback(other, auth); }) == cfo::errc::state_mismatch);
-  auto denied = cfo::parse_callback("http://localhost/cb?error=access_denied&error_description=User%20did%20not%20authorize&state=the-state");
-  CHECK(cfo::match_callback(denied, auth) == cfo::callback_match::denied);
-  CHECK(errc_of([&] { cfo::verify_callback(denied, auth); }) == cfo::errc::authorization_denied);
-  auto denied_other = cfo::parse_callback("?error=access_denied&state=other");
-  CHECK(cfo::match_callback(denied_other, auth) == cfo::callback_match::state_mismatch);
-  auto failed = cfo::parse_callback("?error=server_error&state=the-state");
-  CHECK(errc_of([&] { cfo::verify_callback(failed, auth); }) == cfo::errc::authorization_failed);
+  CHECK(cfo::detail::match_callback(ok, auth) == cfo::detail::callback_match::code);
+  CHECK(cfo::detail::verify_callback(ok, auth).reveal() == "the code");
+  auto other = cfo::detail::parse_callback("code=x&state=other");
+  CHECK(cfo::detail::match_callback(other, auth) == cfo::detail::callback_match::state_mismatch);
+  CHECK(errc_of([&] { cfo::detail::verify_callback(other, auth); }) == cfo::errc::state_mismatch);
+  auto denied = cfo::detail::parse_callback("http://localhost/cb?error=access_denied&error_description=User%20did%20not%20authorize&state=the-state");
+  CHECK(cfo::detail::match_callback(denied, auth) == cfo::detail::callback_match::denied);
+  CHECK(errc_of([&] { cfo::detail::verify_callback(denied, auth); }) == cfo::errc::authorization_denied);
+  auto denied_other = cfo::detail::parse_callback("?error=access_denied&state=other");
+  CHECK(cfo::detail::match_callback(denied_other, auth) == cfo::detail::callback_match::state_mismatch);
+  auto failed = cfo::detail::parse_callback("?error=server_error&state=the-state");
+  CHECK(errc_of([&] { cfo::detail::verify_callback(failed, auth); }) == cfo::errc::authorization_failed);
   // An error without the state is anyone's: it must not answer the authorization (fails before 1.1).
-  auto stateless = cfo::parse_callback("?error=access_denied&error_description=Evil");
-  CHECK(cfo::match_callback(stateless, auth) == cfo::callback_match::state_mismatch);
-  CHECK(errc_of([&] { cfo::verify_callback(stateless, auth); }) == cfo::errc::state_mismatch);
-  CHECK(cfo::match_callback(cfo::parse_callback("/callback"), auth) == cfo::callback_match::state_mismatch);
-  CHECK(cfo::match_callback(cfo::parse_callback("?state=the-state"), auth) == cfo::callback_match::incomplete);
+  auto stateless = cfo::detail::parse_callback("?error=access_denied&error_description=Evil");
+  CHECK(cfo::detail::match_callback(stateless, auth) == cfo::detail::callback_match::state_mismatch);
+  CHECK(errc_of([&] { cfo::detail::verify_callback(stateless, auth); }) == cfo::errc::state_mismatch);
+  CHECK(cfo::detail::match_callback(cfo::detail::parse_callback("/callback"), auth) == cfo::detail::callback_match::state_mismatch);
+  CHECK(cfo::detail::match_callback(cfo::detail::parse_callback("?state=the-state"), auth) == cfo::detail::callback_match::incomplete);
 }
 
 TEST_CASE("token sets round-trip through their storage form") {

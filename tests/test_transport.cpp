@@ -56,7 +56,7 @@ fake_atlassian::server make_plain_server() { return make_fake(false); }
 
 // GET `url_text` (no Authorization header).
 asio::awaitable<cfo::http_response> get(cfo::detail::http_client& client, std::string url_text) {
-  const auto u = cfo::parse_url(url_text);
+  const auto u = cfo::detail::parse_url(url_text);
   cfo::http_request req;
   req.target = u.target;
   co_return co_await client.send(u, req);
@@ -87,7 +87,7 @@ asio::awaitable<attempt> try_get(cfo::detail::http_client& client, std::string u
 attempt fetch(const std::string& url_text, const cfo::tls_options& tls, std::chrono::milliseconds request = 5s) {
   return test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<attempt> {
-        cfo::detail::http_client client(ex, tls, cfo::timeouts{request, 30s});
+        cfo::detail::http_client client(ex, tls, cfo::http_timeouts{request, 30s});
         co_return co_await try_get(client, url_text);
       },
       30s);
@@ -105,7 +105,7 @@ std::error_code config_error_of(const cfo::tls_options& tls) {
 std::error_code client_ctor_error_of(const cfo::tls_options& tls) {
   asio::io_context io;
   try {
-    cfo::detail::http_client client(io.get_executor(), tls, cfo::timeouts{});
+    cfo::detail::http_client client(io.get_executor(), tls, cfo::http_timeouts{});
   } catch (const cfo::oauth_error& e) {
     return e.code();
   }
@@ -192,7 +192,7 @@ TEST_CASE("an untrusted CA is certificate_rejected") {
   CAPTURE(a.what);
   CHECK_FALSE(a.response);
   CHECK(a.ec == errc::certificate_rejected);
-  CHECK(a.ec == cfo::condition::fix_configuration);
+  CHECK(a.ec == cfo::remedy::fix_configuration);
   CHECK(srv.stats().connections == 1);
   CHECK(srv.stats().requests == 0);  // no request over an unverified channel
 
@@ -277,7 +277,7 @@ TEST_CASE("https to a server that does not speak TLS is tls_handshake_failed") {
             ex, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
         const auto port = acceptor->local_endpoint().port();
         asio::co_spawn(ex, answer_not_tls(acceptor), asio::detached);
-        cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::http_timeouts{5s, 30s});
         auto r = co_await try_get(client, "https://127.0.0.1:" + std::to_string(port) + "/");
         std::error_code ignored;
         acceptor->close(ignored);
@@ -286,7 +286,7 @@ TEST_CASE("https to a server that does not speak TLS is tls_handshake_failed") {
       30s);
   CAPTURE(a.what);
   CHECK(a.ec == errc::tls_handshake_failed);
-  CHECK(a.ec == cfo::condition::retry_later);
+  CHECK(a.ec == cfo::remedy::retry_later);
 }
 
 TEST_CASE("the TLS context requires TLS 1.2 or newer and verifies the peer") {
@@ -305,7 +305,7 @@ TEST_CASE("a ca_file that does not exist is invalid_config") {
   tls.ca_file = "/nonexistent/confluence-oauth/ca.pem";
   auto ec = config_error_of(tls);
   CHECK(ec == errc::invalid_config);
-  CHECK(ec == cfo::condition::fix_configuration);
+  CHECK(ec == cfo::remedy::fix_configuration);
   CHECK(client_ctor_error_of(tls) == errc::invalid_config);
 }
 
@@ -336,12 +336,12 @@ TEST_CASE("a ca_file or ca_pem without certificates is invalid_config") {
 TEST_CASE("is_loopback accepts 127/8 and ::1 only") {
   for (const char* host : {"127.0.0.1", "127.1.2.3", "127.255.255.254", "::1", "[::1]"}) {
     CAPTURE(host);
-    CHECK(cfo::is_loopback(host));
+    CHECK(cfo::detail::is_loopback(host));
   }
   for (const char* host : {"localhost", "LocalHost", "example.com", "nonexistent.invalid", "localhost.example.com", "127.0.0.1.nip.io",
                            "10.0.0.1", "0.0.0.0", "128.0.0.1", "::", "::2", "", "[]", "2130706433"}) {
     CAPTURE(host);
-    CHECK_FALSE(cfo::is_loopback(host));
+    CHECK_FALSE(cfo::detail::is_loopback(host));
   }
 }
 
@@ -355,7 +355,7 @@ TEST_CASE("plain http to a non-loopback host is insecure_transport before any ne
     };
     auto r = test_util::run(
         [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-          cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::timeouts{5s, 30s});
+          cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::http_timeouts{5s, 30s});
           result out;
           out.a = co_await try_get(client, url);
           out.opened = client.connections_opened();
@@ -364,7 +364,7 @@ TEST_CASE("plain http to a non-loopback host is insecure_transport before any ne
         30s);
     CAPTURE(r.a.what);
     CHECK(r.a.ec == errc::insecure_transport);
-    CHECK(r.a.ec == cfo::condition::fix_configuration);
+    CHECK(r.a.ec == cfo::remedy::fix_configuration);
     CHECK(r.opened == 0);  // no connection was even attempted (nor a DNS lookup)
   }
 }
@@ -395,7 +395,7 @@ TEST_CASE("a refused connection is connect_failed") {
   auto a = fetch("http://127.0.0.1:" + std::to_string(port) + "/", cfo::tls_options{});
   CAPTURE(a.what);
   CHECK(a.ec == errc::connect_failed);
-  CHECK(a.ec == cfo::condition::retry_later);
+  CHECK(a.ec == cfo::remedy::retry_later);
 }
 
 // ---------------------------------------------------------------------------
@@ -413,7 +413,7 @@ TEST_CASE("keep-alive sends sequential requests over one connection") {
     };
     auto r = test_util::run(
         [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-          cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{5s, 30s});
+          cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
           result out;
           for (int i = 0; i < 5; ++i) out.statuses.push_back((co_await get(client, srv.base_url() + resources_path)).status);
           out.opened = client.connections_opened();
@@ -433,7 +433,7 @@ TEST_CASE("connections idle longer than timeouts.idle are not reused") {
   fake_atlassian::server srv;
   auto opened = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{5s, 0ms});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 0ms});
         for (int i = 0; i < 3; ++i) CHECK((co_await get(client, srv.base_url() + resources_path)).status == 401);
         co_return client.connections_opened();
       },
@@ -446,7 +446,7 @@ TEST_CASE("close_idle drops pooled connections") {
   fake_atlassian::server srv;
   auto opened = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
         CHECK((co_await get(client, srv.base_url() + resources_path)).status == 401);
         CHECK(client.idle_connections() == 1);
         client.close_idle();
@@ -466,7 +466,7 @@ TEST_CASE("each origin has its own pooled connections") {
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
         auto tls = trusting(one);
         tls.ca_pem += trusting(two).ca_pem;  // trust both CAs
-        cfo::detail::http_client client(ex, tls, cfo::timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, tls, cfo::http_timeouts{5s, 30s});
         for (int i = 0; i < 3; ++i) {
           CHECK((co_await get(client, one.base_url() + resources_path)).status == 401);
           CHECK((co_await get(client, two.base_url() + resources_path)).status == 401);
@@ -492,7 +492,7 @@ TEST_CASE("concurrent requests use separate connections which are then pooled") 
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
         const std::string url = srv.base_url() + resources_path;
         auto [a, b, c] = co_await (status_of(client, url) && status_of(client, url) && status_of(client, url));
         co_return result{a, b, c, client.connections_opened(), client.idle_connections()};
@@ -513,7 +513,7 @@ TEST_CASE("a burst of concurrent requests leaves its connections pooled for the 
   constexpr int burst = 32;
   auto opened = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{30s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{30s, 30s});
         const std::string url = srv.base_url() + resources_path;
         for (int round = 0; round < 2; ++round) {
           int left = burst;
@@ -545,7 +545,7 @@ TEST_CASE("a pooled connection the server closed is retried transparently on a n
     };
     auto r = test_util::run(
         [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-          cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{5s, 30s});
+          cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
           result out;
           out.first = co_await try_get(client, srv.base_url() + resources_path);
           out.idle_between = client.idle_connections();
@@ -581,7 +581,7 @@ TEST_CASE("the retry after a stale pooled connection uses a fresh connection") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
         const std::string url = srv.base_url() + resources_path;
         result out;
         // Two pooled connections, both of which the server then closes (a server
@@ -611,7 +611,7 @@ TEST_CASE("a pooled connection that fails after the response started is not retr
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
         result out;
         out.first = co_await try_get(client, srv.base_url() + resources_path);
         srv.push_raw_response(resources_path, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", true);
@@ -635,7 +635,7 @@ TEST_CASE("a timeout on a pooled connection is not retried") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{300ms, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{300ms, 30s});
         result out;
         out.first = co_await try_get(client, srv.base_url() + resources_path);
         srv.push_stall(resources_path);
@@ -647,7 +647,7 @@ TEST_CASE("a timeout on a pooled connection is not retried") {
   REQUIRE(r.first.response);
   CAPTURE(r.second.what);
   CHECK(r.second.ec == errc::timeout);
-  CHECK(r.second.ec == cfo::condition::retry_later);
+  CHECK(r.second.ec == cfo::remedy::retry_later);
   CHECK(r.second.elapsed >= 300ms);
   CHECK(r.second.elapsed < 5s);
   CHECK(srv.stats().connections == 1);
@@ -658,7 +658,7 @@ TEST_CASE("one client shared by threads of a thread pool") {
   fake_atlassian::server srv;
   asio::thread_pool pool(4);
   {
-    cfo::detail::http_client client(pool.get_executor(), trusting(srv), cfo::timeouts{10s, 30s});
+    cfo::detail::http_client client(pool.get_executor(), trusting(srv), cfo::http_timeouts{10s, 30s});
     std::vector<std::future<int>> results;
     for (int i = 0; i < 16; ++i)
       results.push_back(asio::co_spawn(pool, status_of(client, srv.base_url() + resources_path), asio::use_future));
@@ -693,7 +693,7 @@ TEST_CASE("cancelling a stalled request ends it with operation_aborted") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{10s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{10s, 30s});
         asio::cancellation_signal signal;
         asio::steady_timer done(ex, steady::time_point::max());
         std::optional<std::exception_ptr> outcome;
@@ -749,7 +749,7 @@ TEST_CASE("cancelling a request on a pooled connection does not resend it") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::timeouts{10s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{10s, 30s});
         result out;
         out.first_status = (co_await get(client, srv.base_url() + resources_path)).status;  // pools the connection
         srv.push_stall(resources_path);
@@ -793,19 +793,19 @@ TEST_CASE("cancelling a request on a pooled connection does not resend it") {
 // ---------------------------------------------------------------------------
 
 TEST_CASE("transport errors map to the expected conditions") {
-  CHECK(make_error_code(errc::certificate_rejected) == cfo::condition::fix_configuration);
-  CHECK(make_error_code(errc::certificate_rejected) != cfo::condition::retry_later);
-  CHECK(make_error_code(errc::insecure_transport) == cfo::condition::fix_configuration);
-  CHECK(make_error_code(errc::invalid_config) == cfo::condition::fix_configuration);
-  CHECK(make_error_code(errc::timeout) == cfo::condition::retry_later);
-  CHECK(make_error_code(errc::timeout) != cfo::condition::reauthenticate);
-  CHECK(make_error_code(errc::connection_closed) == cfo::condition::retry_later);
-  CHECK(make_error_code(errc::tls_handshake_failed) == cfo::condition::retry_later);
-  CHECK(make_error_code(errc::connect_failed) == cfo::condition::retry_later);
-  CHECK(make_error_code(errc::protocol_error) == cfo::condition::retry_later);
+  CHECK(make_error_code(errc::certificate_rejected) == cfo::remedy::fix_configuration);
+  CHECK(make_error_code(errc::certificate_rejected) != cfo::remedy::retry_later);
+  CHECK(make_error_code(errc::insecure_transport) == cfo::remedy::fix_configuration);
+  CHECK(make_error_code(errc::invalid_config) == cfo::remedy::fix_configuration);
+  CHECK(make_error_code(errc::timeout) == cfo::remedy::retry_later);
+  CHECK(make_error_code(errc::timeout) != cfo::remedy::reauthenticate);
+  CHECK(make_error_code(errc::connection_closed) == cfo::remedy::retry_later);
+  CHECK(make_error_code(errc::tls_handshake_failed) == cfo::remedy::retry_later);
+  CHECK(make_error_code(errc::connect_failed) == cfo::remedy::retry_later);
+  CHECK(make_error_code(errc::protocol_error) == cfo::remedy::retry_later);
 
   std::error_code ec = errc::certificate_rejected;
-  CHECK(ec.category() == cfo::error_category());
+  CHECK(ec.category() == cfo::detail::error_category());
   CHECK(std::string(ec.category().name()) == "confluence_oauth");
   CHECK(ec.message() == "server certificate rejected");
   cfo::oauth_error e(ec, "context");

@@ -47,7 +47,7 @@ std::string follow_local_page(std::string_view file_url) {
 
 asio::awaitable<int> run(std::string start, cfo::tls_options tls, test_browser::decision decision) {
   try {
-    cfo::detail::http_client http(co_await asio::this_coro::executor, tls, cfo::timeouts{});
+    cfo::detail::http_client http(co_await asio::this_coro::executor, tls, cfo::http_timeouts{});
     if (start.starts_with("file://")) start = follow_local_page(start);
     auto visit = co_await test_browser::browse(http, start, decision);
     for (const auto& u : visit.urls) std::cerr << "fake-browser: visited " << without_query(u) << '\n';

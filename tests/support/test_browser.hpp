@@ -64,7 +64,7 @@ inline std::optional<form> find_form(std::string_view html) {
 /// the consent form answered with `d`. Returns the last page.
 inline asio::awaitable<visit> browse(cfo::detail::http_client& http, std::string start, decision d = decision::allow) {
   visit v;
-  cfo::url next = cfo::parse_url(start);
+  cfo::detail::url next = cfo::detail::parse_url(start);
   cfo::http_request req;
   for (int hop = 0; hop < 12; ++hop) {
     v.urls.push_back(next.str());
@@ -75,7 +75,7 @@ inline asio::awaitable<visit> browse(cfo::detail::http_client& http, std::string
     if (res.status >= 300 && res.status < 400) {
       auto location = res.headers.get("Location");
       if (!location) co_return v;
-      next = cfo::resolve_reference(next, *location);
+      next = cfo::detail::resolve_reference(next, *location);
       req = {};
       continue;
     }
@@ -86,7 +86,7 @@ inline asio::awaitable<visit> browse(cfo::detail::http_client& http, std::string
     for (const auto& [name, value] : f->fields) cfo::detail::append_param(req.body, name, value);
     cfo::detail::append_param(req.body, "decision", d == decision::allow ? "allow" : "deny");
     req.headers.add("Content-Type", "application/x-www-form-urlencoded");
-    next = cfo::resolve_reference(next, f->action.empty() ? next.target : f->action);
+    next = cfo::detail::resolve_reference(next, f->action.empty() ? next.target : f->action);
   }
   co_return v;
 }
