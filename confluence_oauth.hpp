@@ -129,41 +129,76 @@ inline constexpr auto use_tuple = as_tuple(asio::use_awaitable);
 /// Every failure the library reports, as the code of an oauth_error. Compare a
 /// code with a `remedy` to know what to do about it.
 enum class errc {
-  invalid_config = 1,         ///< client_config or an argument is malformed
-  insecure_transport,         ///< http:// to a host that is not loopback
-  invalid_url,                ///< a URL that cannot be parsed, or a target that is not a path or URL
-  resolve_failed,             ///< DNS lookup failed
-  connect_failed,             ///< TCP connect failed
-  tls_handshake_failed,       ///< TLS failed for a reason other than the certificate
-  certificate_rejected,       ///< the peer's certificate is untrusted or names another host
-  timeout,                    ///< a deadline passed
-  connection_closed,          ///< the peer closed the connection before the message ended
-  network_error,              ///< any other socket error
-  protocol_error,             ///< malformed HTTP, or an API answer the library cannot use
-  header_too_large,           ///< HTTP head over its limit
-  body_too_large,             ///< HTTP body over its limit
-  invalid_token_response,     ///< token endpoint answer is not JSON or lacks access_token
-  invalid_grant,              ///< refresh token or code rejected: consent again
-  invalid_request,            ///< the token endpoint refused the request (Atlassian: code expired or reused)
-  invalid_client,             ///< client id or secret rejected
-  oauth_error_response,       ///< any other OAuth error from the token endpoint
-  server_unavailable,         ///< 5xx or temporarily_unavailable
-  rate_limited,               ///< 429
-  http_error,                 ///< an unexpected HTTP status
-  authorization_denied,       ///< the user declined (error=access_denied)
-  authorization_failed,       ///< the authorization server redirected back with another error
-  state_mismatch,             ///< a callback whose state belongs to no pending authorization
-  listener_timeout,           ///< nobody came back to the redirect listener in time
-  address_in_use,             ///< the redirect listener's port is taken
-  browser_launch_failed,      ///< the browser command could not be started
-  store_error,                ///< a token store failed to read or write
-  store_corrupt,              ///< a token store holds something that is not a token set
-  store_key_mismatch,         ///< an encrypted store and the key given do not belong together
-  not_signed_in,              ///< the session holds no grant: authorize first
-  unauthorized,               ///< the API refused a freshly refreshed access token
-  scope_mismatch,             ///< the access token lacks a scope the endpoint needs
-  api_gone,                   ///< 410 Gone: the endpoint is retired (Confluence v1 through OAuth)
-  site_not_found,             ///< no accessible site matches the one asked for
+  /// a setting or an argument is malformed; the message says which. Remedy: fix_configuration; fix it.
+  invalid_config = 1,
+  /// `http://` to a host that is not loopback. Remedy: fix_configuration; use `https`.
+  insecure_transport,
+  /// a URL that cannot be parsed, or a target not starting with `/`. Remedy: fix_configuration; fix the URL or path.
+  invalid_url,
+  /// DNS lookup failed. Remedy: retry_later; check the network, retry.
+  resolve_failed,
+  /// TCP connect failed. Remedy: retry_later; retry.
+  connect_failed,
+  /// TLS failed for a reason other than the certificate. Remedy: retry_later; retry; check proxies if it persists.
+  tls_handshake_failed,
+  /// the certificate is untrusted or names another host. Remedy: fix_configuration; add the CA in `tls_options`; never ignore it.
+  certificate_rejected,
+  /// `timeouts.request` passed. Remedy: retry_later; retry, or raise the timeout.
+  timeout,
+  /// the peer closed before the message ended. Remedy: retry_later; retry.
+  connection_closed,
+  /// any other socket error. Remedy: retry_later; retry.
+  network_error,
+  /// malformed HTTP, an API answer that is not JSON, a listing without `results`, a next-page link to another origin or to the same page. Remedy: retry_later; retry; report it if it persists.
+  protocol_error,
+  /// an HTTP head over 64 KiB or 128 headers. Remedy: no remedy; a server fault: report it.
+  header_too_large,
+  /// an answer over its limit (`max_token_response_bytes`, `max_response_bytes`). Remedy: no remedy; raise the limit, or ask for smaller pages.
+  body_too_large,
+  /// a token endpoint answer without `access_token`, not JSON, with a bad `expires_in` or a non-Bearer `token_type`, or an error status without an OAuth error. Remedy: no remedy; check `token_url`.
+  invalid_token_response,
+  /// the refresh token is unknown, expired, revoked or reused too late; or the grant has no refresh token (no `offline_access`). Remedy: reauthenticate; authorize again.
+  invalid_grant,
+  /// the token endpoint refused the request (Atlassian: code expired or used twice). Remedy: reauthenticate; authorize again.
+  invalid_request,
+  /// client id or secret rejected (`invalid_client`, `unauthorized_client`, Atlassian's 401 `access_denied`). Remedy: fix_configuration; fix `client_id` / `client_secret`.
+  invalid_client,
+  /// any other OAuth error from the token endpoint (see `error()`). Remedy: fix_configuration; read `error_description()`.
+  oauth_error_response,
+  /// 500, 502, 503, 504, or `temporarily_unavailable` / `server_error`. Remedy: retry_later; retry later.
+  server_unavailable,
+  /// 429 (or `slow_down`), after the retries the policy allows. Remedy: retry_later; wait `retry_after()`.
+  rate_limited,
+  /// an API status the library does not expect: 403, 404, a redirect it did not follow, .... Remedy: no remedy; look at `http_status()`.
+  http_error,
+  /// the user declined (`error=access_denied`). Remedy: reauthenticate; ask again, or stop.
+  authorization_denied,
+  /// the redirect came back with another error, or with neither code nor error. Remedy: reauthenticate; authorize again; see `error()`.
+  authorization_failed,
+  /// the state belongs to another authorization. Remedy: reauthenticate; start a new authorization.
+  state_mismatch,
+  /// nobody came back to the listener within `listener_options::timeout`. Remedy: reauthenticate; authorize again.
+  listener_timeout,
+  /// the redirect URI's port is taken. Remedy: fix_configuration; free the port, or register another redirect URI.
+  address_in_use,
+  /// the browser command was not found or did not start. Remedy: fix_configuration; set `$BROWSER`, or print the URL.
+  browser_launch_failed,
+  /// the store could not read or write, a lock wait timed out, or refreshed tokens could not be saved (they are kept and saved first next time). Remedy: retry_later; fix the disk or database, retry.
+  store_error,
+  /// the store holds no readable token set, or an encrypted file was altered. Remedy: reauthenticate; sign in again.
+  store_corrupt,
+  /// an encrypted file and the key given do not belong together. Remedy: fix_configuration; give the right key, or none.
+  store_key_mismatch,
+  /// the session holds no grant. Remedy: reauthenticate; `load()` or authorize.
+  not_signed_in,
+  /// the API refused a freshly refreshed access token. Remedy: reauthenticate; sign in again.
+  unauthorized,
+  /// the access token lacks a scope the endpoint needs. Remedy: fix_configuration; add the scope in the developer console and `scopes`, sign in again.
+  scope_mismatch,
+  /// 410 Gone: the endpoint is retired for OAuth apps (Confluence v1). Remedy: fix_configuration; use `/wiki/api/v2/...`.
+  api_gone,
+  /// `find_site` found no match, or the grant reaches no site. Remedy: fix_configuration; pick a listed site, or consent to one.
+  site_not_found,
 };
 
 /// What to do about a failure; `ec == remedy::retry_later` works for any errc code.
@@ -324,6 +359,7 @@ struct error_details {
 /// The one exception type: a std::system_error with the server's details.
 class oauth_error : public std::system_error {
  public:
+  /// `context` says what failed; what the server said goes in `details`.
   oauth_error(std::error_code ec, const std::string& context, error_details details = {})
       : std::system_error(ec, compose(context, details)), details_(std::move(details)) {}
 
@@ -833,12 +869,19 @@ inline std::optional<Int> parse_uint(std::string_view s) noexcept {
 /// goes away. Streams show its fingerprint().
 class secret {
  public:
+  /// An empty secret.
   secret() = default;
+  ///@{
+  /// Holds `value`.
   explicit secret(std::string value) : value_(std::move(value)) {}
   explicit secret(std::string_view value) : value_(value) {}
   explicit secret(const char* value) : value_(value) {}
+  ///@}
+  /// A copy; both are wiped when they go.
   secret(const secret& other) : value_(other.value_) {}
+  /// Takes the value; `other` is wiped.
   secret(secret&& other) noexcept : value_(std::move(other.value_)) { other.wipe(); }
+  /// Wipes the old value, copies the new one.
   secret& operator=(const secret& other) {
     if (this != &other) {
       wipe();
@@ -846,6 +889,7 @@ class secret {
     }
     return *this;
   }
+  /// Wipes the old value, takes the new one; `other` is wiped.
   secret& operator=(secret&& other) noexcept {
     if (this != &other) {
       wipe();
@@ -874,9 +918,11 @@ class secret {
     return out;
   }
 
+  /// Compares in constant time.
   friend bool operator==(const secret& a, const secret& b) noexcept {
     return detail::constant_time_equal(a.value_, b.value_);
   }
+  /// Prints "secret(<fingerprint>)", never the value.
   friend std::ostream& operator<<(std::ostream& os, const secret& s) {
     return os << "secret(" << s.fingerprint() << ')';
   }
@@ -2074,6 +2120,7 @@ struct token_set {
   /// Reads the storage form; throws oauth_error(store_corrupt) naming what is wrong.
   static token_set from_json(const nlohmann::json& j);
 
+  /// Prints the secrets as fingerprints.
   friend std::ostream& operator<<(std::ostream& os, const token_set& t) {
     os << "token_set{access_token=" << t.access_token << ", refresh_token=" << t.refresh_token << ", expires_at=";
     if (t.expires_at == clock::time_point::max())
@@ -2089,8 +2136,11 @@ struct token_set {
 class store_lock {
  public:
   store_lock() = default;
+  /// Holds a section that `release` ends.
   explicit store_lock(std::function<void()> release) : release_(std::move(release)) {}
+  /// Takes over the section `other` holds.
   store_lock(store_lock&& other) noexcept : release_(std::exchange(other.release_, nullptr)) {}
+  /// Ends the section held, takes over the one `other` holds.
   store_lock& operator=(store_lock&& other) noexcept {
     if (this != &other) {
       unlock();
@@ -2444,6 +2494,7 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
 /// the file makes it unreadable (moving its folder does not).
 class file_token_store final : public token_store {
  public:
+  /// Keeps the grant in `path`, unencrypted (mode 0600 protects it).
   explicit file_token_store(std::filesystem::path path);
 
   /// Encrypts the file with `key`: exactly 32 bytes, e.g. from generate_key().
@@ -4732,7 +4783,9 @@ inline std::optional<std::string> next_link(std::string_view header) {
 /// One Confluence site, reached through the gateway. Cheap to copy.
 class confluence {
  public:
+  /// The site with cloud id `cloud_id`, reached through `s`; throws invalid_config for a malformed id.
   confluence(session s, std::string cloud_id);
+  /// The site `site`, reached through `s`.
   confluence(session s, const site& site);
 
   /// The site's cloud id.

@@ -87,13 +87,16 @@ markdown() {
     echo
     echo "### Compile cost"
     echo
-    echo "\`examples/quickstart.cpp\` (the README's example: includes \`confluence_oauth.hpp\` and runs the whole flow) against"
-    echo "\`bench/compile/deps_only.cpp\` (the same work by hand on Asio, Asio SSL and nlohmann/json), \`-std=c++20 -c\`."
+    echo "\`examples/quickstart.cpp\` (the README's example: includes \`confluence_oauth.hpp\` and runs the whole flow),"
+    echo "header-only and with \`CONFLUENCE_OAUTH_SEPARATE_COMPILATION\`, against \`bench/compile/deps_only.cpp\` (the same"
+    echo "work by hand on Asio, Asio SSL and nlohmann/json), and the implementation file a separate build compiles once"
+    echo "(\`src/confluence_oauth.cpp\`); \`-std=c++20 -c\`, bench/compile/run.sh."
     echo
-    echo "| compiler | flags | dependencies only: s, MiB | with the header: s, MiB | overhead: time, memory |"
-    echo "|---|---|---|---|---|"
-    awk -F'\t' 'NR > 1 { key = $1 " " $2; if ($3 == "deps_only.cpp") { s[key] = $4; m[key] = $5 } else { hs[key] = $4; hm[key] = $5; order[++n] = key; cc[key] = $1; fl[key] = $2 } }
-      END { for (i = 1; i <= n; ++i) { k = order[i]; printf "| %s | %s | %.1f, %d | %.1f, %d | %+.0f%%, %+.0f%% |\n", cc[k], fl[k], s[k], m[k], hs[k], hm[k], (hs[k] / s[k] - 1) * 100, (hm[k] / m[k] - 1) * 100 } }' "$compile"
+    echo "| compiler | flags | dependencies only: s, MiB | header-only: s, MiB (overhead) | separate: s, MiB (overhead) | implementation, once: s, MiB |"
+    echo "|---|---|---|---|---|---|"
+    awk -F'\t' 'NR > 1 { key = $1 " " $2; if (!(key in seen)) { seen[key] = 1; order[++n] = key; cc[key] = $1; fl[key] = $2 } s[key, $3] = $4; m[key, $3] = $5 }
+      function cell(k, f, base) { return sprintf("%.1f, %d (%+.0f%%, %+.0f%%)", s[k, f], m[k, f], (s[k, f] / s[k, base] - 1) * 100, (m[k, f] / m[k, base] - 1) * 100) }
+      END { for (i = 1; i <= n; ++i) { k = order[i]; printf "| %s | %s | %.1f, %d | %s | %s | %.1f, %d |\n", cc[k], fl[k], s[k, "deps_only.cpp"], m[k, "deps_only.cpp"], cell(k, "quickstart.cpp", "deps_only.cpp"), cell(k, "quickstart.cpp (separate)", "deps_only.cpp"), s[k, "implementation"], m[k, "implementation"] } }' "$compile"
   fi
   echo
   echo "![Throughput and CPU per request by client and concurrency](performance.png)"

@@ -46,7 +46,7 @@ cfo::browser_opener simulated_browser(const cfo::client_config& cfg, test_browse
                                       std::shared_ptr<test_browser::visit> seen) {
   return [cfg, d, seen](const std::string& url) -> asio::awaitable<void> {
     auto ex = co_await asio::this_coro::executor;
-    auto http = std::make_shared<cfo::detail::http_client>(ex, cfg.tls, cfg.timeout);
+    auto http = std::make_shared<cfo::detail::http_client>(ex, cfg.tls, cfg.timeouts);
     asio::co_spawn(ex, [http, url, d, seen]() -> asio::awaitable<void> {
       *seen = co_await test_browser::browse(*http, url, d);
     }, asio::detached);
