@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Build and run the whole confluence_oauth test suite:
+#   0. the public API's size, as scripts/check_docs.sh counts it (printed
+#      only: the docs_check test of each build below fails on an undocumented
+#      public name)                                     -> build/docs
 #   1. CMake + Ninja, g++, Release (the project's own -O3 flags)  -> build/test
 #      then a seconds-long smoke of the benchmark, bench/run --smoke, with that
 #      build's bench-ours and every rival client    -> build/bench-smoke
@@ -162,6 +165,17 @@ meson_stage() {
   fi
   echo "test.sh: [$title] finished in $((SECONDS - start)) s"
 }
+
+# The size of the public API (issue 15's budget: 25 namespace-scope names,
+# 150 in all; not enforced yet, the header is on its way there). Doxygen's
+# verdict counts in the builds' docs_check tests, not here.
+api_size_stage() {
+  banner "Public API size (build/docs)"
+  bash scripts/check_docs.sh --out build/docs ||
+    echo "test.sh: [Public API size] scripts/check_docs.sh failed: see the docs_check tests below"
+}
+
+api_size_stage
 
 # Release with the project's own flags, exactly as a user builds it: GCC's
 # flow-based warnings (-Warray-bounds, -Wmaybe-uninitialized) speak at -O3.
