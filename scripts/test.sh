@@ -56,11 +56,15 @@ ensure_ninja_build_dir() {
 }
 
 # Build dir configured with this C++ compiler (absolute path)? CMake cannot
-# switch the compiler of an existing build dir, so start it over.
+# switch the compiler of an existing build dir, so start it over. (A dir
+# reconfigured by "cmake --preset" caches the preset's bare name, clang++-14.)
 ensure_build_dir_compiler() {
   local dir=$1 cxx=$2 cached
   [[ -f "$dir/CMakeCache.txt" ]] || return 0
   cached=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$dir/CMakeCache.txt" | head -n 1)
+  if [[ -n "$cached" && "$cached" != /* ]]; then
+    cached=$(command -v "$cached" || printf '%s' "$cached")
+  fi
   if [[ "$cached" != "$cxx" ]]; then
     echo "test.sh: $dir was configured with another C++ compiler (${cached:-none}); removing it"
     rm -rf "$dir"
