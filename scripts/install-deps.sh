@@ -27,6 +27,7 @@ packages=(
   clang-14 libclang-rt-14-dev  # test.sh's ASan+UBSan stage (libclang-rt: sanitizer runtimes)
   libasio-dev libssl-dev nlohmann-json3-dev doctest-dev
   meson ca-certificates
+  doxygen  # scripts/check_docs.sh: the public API's doc comments (docs/Doxyfile, Debian 12's 1.9.4)
   python3-venv  # scripts/test-consumers.sh: pinned conan and meson from PyPI in a venv
 )
 if (( with_browser )); then
