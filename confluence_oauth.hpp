@@ -2174,7 +2174,7 @@ inline bool same_grant(const std::optional<token_set>& a, const std::optional<to
 /// under the lock: it re-reads the store, uses tokens another sharer has just
 /// saved instead of refreshing again, and writes its own with `replace`. A
 /// database store maps these onto a row lock (SELECT ... FOR UPDATE, or an
-/// advisory lock) and a conditional UPDATE; README.md shows one.
+/// advisory lock) and a conditional UPDATE; examples/database_token_store.hpp shows one.
 class token_store {
  public:
   virtual ~token_store() = default;
@@ -2712,7 +2712,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::open_sealed(const n
 // ============================================================================
 
 
-/// The app's registration and the endpoints; README.md, "Configuration
+/// The app's registration and the endpoints; docs/GUIDE.md, "Configuration
 /// reference", gives the rules. Checked by validate() when a client is made.
 struct client_config {
   /// How token request bodies are encoded.
