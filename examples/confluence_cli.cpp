@@ -22,12 +22,14 @@
 #include "confluence_oauth.hpp"
 
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -39,6 +41,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 namespace cfo = confluence_oauth;
@@ -67,6 +70,130 @@ struct cli_error : std::runtime_error {
 };
 
 [[noreturn]] void usage_error(const std::string& message) { throw cli_error(exit_usage, message); }
+
+// ---------------------------------------------------------------------------
+// Small helpers: numbers, text for the terminal, files, memory
+// ---------------------------------------------------------------------------
+
+/// The whole of `text` as a non-negative decimal number ("+1", "-1", "1x" and
+/// "" are not), or nullopt when it is not one or does not fit.
+template <typename Int>
+std::optional<Int> parse_number(std::string_view text) {
+  if (text.empty() || !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return std::nullopt;
+  Int value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+/// The length (1 to 4) of the well-formed UTF-8 character at the start of
+/// `s`, and its code point; 0 for anything else (a stray byte, an overlong
+/// form, a surrogate, a character cut short).
+std::size_t utf8_char(std::string_view s, char32_t& cp) {
+  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char lead = byte(0);
+  const std::size_t n = lead < 0x80 ? 1 : lead < 0xC2 ? 0 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : lead < 0xF5 ? 4 : 0;
+  if (n == 0 || n > s.size()) return 0;
+  cp = n == 1 ? lead : lead & (0x7F >> n);
+  for (std::size_t i = 1; i < n; ++i) {
+    if ((byte(i) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (byte(i) & 0x3F);
+  }
+  const bool overlong = (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000);
+  if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+/// Text from outside (a server's answer, an argument, a file name) made safe
+/// for a terminal, and short: control characters (C0, DEL, C1, the line and
+/// paragraph separators) become spaces, so that nothing moves the cursor or
+/// breaks the columns; bidirectional overrides, isolates and marks, which can
+/// make a terminal show text in another order, are dropped; bytes that are
+/// not UTF-8 become '?'. At most `max` bytes of it, never half a character,
+/// then "..." when it was cut.
+std::string terminal_text(std::string_view in, std::size_t max) {
+  auto is_control = [](char32_t c) { return c < 0x20 || (c >= 0x7F && c <= 0x9F) || c == 0x2028 || c == 0x2029; };
+  auto is_bidi = [](char32_t c) {
+    return c == 0x061C || c == 0x200E || c == 0x200F || (c >= 0x202A && c <= 0x202E) || (c >= 0x2066 && c <= 0x2069);
+  };
+  std::string out;
+  std::size_t i = 0;
+  while (i < in.size()) {
+    char32_t cp = 0;
+    const std::size_t n = utf8_char(in.substr(i), cp);
+    if (i + std::max<std::size_t>(n, 1) > max) break;
+    if (n == 0) out += '?';
+    else if (is_control(cp)) out += ' ';
+    else if (!is_bidi(cp)) out.append(in.substr(i, n));
+    i += std::max<std::size_t>(n, 1);
+  }
+  if (i < in.size()) out += "...";
+  return out;
+}
+
+/// A file descriptor, closed when it goes.
+class file_descriptor {
+ public:
+  explicit file_descriptor(int fd) noexcept : fd_(fd) {}
+  file_descriptor(const file_descriptor&) = delete;
+  file_descriptor& operator=(const file_descriptor&) = delete;
+  ~file_descriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+
+ private:
+  int fd_;
+};
+
+/// Overwrites a string's bytes before it is freed, however the scope ends:
+/// for text that holds a key.
+struct wipe_on_exit {
+  std::string& text;
+  ~wipe_on_exit() { OPENSSL_cleanse(text.data(), text.size()); }
+};
+
+/// The value of a hexadecimal digit, or -1.
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// The host of an http(s) URL, in lower case, without port or brackets; empty
+/// when `url` is not one (the client's validation then says what is wrong).
+std::string host_of(std::string_view url) {
+  auto scheme = url.find("://");
+  if (scheme == std::string_view::npos) return {};
+  auto authority = url.substr(scheme + 3);
+  authority = authority.substr(0, authority.find_first_of("/?#"));
+  if (authority.find('@') != std::string_view::npos) return {};  // user information: refused anyway
+  std::string_view host = authority;
+  if (!host.empty() && host.front() == '[') host = host.substr(1, host.find(']') - 1);
+  else host = host.substr(0, host.rfind(':'));
+  std::string out(host);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+/// Creates the missing folders of `dir`, parents included, mode 0700 from the
+/// start (and again after the umask may have taken bits away); existing
+/// folders are left as they are. Fails as the token store does: store_error.
+void create_private_folders(const std::filesystem::path& dir) {
+  std::filesystem::path partial;
+  for (const auto& part : dir) {
+    partial /= part;
+    if (::mkdir(partial.c_str(), 0700) == 0) {
+      ::chmod(partial.c_str(), 0700);
+    } else if (errno != EEXIST) {
+      throw cfo::oauth_error(cfo::errc::store_error,
+                             "cannot create " + partial.string() + ": " + std::generic_category().message(errno));
+    }
+  }
+}
 
 std::string help_text() {
   const cfo::client_config d;  // the library's defaults are Atlassian's
@@ -183,10 +310,10 @@ std::vector<std::string> split_spaces(std::string_view text) {
 }
 
 std::chrono::seconds parse_seconds(std::string_view option, std::string_view text, long long max) {
-  auto v = cfo::detail::parse_uint<long long>(text);
+  auto v = parse_number<long long>(text);
   if (!v || *v < 1 || *v > max)
     usage_error(std::string(option) + ": expected whole seconds from 1 to " + std::to_string(max) + ", got \"" +
-                cfo::detail::sanitize_text(text, 40) + "\"");
+                terminal_text(text, 40) + "\"");
   return std::chrono::seconds(*v);
 }
 
@@ -209,8 +336,8 @@ std::filesystem::path default_token_file() {
 /// are refused; the checks are on the open descriptor, so the file cannot be
 /// swapped between check and read.
 cfo::secret read_key_file(const std::string& path) {
-  const std::string what = "--key-file " + cfo::detail::sanitize_text(path, 200);
-  cfo::detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK));
+  const std::string what = "--key-file " + terminal_text(path, 200);
+  file_descriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK));
   if (!fd && errno == ELOOP) usage_error(what + ": a symbolic link: name the key file itself");
   if (!fd) usage_error(what + ": " + std::strerror(errno));
   struct stat st {};
@@ -223,7 +350,7 @@ cfo::secret read_key_file(const std::string& path) {
                 std::to_string((st.st_mode >> 6) & 7) + std::to_string((st.st_mode >> 3) & 7) +
                 std::to_string(st.st_mode & 7) + "): run chmod 600 on it");
   std::string text(130, '\0');  // one byte more than the longest form accepted
-  cfo::detail::wipe_on_exit wipe{text};
+  wipe_on_exit wipe{text};
   std::size_t size = 0;
   while (size < text.size()) {
     auto n = ::read(fd.get(), text.data() + size, text.size() - size);
@@ -236,10 +363,10 @@ cfo::secret read_key_file(const std::string& path) {
   if (content.size() == 32) return cfo::secret(content);
   while (!content.empty() && std::isspace(static_cast<unsigned char>(content.back()))) content.remove_suffix(1);
   if (content.size() == 64 &&
-      std::all_of(content.begin(), content.end(), [](char c) { return cfo::detail::hex_value(c) >= 0; })) {
+      std::all_of(content.begin(), content.end(), [](char c) { return hex_digit(c) >= 0; })) {
     std::string key(32, '\0');
     for (std::size_t i = 0; i < key.size(); ++i)
-      key[i] = static_cast<char>(cfo::detail::hex_value(content[2 * i]) * 16 + cfo::detail::hex_value(content[2 * i + 1]));
+      key[i] = static_cast<char>(hex_digit(content[2 * i]) * 16 + hex_digit(content[2 * i + 1]));
     return cfo::secret(std::move(key));
   }
   usage_error(what + ": expected 32 raw bytes or 64 hex digits (e.g. from 'openssl rand -hex 32')");
@@ -305,7 +432,7 @@ settings parse_arguments(int argc, char** argv) {
       auto v = value();
       if (v == "json") s.config.encoding = cfo::client_config::token_encoding::json;
       else if (v == "form") s.config.encoding = cfo::client_config::token_encoding::form;
-      else usage_error("--token-encoding: expected json or form, got \"" + cfo::detail::sanitize_text(v, 40) + "\"");
+      else usage_error("--token-encoding: expected json or form, got \"" + terminal_text(v, 40) + "\"");
     } else if (name == "--pkce") {  // the default since 1.1; still accepted
       flag();
       s.config.use_pkce = true;
@@ -339,14 +466,14 @@ settings parse_arguments(int argc, char** argv) {
       s.command_options.emplace_back(name);
     } else if (name == "--limit") {
       auto v = value();
-      auto n = cfo::detail::parse_uint<std::size_t>(v);
+      auto n = parse_number<std::size_t>(v);
       if (!n || *n < 1 || *n > max_page_limit)
         usage_error("--limit: expected a number of pages from 1 to " + std::to_string(max_page_limit) + ", got \"" +
-                    cfo::detail::sanitize_text(v, 40) + "\"");
+                    terminal_text(v, 40) + "\"");
       s.limit = *n;
       s.command_options.emplace_back(name);
     } else {
-      usage_error("unknown option " + cfo::detail::sanitize_text(arg, 60));
+      usage_error("unknown option " + terminal_text(arg, 60));
     }
   }
 
@@ -354,11 +481,7 @@ settings parse_arguments(int argc, char** argv) {
   s.config.client_id = client_id ? *client_id : env("ATLASSIAN_CLIENT_ID");
   s.config.client_secret = cfo::secret(client_secret ? *client_secret : env("ATLASSIAN_CLIENT_SECRET"));
   if (s.config.client_id.empty()) usage_error("missing client id: pass --client-id or set ATLASSIAN_CLIENT_ID");
-  bool atlassian = false;
-  try {
-    atlassian = cfo::detail::parse_url(s.config.token_url).host == "auth.atlassian.com";
-  } catch (const cfo::oauth_error&) {  // validate() reports it, without a secret pasted there
-  }
+  const bool atlassian = host_of(s.config.token_url) == "auth.atlassian.com";
   if (s.config.client_secret.empty() && (!s.config.use_pkce || atlassian))
     usage_error("missing client secret: set ATLASSIAN_CLIENT_SECRET or pass --client-secret");
   if (s.token_file.empty()) s.token_file = default_token_file();
@@ -394,7 +517,7 @@ asio::awaitable<cfo::session> signed_in(const settings& s, const std::shared_ptr
 
 /// Server text on its way to a terminal: no control characters (a tab would
 /// also break the columns).
-std::string printable(std::string_view text) { return cfo::detail::sanitize_text(text, 4096); }
+std::string printable(std::string_view text) { return terminal_text(text, 4096); }
 
 std::string field(const nlohmann::json& item, const char* key) {
   auto it = item.find(key);
@@ -423,7 +546,7 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   // Fail before the user consents, not after (a failure is a store_error: exit 1).
-  cfo::detail::create_private_folders(s.token_file.parent_path());
+  create_private_folders(s.token_file.parent_path());
 
   cfo::browser_opener launch;
   if (!s.no_browser) launch = s.browser.empty() ? cfo::browser_opener(cfo::open_browser) : cfo::browser_command(s.browser);
@@ -550,14 +673,14 @@ constexpr command commands[] = {
 /// The command `s` names, once its options and arguments are checked.
 const command& find_command(const settings& s) {
   auto cmd = std::find_if(std::begin(commands), std::end(commands), [&](const command& c) { return c.name == s.command; });
-  if (cmd == std::end(commands)) usage_error("unknown command " + cfo::detail::sanitize_text(s.command, 60));
+  if (cmd == std::end(commands)) usage_error("unknown command " + terminal_text(s.command, 60));
   const auto takes = split_spaces(cmd->options);
   for (const auto& option : s.command_options)
     if (std::find(takes.begin(), takes.end(), option) == takes.end()) usage_error(s.command + " takes no " + option + " option");
   const std::size_t wanted = cmd->argument.empty() ? 0 : 1;
   if (s.args.size() < wanted) usage_error(s.command + ": missing " + std::string(cmd->argument));
   if (s.args.size() > wanted)
-    usage_error(s.command + ": unexpected argument " + cfo::detail::sanitize_text(s.args[wanted], 60));
+    usage_error(s.command + ": unexpected argument " + terminal_text(s.args[wanted], 60));
   return *cmd;
 }
 

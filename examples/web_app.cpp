@@ -25,8 +25,9 @@
 // - an authorization awaiting its callback is a few hundred bytes (state,
 //   PKCE verifier, cookie, deadline) in one map with a global and a
 //   per-browser cap, expired as it goes;
-// - only a browser that came back with a grant gets a cfo::session, with its
-//   own token store.
+// - only a browser that comes back with the state of its own authorization
+//   gets a cfo::session (the app's one client, a token store of its own),
+//   which completes the authorization and is kept once it holds a grant.
 //
 // The whole program is one asio::io_context on one thread and every request
 // is a coroutine. Its HTTP server is deliberately minimal: one request per
@@ -284,6 +285,74 @@ std::string button_form(std::string_view action, std::string_view csrf_token, st
 const std::string back_link = "<p><a href=\"/\">Back to the start page</a></p>\n";
 
 std::string paragraph(std::string_view text) { return "<p>" + html_escape(text) + "</p>\n"; }
+
+// ---------------------------------------------------------------------------
+// URLs and queries
+// ---------------------------------------------------------------------------
+
+/// Whether an absolute URL is https (the scheme in any case).
+bool is_https_url(std::string_view url) {
+  auto scheme = url.substr(0, url.find("://"));
+  return scheme.size() == 5 && std::equal(scheme.begin(), scheme.end(), "https", [](char a, char b) {
+           return (a >= 'A' && a <= 'Z' ? a + 32 : a) == b;
+         });
+}
+
+/// The path of an absolute URL the OAuth client has validated
+/// ("http://host:port/callback?x" -> "/callback"); "/" when it has none.
+std::string url_path(std::string_view url) {
+  auto scheme = url.find("://");
+  auto rest = scheme == std::string_view::npos ? url : url.substr(scheme + 3);
+  auto start = rest.find_first_of("/?");
+  if (start == std::string_view::npos || rest[start] == '?') return "/";
+  auto path = rest.substr(start);
+  return std::string(path.substr(0, path.find('?')));
+}
+
+/// The value of a hexadecimal digit, or -1.
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// %XX decoded, '+' as a space, as query strings have it; a malformed escape is kept as it is.
+std::string percent_decode(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out += ' ';
+    } else if (in[i] == '%' && i + 2 < in.size() && hex_digit(in[i + 1]) >= 0 && hex_digit(in[i + 2]) >= 0) {
+      out += static_cast<char>(hex_digit(in[i + 1]) * 16 + hex_digit(in[i + 2]));
+      i += 2;
+    } else {
+      out += in[i];
+    }
+  }
+  return out;
+}
+
+/// The `state` of a callback's request target ("/callback?code=...&state=..."),
+/// the first one if there are several; nullopt when there is none. Only to find
+/// which of the browser's authorizations it answers: the session checks the
+/// whole callback against that authorization (complete_authorization).
+std::optional<cfo::secret> callback_state(std::string_view target) {
+  auto q = target.find('?');
+  if (q == std::string_view::npos) return std::nullopt;
+  auto query = target.substr(q + 1);
+  query = query.substr(0, query.find('#'));
+  while (!query.empty()) {
+    auto end = query.find('&');
+    auto pair = query.substr(0, end);
+    query = end == std::string_view::npos ? std::string_view{} : query.substr(end + 1);
+    auto eq = pair.find('=');
+    if (percent_decode(pair.substr(0, eq)) == "state")
+      return cfo::secret(eq == std::string_view::npos ? std::string() : percent_decode(pair.substr(eq + 1)));
+  }
+  return std::nullopt;
+}
 
 // ---------------------------------------------------------------------------
 // HTTP/1.1, just enough: one request per connection
@@ -669,14 +738,17 @@ class web_app {
   /// Validates the configuration (throws oauth_error) and makes the app's one OAuth client.
   web_app(asio::any_io_executor ex, const cfo::client_config& config, unsigned connect_rate)
       : client_(std::move(ex), config),
-        callback_path_(cfo::detail::parse_url(client_.config().redirect_uri).path()),
-        https_(cfo::detail::parse_url(client_.config().redirect_uri).is_https()),
+        callback_path_(url_path(client_.config().redirect_uri)),
+        https_(is_https_url(client_.config().redirect_uri)),
         // Browsers keep a __Host- cookie only when it is Secure, for Path=/ and without Domain:
         // no subdomain or plain-http page can plant or overwrite it.
         cookie_name_(https_ ? "__Host-webapp_session" : "webapp_session"),
         connect_limit_(connect_rate) {}
 
   std::size_t connections = 0;  // open HTTP connections
+
+  /// The path of the redirect URI, which the app serves.
+  const std::string& callback_path() const noexcept { return callback_path_; }
 
   /// Answers one request. Failures become an error page; they never reach the server.
   asio::awaitable<response> handle(const request& req) {
@@ -817,6 +889,7 @@ class web_app {
       return page(403, "error", "Form expired",
                   paragraph("This form is out of date or did not come from this app. Nothing was started.") +
                       back_link);
+    // From the app's one client: an anonymous browser gets no session of its own.
     auto auth = client_.begin_authorization();
     auto res = redirect_to(auth.url);
     pending_.add(*id, std::move(auth), now);
@@ -826,33 +899,30 @@ class web_app {
   // --- the callback: the code must answer an authorization of THIS browser ---
 
   asio::awaitable<response> callback(const request& req) {
-    auto params = cfo::detail::parse_callback(req.target);
+    auto state = callback_state(req.target);
     auto id = browser_id(req);
     // Only a callback whose state matches an authorization of this browser
     // counts, and takes it out (single use). Anything else, an error included,
     // ends nothing and is answered with fixed words.
     std::optional<cfo::authorization> auth;
-    if (id && params.state) auth = pending_.take(*id, *params.state, std::chrono::steady_clock::now());
+    if (id && state) auth = pending_.take(*id, *state, std::chrono::steady_clock::now());
     if (!auth) co_return not_this_browser();
-
-    switch (cfo::detail::match_callback(params, *auth)) {
-      case cfo::detail::callback_match::code: break;
-      case cfo::detail::callback_match::denied:
-        co_return page(403, "declined", "Access declined",
-                       paragraph("You declined to connect your Confluence account, so the app cannot show your spaces.") +
-                           "<p><a href=\"/\" id=\"try-again\">Try again</a></p>\n");
-      default:  // Atlassian's error words stay out of the page: they come back through the browser
-        co_return page(502, "error", "Authorization failed",
-                       paragraph("Atlassian could not complete the sign-in. Nothing was connected.") +
-                           "<p><a href=\"/\">Try again</a></p>\n");
-    }
     if (connected_.size() >= max_users)
       co_return page(503, "error", "Too many users", paragraph("Too many users are connected. Try again later."));
 
-    auto tokens = co_await client_.exchange_code(params.code, std::move(*auth));
     // Its own token store, on the app's one client (connections, TLS context).
+    // The session checks the callback against the authorization (state, code
+    // or error), trades the code and holds the grant.
     cfo::session session(client_, std::make_shared<cfo::memory_token_store>());
-    co_await session.adopt(std::move(tokens));
+    try {
+      co_await session.complete_authorization(req.target, std::move(*auth));
+    } catch (const cfo::oauth_error& e) {
+      // The server's words stay out of the page: they come back through the browser.
+      if (e.code() == cfo::errc::state_mismatch) co_return not_this_browser();
+      if (e.code() == cfo::errc::authorization_denied) co_return declined();
+      if (e.code() == cfo::errc::authorization_failed) co_return authorization_failed();
+      throw;  // the token endpoint or the network: handle() logs it and shows a fixed page
+    }
 
     // A new browser id now that the browser holds a grant: an id planted in
     // the browser before sign-in (session fixation) is worth nothing after it.
@@ -863,6 +933,18 @@ class web_app {
     auto res = redirect_to("/");
     res.headers.emplace_back("Set-Cookie", cookie(new_id));
     co_return res;
+  }
+
+  static response declined() {
+    return page(403, "declined", "Access declined",
+                paragraph("You declined to connect your Confluence account, so the app cannot show your spaces.") +
+                    "<p><a href=\"/\" id=\"try-again\">Try again</a></p>\n");
+  }
+
+  static response authorization_failed() {
+    return page(502, "error", "Authorization failed",
+                paragraph("Atlassian could not complete the sign-in. Nothing was connected.") +
+                    "<p><a href=\"/\">Try again</a></p>\n");
   }
 
   static response not_this_browser() {
@@ -1074,9 +1156,9 @@ int main(int argc, char** argv) {
     if (!s.redirect_given) s.config.redirect_uri = origin + "/callback";
     // A bad configuration stops us here, not at the first user.
     auto app = std::make_shared<web_app>(io.get_executor(), s.config, s.connect_rate);
-    auto redirect = cfo::detail::parse_url(s.config.redirect_uri);
-    if (redirect.path() == "/" || redirect.path() == "/connect" || redirect.path() == "/logout") {
-      std::cerr << "web-app: --redirect-uri: the path " << redirect.path() << " is taken by the app's own pages\n";
+    const auto& callback = app->callback_path();
+    if (callback == "/" || callback == "/connect" || callback == "/logout") {
+      std::cerr << "web-app: --redirect-uri: the path " << callback << " is taken by the app's own pages\n";
       return 2;
     }
 
