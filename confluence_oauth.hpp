@@ -3800,7 +3800,7 @@ namespace detail {
 
 /// The whole interactive authorization: listen on the redirect URI, send the
 /// browser to the authorization URL, wait for the callback, trade the code.
-inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open, listener_options options = {}) {
+inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open, listener_options options) {
   redirect_listener listener(client.get_executor(), client.config().redirect_uri, options);
   auto auth = client.begin_authorization(listener.redirect_uri());
   // A browser started as a command gets a private page, not the URL; any
@@ -3813,6 +3813,12 @@ inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener 
   page.reset();
   listener.close();
   co_return co_await client.exchange_code(std::move(code), std::move(auth));
+}
+
+/// authorize with the default listener_options. Not a default argument: GCC 12
+/// destroys a coroutine's default argument twice.
+inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open) {
+  return authorize(std::move(client), std::move(open), listener_options{});
 }
 
 }  // namespace detail

@@ -30,6 +30,25 @@
 #define CONFLUENCE_OAUTH_VERSION_PATCH 0        ///< The patch version: 0.
 #define CONFLUENCE_OAUTH_VERSION "1.0.0"        ///< The version as a string literal.
 
+// Two ways to build (docs/INSTALL.md). Header-only by default: every file
+// that includes this one compiles all of it. With
+// CONFLUENCE_OAUTH_SEPARATE_COMPILATION defined in every file that includes
+// it, files see declarations only and the one file that also defines
+// CONFLUENCE_OAUTH_IMPLEMENTATION compiles the implementation once; the
+// parts between `#if CONFLUENCE_OAUTH_DETAIL_DEFINE` and its `#endif` are
+// that implementation, and CONFLUENCE_OAUTH_DETAIL_INLINE marks the
+// functions declared above it and defined there.
+#if !defined(CONFLUENCE_OAUTH_SEPARATE_COMPILATION)
+#define CONFLUENCE_OAUTH_DETAIL_DEFINE 1
+#define CONFLUENCE_OAUTH_DETAIL_INLINE inline
+#elif defined(CONFLUENCE_OAUTH_IMPLEMENTATION)
+#define CONFLUENCE_OAUTH_DETAIL_DEFINE 1
+#define CONFLUENCE_OAUTH_DETAIL_INLINE
+#else
+#define CONFLUENCE_OAUTH_DETAIL_DEFINE 0
+#define CONFLUENCE_OAUTH_DETAIL_INLINE
+#endif
+
 #if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
 #define ASIO_HAS_CO_AWAIT 1
 #define ASIO_HAS_STD_COROUTINE 1
@@ -103,52 +122,87 @@ inline constexpr auto use_tuple = as_tuple(asio::use_awaitable);
 // 2. Errors and completion tokens
 //    Every failure is an `oauth_error` (a std::system_error) whose code is in
 //    `confluence_oauth::errc` or is Asio's operation_aborted for cancellation.
-//    Compare a code with `condition` to know what to do about it: ask the user
+//    Compare a code with a `remedy` to know what to do about it: ask the user
 //    to consent again, retry later, or fix the configuration.
 // ============================================================================
 
 /// Every failure the library reports, as the code of an oauth_error. Compare a
-/// code with a `condition` to know what to do about it.
+/// code with a `remedy` to know what to do about it.
 enum class errc {
-  invalid_config = 1,         ///< client_config or an argument is malformed
-  insecure_transport,         ///< http:// to a host that is not loopback
-  invalid_url,                ///< a URL that cannot be parsed, or a target that is not a path or URL
-  resolve_failed,             ///< DNS lookup failed
-  connect_failed,             ///< TCP connect failed
-  tls_handshake_failed,       ///< TLS failed for a reason other than the certificate
-  certificate_rejected,       ///< the peer's certificate is untrusted or names another host
-  timeout,                    ///< a deadline passed
-  connection_closed,          ///< the peer closed the connection before the message ended
-  network_error,              ///< any other socket error
-  protocol_error,             ///< malformed HTTP, or an API answer the library cannot use
-  header_too_large,           ///< HTTP head over its limit
-  body_too_large,             ///< HTTP body over its limit
-  invalid_token_response,     ///< token endpoint answer is not JSON or lacks access_token
-  invalid_grant,              ///< refresh token or code rejected: consent again
-  invalid_request,            ///< the token endpoint refused the request (Atlassian: code expired or reused)
-  invalid_client,             ///< client id or secret rejected
-  oauth_error_response,       ///< any other OAuth error from the token endpoint
-  server_unavailable,         ///< 5xx or temporarily_unavailable
-  rate_limited,               ///< 429
-  http_error,                 ///< an unexpected HTTP status
-  authorization_denied,       ///< the user declined (error=access_denied)
-  authorization_failed,       ///< the authorization server redirected back with another error
-  state_mismatch,             ///< a callback whose state belongs to no pending authorization
-  listener_timeout,           ///< nobody came back to the redirect listener in time
-  address_in_use,             ///< the redirect listener's port is taken
-  browser_launch_failed,      ///< the browser command could not be started
-  store_error,                ///< a token store failed to read or write
-  store_corrupt,              ///< a token store holds something that is not a token set
-  store_key_mismatch,         ///< an encrypted store and the key given do not belong together
-  not_signed_in,              ///< the session holds no grant: authorize first
-  unauthorized,               ///< the API refused a freshly refreshed access token
-  scope_mismatch,             ///< the access token lacks a scope the endpoint needs
-  api_gone,                   ///< 410 Gone: the endpoint is retired (Confluence v1 through OAuth)
-  site_not_found,             ///< no accessible site matches the one asked for
+  /// a setting or an argument is malformed; the message says which. Remedy: fix_configuration; fix it.
+  invalid_config = 1,
+  /// `http://` to a host that is not loopback. Remedy: fix_configuration; use `https`.
+  insecure_transport,
+  /// a URL that cannot be parsed, or a target not starting with `/`. Remedy: fix_configuration; fix the URL or path.
+  invalid_url,
+  /// DNS lookup failed. Remedy: retry_later; check the network, retry.
+  resolve_failed,
+  /// TCP connect failed. Remedy: retry_later; retry.
+  connect_failed,
+  /// TLS failed for a reason other than the certificate. Remedy: retry_later; retry; check proxies if it persists.
+  tls_handshake_failed,
+  /// the certificate is untrusted or names another host. Remedy: fix_configuration; add the CA in `tls_options`; never ignore it.
+  certificate_rejected,
+  /// `timeouts.request` passed. Remedy: retry_later; retry, or raise the timeout.
+  timeout,
+  /// the peer closed before the message ended. Remedy: retry_later; retry.
+  connection_closed,
+  /// any other socket error. Remedy: retry_later; retry.
+  network_error,
+  /// malformed HTTP, an API answer that is not JSON, a listing without `results`, a next-page link to another origin or to the same page. Remedy: retry_later; retry; report it if it persists.
+  protocol_error,
+  /// an HTTP head over 64 KiB or 128 headers. Remedy: no remedy; a server fault: report it.
+  header_too_large,
+  /// an answer over its limit (`max_token_response_bytes`, `max_response_bytes`). Remedy: no remedy; raise the limit, or ask for smaller pages.
+  body_too_large,
+  /// a token endpoint answer without `access_token`, not JSON, with a bad `expires_in` or a non-Bearer `token_type`, or an error status without an OAuth error. Remedy: no remedy; check `token_url`.
+  invalid_token_response,
+  /// the refresh token is unknown, expired, revoked or reused too late; or the grant has no refresh token (no `offline_access`). Remedy: reauthenticate; authorize again.
+  invalid_grant,
+  /// the token endpoint refused the request (Atlassian: code expired or used twice). Remedy: reauthenticate; authorize again.
+  invalid_request,
+  /// client id or secret rejected (`invalid_client`, `unauthorized_client`, Atlassian's 401 `access_denied`). Remedy: fix_configuration; fix `client_id` / `client_secret`.
+  invalid_client,
+  /// any other OAuth error from the token endpoint (see `error()`). Remedy: fix_configuration; read `error_description()`.
+  oauth_error_response,
+  /// 500, 502, 503, 504, or `temporarily_unavailable` / `server_error`. Remedy: retry_later; retry later.
+  server_unavailable,
+  /// 429 (or `slow_down`), after the retries the policy allows. Remedy: retry_later; wait `retry_after()`.
+  rate_limited,
+  /// an API status the library does not expect: 403, 404, a redirect it did not follow, .... Remedy: no remedy; look at `http_status()`.
+  http_error,
+  /// the user declined (`error=access_denied`). Remedy: reauthenticate; ask again, or stop.
+  authorization_denied,
+  /// the redirect came back with another error, or with neither code nor error. Remedy: reauthenticate; authorize again; see `error()`.
+  authorization_failed,
+  /// the state belongs to another authorization. Remedy: reauthenticate; start a new authorization.
+  state_mismatch,
+  /// nobody came back to the listener within `listener_options::timeout`. Remedy: reauthenticate; authorize again.
+  listener_timeout,
+  /// the redirect URI's port is taken. Remedy: fix_configuration; free the port, or register another redirect URI.
+  address_in_use,
+  /// the browser command was not found or did not start. Remedy: fix_configuration; set `$BROWSER`, or print the URL.
+  browser_launch_failed,
+  /// the store could not read or write, a lock wait timed out, or refreshed tokens could not be saved (they are kept and saved first next time). Remedy: retry_later; fix the disk or database, retry.
+  store_error,
+  /// the store holds no readable token set, or an encrypted file was altered. Remedy: reauthenticate; sign in again.
+  store_corrupt,
+  /// an encrypted file and the key given do not belong together. Remedy: fix_configuration; give the right key, or none.
+  store_key_mismatch,
+  /// the session holds no grant. Remedy: reauthenticate; `load()` or authorize.
+  not_signed_in,
+  /// the API refused a freshly refreshed access token. Remedy: reauthenticate; sign in again.
+  unauthorized,
+  /// the access token lacks a scope the endpoint needs. Remedy: fix_configuration; add the scope in the developer console and `scopes`, sign in again.
+  scope_mismatch,
+  /// 410 Gone: the endpoint is retired for OAuth apps (Confluence v1). Remedy: fix_configuration; use `/wiki/api/v2/...`.
+  api_gone,
+  /// `find_site` found no match, or the grant reaches no site. Remedy: fix_configuration; pick a listed site, or consent to one.
+  site_not_found,
 };
 
-/// What to do about a failure; `ec == condition::retry_later` works for any errc code.
-enum class condition {
+/// What to do about a failure; `ec == remedy::retry_later` works for any errc code.
+enum class remedy {
   reauthenticate = 1,  ///< the grant is gone: run the authorization again
   retry_later,         ///< transient: the same call may succeed later
   fix_configuration,   ///< wrong settings: retrying will not help
@@ -197,7 +251,7 @@ inline const char* errc_message(errc e) noexcept {
   return "unknown confluence_oauth error";
 }
 
-inline std::optional<condition> condition_of(errc e) noexcept {
+inline std::optional<remedy> remedy_of(errc e) noexcept {
   switch (e) {
     case errc::invalid_grant:
     case errc::invalid_request:
@@ -208,7 +262,7 @@ inline std::optional<condition> condition_of(errc e) noexcept {
     case errc::store_corrupt:
     case errc::not_signed_in:
     case errc::unauthorized:
-      return condition::reauthenticate;
+      return remedy::reauthenticate;
     case errc::resolve_failed:
     case errc::connect_failed:
     case errc::tls_handshake_failed:
@@ -219,7 +273,7 @@ inline std::optional<condition> condition_of(errc e) noexcept {
     case errc::server_unavailable:
     case errc::rate_limited:
     case errc::store_error:
-      return condition::retry_later;
+      return remedy::retry_later;
     case errc::invalid_config:
     case errc::insecure_transport:
     case errc::invalid_url:
@@ -232,7 +286,7 @@ inline std::optional<condition> condition_of(errc e) noexcept {
     case errc::scope_mismatch:
     case errc::api_gone:
     case errc::site_not_found:
-      return condition::fix_configuration;
+      return remedy::fix_configuration;
     default:
       return std::nullopt;
   }
@@ -245,43 +299,41 @@ class errc_category_impl final : public std::error_category {
   bool equivalent(int ev, const std::error_condition& cond) const noexcept override;
 };
 
-class condition_category_impl final : public std::error_category {
+class remedy_category_impl final : public std::error_category {
  public:
-  const char* name() const noexcept override { return "confluence_oauth.condition"; }
+  const char* name() const noexcept override { return "confluence_oauth.remedy"; }
   std::string message(int ev) const override {
-    switch (static_cast<condition>(ev)) {
-      case condition::reauthenticate: return "the user must authorize again";
-      case condition::retry_later: return "transient failure: retry later";
-      case condition::fix_configuration: return "configuration error";
+    switch (static_cast<remedy>(ev)) {
+      case remedy::reauthenticate: return "the user must authorize again";
+      case remedy::retry_later: return "transient failure: retry later";
+      case remedy::fix_configuration: return "configuration error";
     }
-    return "unknown condition";
+    return "unknown remedy";
   }
 };
 
+inline const std::error_category& error_category() noexcept {
+  static const errc_category_impl category;
+  return category;
+}
+
+inline const std::error_category& remedy_category() noexcept {
+  static const remedy_category_impl category;
+  return category;
+}
+
 }  // namespace detail
 
-/// The category of `errc` codes.
-inline const std::error_category& error_category() noexcept {
-  static const detail::errc_category_impl category;
-  return category;
-}
-
-/// The category of `condition`s.
-inline const std::error_category& condition_category() noexcept {
-  static const detail::condition_category_impl category;
-  return category;
-}
-
 /// An errc as a std::error_code, so that `ec == errc::timeout` works.
-inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
-/// A condition as a std::error_condition, so that `ec == condition::retry_later` works.
-inline std::error_condition make_error_condition(condition c) noexcept {
-  return {static_cast<int>(c), condition_category()};
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), detail::error_category()}; }
+/// A remedy as a std::error_condition, so that `ec == remedy::retry_later` works.
+inline std::error_condition make_error_condition(remedy c) noexcept {
+  return {static_cast<int>(c), detail::remedy_category()};
 }
 
 inline bool detail::errc_category_impl::equivalent(int ev, const std::error_condition& cond) const noexcept {
-  if (cond.category() != condition_category()) return false;
-  auto c = condition_of(static_cast<errc>(ev));
+  if (cond.category() != remedy_category()) return false;
+  auto c = remedy_of(static_cast<errc>(ev));
   return c && static_cast<int>(*c) == cond.value();
 }
 
@@ -290,7 +342,7 @@ inline bool detail::errc_category_impl::equivalent(int ev, const std::error_cond
 template <>
 struct std::is_error_code_enum<confluence_oauth::errc> : std::true_type {};
 template <>
-struct std::is_error_condition_enum<confluence_oauth::condition> : std::true_type {};
+struct std::is_error_condition_enum<confluence_oauth::remedy> : std::true_type {};
 
 namespace confluence_oauth {
 
@@ -307,6 +359,7 @@ struct error_details {
 /// The one exception type: a std::system_error with the server's details.
 class oauth_error : public std::system_error {
  public:
+  /// `context` says what failed; what the server said goes in `details`.
   oauth_error(std::error_code ec, const std::string& context, error_details details = {})
       : std::system_error(ec, compose(context, details)), details_(std::move(details)) {}
 
@@ -358,6 +411,7 @@ namespace detail {
 //   it in with_error_details to also receive the oauth_error behind the code.
 // ----------------------------------------------------------------------------
 
+namespace detail {
 /// The completion token operations use when given none: `co_await` them.
 using default_completion_token = asio::use_awaitable_t<>;
 
@@ -370,11 +424,12 @@ struct with_error_details_t {
   CompletionToken token;            ///< the wrapped completion token
   std::optional<oauth_error>* out;  ///< where a failure's oauth_error goes
 };
+}  // namespace detail
 
 /// Wraps `token` so that a failed operation also stores its oauth_error in
-/// `out`; see with_error_details_t. `out` must outlive the operation.
+/// `out`. `out` must outlive the operation.
 template <typename CompletionToken>
-with_error_details_t<std::decay_t<CompletionToken>> with_error_details(CompletionToken&& token,
+detail::with_error_details_t<std::decay_t<CompletionToken>> with_error_details(CompletionToken&& token,
                                                                       std::optional<oauth_error>& out) {
   return {std::forward<CompletionToken>(token), &out};
 }
@@ -814,12 +869,19 @@ inline std::optional<Int> parse_uint(std::string_view s) noexcept {
 /// goes away. Streams show its fingerprint().
 class secret {
  public:
+  /// An empty secret.
   secret() = default;
+  ///@{
+  /// Holds `value`.
   explicit secret(std::string value) : value_(std::move(value)) {}
   explicit secret(std::string_view value) : value_(value) {}
   explicit secret(const char* value) : value_(value) {}
+  ///@}
+  /// A copy; both are wiped when they go.
   secret(const secret& other) : value_(other.value_) {}
+  /// Takes the value; `other` is wiped.
   secret(secret&& other) noexcept : value_(std::move(other.value_)) { other.wipe(); }
+  /// Wipes the old value, copies the new one.
   secret& operator=(const secret& other) {
     if (this != &other) {
       wipe();
@@ -827,6 +889,7 @@ class secret {
     }
     return *this;
   }
+  /// Wipes the old value, takes the new one; `other` is wiped.
   secret& operator=(secret&& other) noexcept {
     if (this != &other) {
       wipe();
@@ -855,9 +918,11 @@ class secret {
     return out;
   }
 
+  /// Compares in constant time.
   friend bool operator==(const secret& a, const secret& b) noexcept {
     return detail::constant_time_equal(a.value_, b.value_);
   }
+  /// Prints "secret(<fingerprint>)", never the value.
   friend std::ostream& operator<<(std::ostream& os, const secret& s) {
     return os << "secret(" << s.fingerprint() << ')';
   }
@@ -879,6 +944,7 @@ namespace detail {
 /// Overwrites a string's whole buffer, the bytes past its size included.
 inline void wipe(std::string& s) noexcept { OPENSSL_cleanse(s.data(), s.capacity()); }
 
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 /// The ways a secret can come back in text: as it is; as this library sends
 /// it (percent-encoded in a form or query, escaped in JSON) and as servers
 /// re-encode what they echo (lower-case hex, '+' for space, JSON's "\/");
@@ -1025,6 +1091,7 @@ inline std::string redact(std::string text, std::span<const secret* const> secre
   wipe(text);
   return out;
 }
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 }  // namespace detail
 
@@ -1033,6 +1100,8 @@ inline std::string redact(std::string text, std::span<const secret* const> secre
 //    Just what OAuth needs: http and https URLs with host, port and target,
 //    composed back to text, and relative references resolved against a base.
 // ============================================================================
+
+namespace detail {
 
 /// An absolute http(s) URL, as parse_url reads it.
 struct url {
@@ -1062,12 +1131,11 @@ struct url {
   std::string str() const { return origin() + target; }
 };
 
-namespace detail {
 
 /// parse_url, quoting `shown` in its errors: a copy of the text with the
 /// secrets it may hold redacted.
 inline url parse_url_showing(std::string_view text, std::string_view shown) {
-  auto bad = [&](const char* why) -> url { detail::fail(errc::invalid_url, std::string(why) + ": " + detail::sanitize_text(shown, 200)); };
+  auto bad = [&](const char* why) -> url { fail(errc::invalid_url, std::string(why) + ": " + sanitize_text(shown, 200)); };
   url u;
   auto colon = text.find("://");
   if (colon == std::string_view::npos) return bad("missing scheme");
@@ -1105,7 +1173,7 @@ inline url parse_url_showing(std::string_view text, std::string_view shown) {
   for (char c : u.target)
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return bad("invalid character in path");
   if (!port_text.empty()) {
-    auto p = detail::parse_uint<std::uint16_t>(port_text);
+    auto p = parse_uint<std::uint16_t>(port_text);
     if (!p) return bad("invalid port");
     u.port = *p;
   } else {
@@ -1114,11 +1182,10 @@ inline url parse_url_showing(std::string_view text, std::string_view shown) {
   return u;
 }
 
-}  // namespace detail
 
 /// Parses an absolute http(s) URL. Userinfo and fragments are refused: neither
 /// belongs in an OAuth endpoint or redirect URI.
-inline url parse_url(std::string_view text) { return detail::parse_url_showing(text, text); }
+inline url parse_url(std::string_view text) { return parse_url_showing(text, text); }
 
 /// True for a literal loopback address: 127.0.0.0/8 and ::1 (with or without
 /// brackets). A name, "localhost" included, is not trusted by its spelling:
@@ -1131,11 +1198,9 @@ inline bool is_loopback(std::string_view host) noexcept {
   return !ec && addr.is_loopback();
 }
 
-namespace detail {
 /// A loopback address, or "localhost", whose addresses are checked when it is
 /// resolved (the transport) or never looked up (the listener binds literals).
 inline bool names_loopback(std::string_view host) noexcept { return iequals(host, "localhost") || is_loopback(host); }
-}  // namespace detail
 
 /// Resolves an absolute URL, an absolute path ("/wiki/...") or a path relative
 /// to a prefix, as pagination links from the Atlassian gateway need.
@@ -1155,6 +1220,8 @@ inline url resolve_reference(const url& base, std::string_view ref) {
   return out;
 }
 
+}  // namespace detail
+
 // ============================================================================
 // 6. HTTP/1.1 messages and parser
 //    One incremental parser for requests and responses: Content-Length,
@@ -1162,11 +1229,13 @@ inline url resolve_reference(const url& base, std::string_view ref) {
 //    hard limits on head and body sizes. Tolerates bare LF line endings.
 // ============================================================================
 
+namespace detail {
 /// One header of an HTTP message.
 struct http_header {
   std::string name;   ///< header name
   std::string value;  ///< header value
 };
+}  // namespace detail
 
 /// An ordered list of headers, looked up case-insensitively.
 class http_headers {
@@ -1184,7 +1253,7 @@ class http_headers {
   }
   /// Removes every header of that name.
   void erase(std::string_view name) {
-    std::erase_if(items_, [&](const http_header& h) { return detail::iequals(h.name, name); });
+    std::erase_if(items_, [&](const detail::http_header& h) { return detail::iequals(h.name, name); });
   }
   /// The first value of a header, case-insensitive; nullopt if absent.
   std::optional<std::string_view> get(std::string_view name) const noexcept {
@@ -1195,7 +1264,7 @@ class http_headers {
   /// How many headers have that name.
   std::size_t count(std::string_view name) const noexcept {
     return static_cast<std::size_t>(
-        std::count_if(items_.begin(), items_.end(), [&](const http_header& h) { return detail::iequals(h.name, name); }));
+        std::count_if(items_.begin(), items_.end(), [&](const detail::http_header& h) { return detail::iequals(h.name, name); }));
   }
   /// Iteration over the http_headers in order.
   auto begin() const noexcept { return items_.begin(); }
@@ -1212,7 +1281,7 @@ class http_headers {
     if (items_.capacity() == 0) items_.reserve(8);
   }
 
-  std::vector<http_header> items_;
+  std::vector<detail::http_header> items_;
 };
 
 /// An HTTP request to send through a session or a confluence site.
@@ -1231,15 +1300,18 @@ struct http_response {
   std::string body;      ///< the whole body
 };
 
+namespace detail {
 /// Limits on one HTTP message the library reads; over them is header_too_large or body_too_large.
 struct http_limits {
   std::size_t max_head_bytes = 64 * 1024;        ///< start line plus headers
   std::size_t max_header_count = 128;            ///< headers in one message
   std::size_t max_body_bytes = 8 * 1024 * 1024;  ///< set by the library from max_token_response_bytes or max_response_bytes
 };
+}  // namespace detail
 
 namespace detail {
 
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 /// True when a comma-separated header value holds `token` (case-insensitive).
 inline bool header_has_token(std::string_view value, std::string_view token) noexcept {
   while (!value.empty()) {
@@ -1607,6 +1679,7 @@ inline std::string serialize_response(const http_response& res) {
   out += res.body;
   return out;
 }
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 }  // namespace detail
 
@@ -1628,13 +1701,16 @@ struct tls_options {
 };
 
 /// Deadlines of the HTTP client.
-struct timeouts {
+struct http_timeouts {
   std::chrono::milliseconds request{std::chrono::seconds(30)};  ///< one HTTP exchange, connect included
   std::chrono::milliseconds idle{std::chrono::seconds(30)};     ///< a pooled connection unused this long is dropped
 };
 
 namespace detail {
 
+class http_client;
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 /// Runs `op` on `strand` and returns its result. The caller's cancellation is
 /// posted to the strand instead of being emitted from the caller's thread (as
 /// Asio 1.22's co_spawn would), so the child's cancellation slots are only
@@ -1888,7 +1964,7 @@ class connection : public std::enable_shared_from_this<connection> {
 /// HTTP client with a keep-alive pool per origin. Thread-safe.
 class http_client {
  public:
-  http_client(asio::any_io_executor ex, const tls_options& tls, timeouts t)
+  http_client(asio::any_io_executor ex, const tls_options& tls, http_timeouts t)
       : ex_(std::move(ex)), tls_(make_tls_context(tls)), timeouts_(t) {}
 
   const asio::any_io_executor& get_executor() const noexcept { return ex_; }
@@ -1999,11 +2075,12 @@ class http_client {
 
   asio::any_io_executor ex_;
   std::shared_ptr<asio::ssl::context> tls_;
-  timeouts timeouts_;
+  http_timeouts timeouts_;
   mutable std::mutex mutex_;
   std::unordered_map<std::string, std::vector<std::shared_ptr<connection>>> idle_;
   std::uint64_t opened_ = 0;
 };
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 }  // namespace detail
 
@@ -2038,42 +2115,12 @@ struct token_set {
   }
 
   /// The storage form, secrets included: only for token stores.
-  nlohmann::json to_json() const {
-    nlohmann::json j = {{"version", 1},
-                        {"access_token", access_token.reveal()},
-                        {"token_type", token_type},
-                        {"scope", scope}};
-    if (has_refresh_token()) j["refresh_token"] = refresh_token.reveal();
-    if (expires_at != clock::time_point::max())
-      j["expires_at"] = std::chrono::duration_cast<std::chrono::seconds>(expires_at.time_since_epoch()).count();
-    return j;
-  }
+  nlohmann::json to_json() const;
 
   /// Reads the storage form; throws oauth_error(store_corrupt) naming what is wrong.
-  static token_set from_json(const nlohmann::json& j) {
-    auto bad = [](const char* what) -> token_set { detail::fail(errc::store_corrupt, std::string("stored token set: ") + what); };
-    if (!j.is_object()) return bad("not a JSON object");
-    token_set t;
-    auto access = j.find("access_token");
-    if (access == j.end() || !access->is_string() || access->get_ref<const std::string&>().empty())
-      return bad("missing access_token");
-    t.access_token = secret(access->get<std::string>());
-    if (auto r = j.find("refresh_token"); r != j.end()) {
-      if (!r->is_string()) return bad("refresh_token is not a string");
-      t.refresh_token = secret(r->get<std::string>());
-    }
-    if (auto e = j.find("expires_at"); e != j.end()) {
-      // Up to what the clock holds (the year 2262 with nanoseconds): more would overflow it.
-      constexpr auto latest = std::chrono::duration_cast<std::chrono::seconds>(clock::duration::max()).count();
-      if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > latest)
-        return bad("expires_at is not a time");
-      t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
-    }
-    if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
-    if (auto s = j.find("token_type"); s != j.end() && s->is_string()) t.token_type = s->get<std::string>();
-    return t;
-  }
+  static token_set from_json(const nlohmann::json& j);
 
+  /// Prints the secrets as fingerprints.
   friend std::ostream& operator<<(std::ostream& os, const token_set& t) {
     os << "token_set{access_token=" << t.access_token << ", refresh_token=" << t.refresh_token << ", expires_at=";
     if (t.expires_at == clock::time_point::max())
@@ -2089,8 +2136,11 @@ struct token_set {
 class store_lock {
  public:
   store_lock() = default;
+  /// Holds a section that `release` ends.
   explicit store_lock(std::function<void()> release) : release_(std::move(release)) {}
+  /// Takes over the section `other` holds.
   store_lock(store_lock&& other) noexcept : release_(std::exchange(other.release_, nullptr)) {}
+  /// Ends the section held, takes over the one `other` holds.
   store_lock& operator=(store_lock&& other) noexcept {
     if (this != &other) {
       unlock();
@@ -2108,11 +2158,13 @@ class store_lock {
   std::function<void()> release_;
 };
 
+namespace detail {
 /// True when both hold the same grant (same access and refresh token), or both nothing.
 inline bool same_grant(const std::optional<token_set>& a, const std::optional<token_set>& b) noexcept {
   if (!a || !b) return !a && !b;
   return a->access_token == b->access_token && a->refresh_token == b->refresh_token;
 }
+}  // namespace detail
 
 /// Where a grant lives between runs. Implementations may be asynchronous
 /// (a database) or not (a file); `save` must be durable when it completes.
@@ -2122,7 +2174,7 @@ inline bool same_grant(const std::optional<token_set>& a, const std::optional<to
 /// under the lock: it re-reads the store, uses tokens another sharer has just
 /// saved instead of refreshing again, and writes its own with `replace`. A
 /// database store maps these onto a row lock (SELECT ... FOR UPDATE, or an
-/// advisory lock) and a conditional UPDATE; README.md shows one.
+/// advisory lock) and a conditional UPDATE; examples/database_token_store.hpp shows one.
 class token_store {
  public:
   virtual ~token_store() = default;
@@ -2135,17 +2187,13 @@ class token_store {
 
   /// An exclusive section across everyone who shares this grant. The default
   /// guards nothing: right for a store only one session uses.
-  virtual asio::awaitable<store_lock> lock() { co_return store_lock{}; }
+  virtual asio::awaitable<store_lock> lock();
 
-  /// Saves `next` only if the store still holds `expected` (see same_grant);
+  /// Saves `next` only if the store still holds `expected` (the same access
+  /// and refresh token, or nothing when `expected` is empty);
   /// otherwise leaves the store alone and returns false. The default is
   /// load-compare-save, atomic only under lock().
-  virtual asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next) {
-    auto stored = co_await load();
-    if (!same_grant(stored, expected)) co_return false;
-    co_await save(next);
-    co_return true;
-  }
+  virtual asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next);
 };
 
 /// Keeps the grant in memory: for tests, and for web apps that keep their own
@@ -2153,34 +2201,88 @@ class token_store {
 class memory_token_store final : public token_store {
  public:
   /// The grant held, if any.
-  asio::awaitable<std::optional<token_set>> load() override {
-    std::lock_guard lock(mutex_);
-    co_return tokens_;
-  }
+  asio::awaitable<std::optional<token_set>> load() override;
   /// Holds `tokens`.
-  asio::awaitable<void> save(const token_set& tokens) override {
-    std::lock_guard lock(mutex_);
-    tokens_ = tokens;
-    co_return;
-  }
+  asio::awaitable<void> save(const token_set& tokens) override;
   /// Holds nothing.
-  asio::awaitable<void> clear() override {
-    std::lock_guard lock(mutex_);
-    tokens_.reset();
-    co_return;
-  }
+  asio::awaitable<void> clear() override;
   /// An atomic compare-and-swap: holds `next` only if it holds `expected`.
-  asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next) override {
-    std::lock_guard lock(mutex_);
-    if (!same_grant(tokens_, expected)) co_return false;
-    tokens_ = next;
-    co_return true;
-  }
+  asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next) override;
 
  private:
   std::mutex mutex_;
   std::optional<token_set> tokens_;
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE nlohmann::json token_set::to_json() const {
+  nlohmann::json j = {{"version", 1},
+                      {"access_token", access_token.reveal()},
+                      {"token_type", token_type},
+                      {"scope", scope}};
+  if (has_refresh_token()) j["refresh_token"] = refresh_token.reveal();
+  if (expires_at != clock::time_point::max())
+    j["expires_at"] = std::chrono::duration_cast<std::chrono::seconds>(expires_at.time_since_epoch()).count();
+  return j;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE token_set token_set::from_json(const nlohmann::json& j) {
+  auto bad = [](const char* what) -> token_set { detail::fail(errc::store_corrupt, std::string("stored token set: ") + what); };
+  if (!j.is_object()) return bad("not a JSON object");
+  token_set t;
+  auto access = j.find("access_token");
+  if (access == j.end() || !access->is_string() || access->get_ref<const std::string&>().empty())
+    return bad("missing access_token");
+  t.access_token = secret(access->get<std::string>());
+  if (auto r = j.find("refresh_token"); r != j.end()) {
+    if (!r->is_string()) return bad("refresh_token is not a string");
+    t.refresh_token = secret(r->get<std::string>());
+  }
+  if (auto e = j.find("expires_at"); e != j.end()) {
+    // Up to what the clock holds (the year 2262 with nanoseconds): more would overflow it.
+    constexpr auto latest = std::chrono::duration_cast<std::chrono::seconds>(clock::duration::max()).count();
+    if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > latest)
+      return bad("expires_at is not a time");
+    t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
+  }
+  if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
+  if (auto s = j.find("token_type"); s != j.end() && s->is_string()) t.token_type = s->get<std::string>();
+  return t;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<store_lock> token_store::lock() { co_return store_lock{}; }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<bool> token_store::replace(const std::optional<token_set>& expected, const token_set& next) {
+  auto stored = co_await load();
+  if (!detail::same_grant(stored, expected)) co_return false;
+  co_await save(next);
+  co_return true;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::optional<token_set>> memory_token_store::load() {
+  std::lock_guard lock(mutex_);
+  co_return tokens_;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> memory_token_store::save(const token_set& tokens) {
+  std::lock_guard lock(mutex_);
+  tokens_ = tokens;
+  co_return;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> memory_token_store::clear() {
+  std::lock_guard lock(mutex_);
+  tokens_.reset();
+  co_return;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<bool> memory_token_store::replace(const std::optional<token_set>& expected,
+                                                                                 const token_set& next) {
+  std::lock_guard lock(mutex_);
+  if (!detail::same_grant(tokens_, expected)) co_return false;
+  tokens_ = next;
+  co_return true;
+}
 
 namespace detail {
 
@@ -2376,6 +2478,7 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
 }
 
 }  // namespace detail
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 /// Keeps the token set in one file, mode 0600, replaced atomically; given a
 /// key, sealed with AES-256-GCM, so that a wrong key or an altered file is a
@@ -2391,131 +2494,56 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
 /// the file makes it unreadable (moving its folder does not).
 class file_token_store final : public token_store {
  public:
-  explicit file_token_store(std::filesystem::path path) : path_(std::move(path)) {}
+  /// Keeps the grant in `path`, unencrypted (mode 0600 protects it).
+  explicit file_token_store(std::filesystem::path path);
 
   /// Encrypts the file with `key`: exactly 32 bytes, e.g. from generate_key().
-  file_token_store(std::filesystem::path path, secret key) : path_(std::move(path)), key_(std::move(key)) {
-    if (key_.reveal().size() != 32)
-      detail::fail(errc::invalid_config,
-                   "file_token_store: the encryption key must be 32 bytes, not " + std::to_string(key_.reveal().size()));
-  }
+  file_token_store(std::filesystem::path path, secret key);
 
   /// 32 random bytes from OpenSSL, for the encrypting constructor.
-  static secret generate_key() {
-    std::string key(32, '\0');
-    detail::random_bytes(reinterpret_cast<unsigned char*>(key.data()), key.size());
-    return secret(std::move(key));
-  }
+  static secret generate_key();
 
   /// The file.
-  const std::filesystem::path& path() const noexcept { return path_; }
+  const std::filesystem::path& path() const noexcept;
   /// Whether a key was given.
-  bool encrypted() const noexcept { return !key_.empty(); }
+  bool encrypted() const noexcept;
 
   /// How long lock() waits for another process before failing with store_error.
-  void set_lock_timeout(std::chrono::milliseconds timeout) noexcept { lock_timeout_ = timeout; }
+  void set_lock_timeout(std::chrono::milliseconds timeout) noexcept;
 
   /// Reads the file (at most 1 MiB); nullopt when it does not exist. Throws
   /// invalid_config (a refused file or folder), store_corrupt,
   /// store_key_mismatch or store_error.
-  asio::awaitable<std::optional<token_set>> load() override {
-    auto text = detail::read_private_file(path_, 1024 * 1024);
-    if (!text) co_return std::nullopt;
-    detail::wipe_on_exit wipe{*text};
-    co_return decode(*text);
-  }
+  asio::awaitable<std::optional<token_set>> load() override;
 
   /// Decodes text read from the file, as load() does (a sealed text only
   /// under the file's name), without touching the file. Throws store_corrupt
   /// or store_key_mismatch.
-  token_set decode(std::string_view text) const {
-    auto j = nlohmann::json::parse(text, nullptr, false);
-    if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
-    const bool sealed = j.is_object() && j.contains("format");
-    if (sealed != encrypted())
-      detail::fail(errc::store_key_mismatch,
-                   sealed ? path_.string() + " is encrypted: give file_token_store its key"
-                          : path_.string() + " is not encrypted, but a key was given: drop the key, or remove the "
-                                             "file and sign in again");
-    if (!sealed) return token_set::from_json(j);
-    auto plain = open_sealed(j);
-    detail::wipe_on_exit wipe_plain{plain};
-    auto inner = nlohmann::json::parse(plain, nullptr, false);
-    if (inner.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " holds no JSON token set");
-    return token_set::from_json(inner);
-  }
+  token_set decode(std::string_view text) const;
 
   /// Writes the file atomically, mode 0600; missing folders are created 0700.
   /// Removes temporary files that saves killed mid-way left over ten minutes
   /// ago. Throws invalid_config (a refused file or folder) or store_error.
-  asio::awaitable<void> save(const token_set& tokens) override {
-    std::string text = tokens.to_json().dump(2) + "\n";
-    detail::wipe_on_exit wipe{text};
-    if (encrypted()) {
-      nlohmann::json sealed = {
-          {"format", format},
-          {"key_id", key_id()},
-          {"sealed", detail::base64url_encode(detail::aes256gcm_seal(key_.reveal(), text, associated_data()))}};
-      text = sealed.dump(2) + "\n";
-    }
-    detail::write_file_atomically(path_, text);
-    co_return;
-  }
+  asio::awaitable<void> save(const token_set& tokens) override;
 
   /// Removes the file and its lock file; missing ones are fine. Processes
   /// sharing the file call it under lock(), as session::logout does: one
   /// waiting for the lock meanwhile then takes the lock file made after it.
   /// Throws store_error.
-  asio::awaitable<void> clear() override {
-    remove_if_there(path_);  // one by one, not a braced list: GCC 12 mishandles those in coroutines
-    remove_if_there(lock_path());
-    co_return;
-  }
+  asio::awaitable<void> clear() override;
 
   /// Polls a non-blocking flock so that the executor never blocks. The lock
   /// file is refused as the token file is. Throws invalid_config or store_error.
-  asio::awaitable<store_lock> lock() override {
-    const auto lock_path = this->lock_path();
-    const auto dir = detail::folder_of(lock_path);
-    detail::create_private_folders(dir);
-    detail::check_private_folder(dir);
-    auto fd = std::make_shared<detail::unique_fd>();
-    asio::steady_timer wait(co_await asio::this_coro::executor);
-    const auto deadline = std::chrono::steady_clock::now() + lock_timeout_;
-    for (std::chrono::milliseconds delay{1};; delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
-      if (!*fd) *fd = detail::open_private_file(lock_path, O_RDWR | O_CREAT);
-      if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) {
-        if (detail::still_names(lock_path, fd->get())) break;
-        fd->reset();  // clear() removed it while we waited: lock the one at the path next time
-      } else if (errno == EINTR) {
-        continue;
-      } else if (errno != EWOULDBLOCK) {
-        detail::fail_errno("cannot lock " + lock_path.string());
-      }
-      if (std::chrono::steady_clock::now() >= deadline)
-        detail::fail(errc::store_error, "another process has held " + lock_path.string() + " for more than " +
-                                            std::to_string(lock_timeout_.count()) + " ms");
-      wait.expires_after(delay);
-      auto [ec] = co_await wait.async_wait(detail::use_tuple);
-      if (ec) throw oauth_error(ec, "waiting for " + lock_path.string() + ": cancelled");
-    }
-    co_return store_lock([fd] { fd->reset(); });  // closing the descriptor releases the lock
-  }
+  asio::awaitable<store_lock> lock() override;
 
  private:
   static constexpr std::string_view format = "confluence_oauth/aes-256-gcm/2";
   /// Still read, so that an upgrade signs nobody out; the next save writes `format`.
   static constexpr std::string_view first_format = "confluence_oauth/aes-256-gcm/1";
 
-  static void remove_if_there(const std::filesystem::path& file) {
-    if (::unlink(file.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + file.string());
-  }
+  static void remove_if_there(const std::filesystem::path& file);
 
-  std::filesystem::path lock_path() const {
-    auto path = path_;
-    path += ".lock";
-    return path;
-  }
+  std::filesystem::path lock_path() const;
 
   // Sealed with the token set, so that another file sealed with the same key
   // (another grant's token file, a file of another purpose) cannot stand in
@@ -2523,45 +2551,157 @@ class file_token_store final : public token_store {
   // binds it, not the whole path, so that moving the folder (a new home
   // folder, a backup restored elsewhere) keeps the file working; renaming the
   // file itself signs the user out. The first format bound only itself.
-  std::string associated_data() const {
-    return std::string(format) + "\ntoken_set\n" + path_.filename().string();
-  }
+  std::string associated_data() const;
 
   /// Names the key without revealing it, so a wrong key is told from an altered file.
-  std::string key_id() const {
-    auto digest = detail::sha256("confluence_oauth file_token_store key id:" + key_.reveal());
-    return detail::base64url_encode(digest.data(), 9);
-  }
+  std::string key_id() const;
 
-  std::string open_sealed(const nlohmann::json& j) const {
-    auto field = [&](const char* name) -> std::string {
-      auto it = j.find(name);
-      if (it == j.end() || !it->is_string()) detail::fail(errc::store_corrupt, path_.string() + ": no " + name);
-      return it->get<std::string>();
-    };
-    const auto file_format = field("format");
-    if (file_format != format && file_format != first_format)
-      detail::fail(errc::store_corrupt, path_.string() + " is in a format this version cannot read");
-    if (!detail::constant_time_equal(field("key_id"), key_id()))
-      detail::fail(errc::store_key_mismatch, path_.string() + " was encrypted with another key");
-    auto data = detail::base64_decode(field("sealed"));
-    const auto aad = file_format == format ? associated_data() : std::string(first_format);
-    auto plain = data ? detail::aes256gcm_open(key_.reveal(), *data, aad) : std::nullopt;
-    // The right key, but a tag that does not match: an altered file, or one
-    // sealed for another name or purpose. Either way it holds no grant of
-    // ours, so store_corrupt (sign in again), not store_key_mismatch (the key
-    // is the right one).
-    if (!plain)
-      detail::fail(errc::store_corrupt, path_.string() +
-                                            " has been altered, or was sealed for another file: its authentication "
-                                            "tag does not match");
-    return std::move(*plain);
-  }
+  std::string open_sealed(const nlohmann::json& j) const;
 
   std::filesystem::path path_;
   secret key_;
   std::chrono::milliseconds lock_timeout_{std::chrono::minutes(5)};  // longer than a refresh with all its retries
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE file_token_store::file_token_store(std::filesystem::path path)
+    : path_(std::move(path)) {}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE file_token_store::file_token_store(std::filesystem::path path, secret key)
+    : path_(std::move(path)), key_(std::move(key)) {
+  if (key_.reveal().size() != 32)
+    detail::fail(errc::invalid_config,
+                 "file_token_store: the encryption key must be 32 bytes, not " + std::to_string(key_.reveal().size()));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE secret file_token_store::generate_key() {
+  std::string key(32, '\0');
+  detail::random_bytes(reinterpret_cast<unsigned char*>(key.data()), key.size());
+  return secret(std::move(key));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const std::filesystem::path& file_token_store::path() const noexcept { return path_; }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE bool file_token_store::encrypted() const noexcept { return !key_.empty(); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE void file_token_store::set_lock_timeout(std::chrono::milliseconds timeout) noexcept { lock_timeout_ = timeout; }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::optional<token_set>> file_token_store::load() {
+  auto text = detail::read_private_file(path_, 1024 * 1024);
+  if (!text) co_return std::nullopt;
+  detail::wipe_on_exit wipe{*text};
+  co_return decode(*text);
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE token_set file_token_store::decode(std::string_view text) const {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " is not valid JSON");
+  const bool sealed = j.is_object() && j.contains("format");
+  if (sealed != encrypted())
+    detail::fail(errc::store_key_mismatch,
+                 sealed ? path_.string() + " is encrypted: give file_token_store its key"
+                        : path_.string() + " is not encrypted, but a key was given: drop the key, or remove the "
+                                           "file and sign in again");
+  if (!sealed) return token_set::from_json(j);
+  auto plain = open_sealed(j);
+  detail::wipe_on_exit wipe_plain{plain};
+  auto inner = nlohmann::json::parse(plain, nullptr, false);
+  if (inner.is_discarded()) detail::fail(errc::store_corrupt, path_.string() + " holds no JSON token set");
+  return token_set::from_json(inner);
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> file_token_store::save(const token_set& tokens) {
+  std::string text = tokens.to_json().dump(2) + "\n";
+  detail::wipe_on_exit wipe{text};
+  if (encrypted()) {
+    nlohmann::json sealed = {
+        {"format", format},
+        {"key_id", key_id()},
+        {"sealed", detail::base64url_encode(detail::aes256gcm_seal(key_.reveal(), text, associated_data()))}};
+    text = sealed.dump(2) + "\n";
+  }
+  detail::write_file_atomically(path_, text);
+  co_return;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> file_token_store::clear() {
+  remove_if_there(path_);  // one by one, not a braced list: GCC 12 mishandles those in coroutines
+  remove_if_there(lock_path());
+  co_return;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<store_lock> file_token_store::lock() {
+  const auto lock_path = this->lock_path();
+  const auto dir = detail::folder_of(lock_path);
+  detail::create_private_folders(dir);
+  detail::check_private_folder(dir);
+  auto fd = std::make_shared<detail::unique_fd>();
+  asio::steady_timer wait(co_await asio::this_coro::executor);
+  const auto deadline = std::chrono::steady_clock::now() + lock_timeout_;
+  for (std::chrono::milliseconds delay{1};; delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
+    if (!*fd) *fd = detail::open_private_file(lock_path, O_RDWR | O_CREAT);
+    if (::flock(fd->get(), LOCK_EX | LOCK_NB) == 0) {
+      if (detail::still_names(lock_path, fd->get())) break;
+      fd->reset();  // clear() removed it while we waited: lock the one at the path next time
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno != EWOULDBLOCK) {
+      detail::fail_errno("cannot lock " + lock_path.string());
+    }
+    if (std::chrono::steady_clock::now() >= deadline)
+      detail::fail(errc::store_error, "another process has held " + lock_path.string() + " for more than " +
+                                          std::to_string(lock_timeout_.count()) + " ms");
+    wait.expires_after(delay);
+    auto [ec] = co_await wait.async_wait(detail::use_tuple);
+    if (ec) throw oauth_error(ec, "waiting for " + lock_path.string() + ": cancelled");
+  }
+  co_return store_lock([fd] { fd->reset(); });  // closing the descriptor releases the lock
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE void file_token_store::remove_if_there(const std::filesystem::path& file) {
+  if (::unlink(file.c_str()) != 0 && errno != ENOENT) detail::fail_errno("cannot remove " + file.string());
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::filesystem::path file_token_store::lock_path() const {
+  auto path = path_;
+  path += ".lock";
+  return path;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::associated_data() const {
+  return std::string(format) + "\ntoken_set\n" + path_.filename().string();
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::key_id() const {
+  auto digest = detail::sha256("confluence_oauth file_token_store key id:" + key_.reveal());
+  return detail::base64url_encode(digest.data(), 9);
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::open_sealed(const nlohmann::json& j) const {
+  auto field = [&](const char* name) -> std::string {
+    auto it = j.find(name);
+    if (it == j.end() || !it->is_string()) detail::fail(errc::store_corrupt, path_.string() + ": no " + name);
+    return it->get<std::string>();
+  };
+  const auto file_format = field("format");
+  if (file_format != format && file_format != first_format)
+    detail::fail(errc::store_corrupt, path_.string() + " is in a format this version cannot read");
+  if (!detail::constant_time_equal(field("key_id"), key_id()))
+    detail::fail(errc::store_key_mismatch, path_.string() + " was encrypted with another key");
+  auto data = detail::base64_decode(field("sealed"));
+  const auto aad = file_format == format ? associated_data() : std::string(first_format);
+  auto plain = data ? detail::aes256gcm_open(key_.reveal(), *data, aad) : std::nullopt;
+  // The right key, but a tag that does not match: an altered file, or one
+  // sealed for another name or purpose. Either way it holds no grant of
+  // ours, so store_corrupt (sign in again), not store_key_mismatch (the key
+  // is the right one).
+  if (!plain)
+    detail::fail(errc::store_corrupt, path_.string() +
+                                          " has been altered, or was sealed for another file: its authentication "
+                                          "tag does not match");
+  return std::move(*plain);
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 // ============================================================================
 // 9. The OAuth client
@@ -2571,15 +2711,16 @@ class file_token_store final : public token_store {
 //    error whatever the status, and a grant must hold an access token.
 // ============================================================================
 
-/// How token request bodies are encoded.
-enum class token_encoding {
-  json,  ///< application/json, as Atlassian wants
-  form   ///< application/x-www-form-urlencoded (RFC 6749)
-};
 
-/// The app's registration and the endpoints; README.md, "Configuration
+/// The app's registration and the endpoints; docs/GUIDE.md, "Configuration
 /// reference", gives the rules. Checked by validate() when a client is made.
 struct client_config {
+  /// How token request bodies are encoded.
+  enum class token_encoding {
+    json,  ///< application/json, as Atlassian wants
+    form   ///< application/x-www-form-urlencoded (RFC 6749)
+  };
+
   std::string client_id;  ///< the app's client id
   secret client_secret;   ///< the app's secret; may be empty only with use_pkce, and never for Atlassian
   std::string redirect_uri = "http://localhost:3000/callback";  ///< the registered callback URL
@@ -2597,40 +2738,44 @@ struct client_config {
   bool use_pkce = true;
   std::vector<std::pair<std::string, std::string>> extra_authorize_params;  ///< more authorization URL parameters; empty values left out
   tls_options tls;        ///< whom TLS trusts
-  timeouts timeout;       ///< HTTP deadlines
+  http_timeouts timeouts;  ///< HTTP deadlines
   std::size_t max_token_response_bytes = 1024 * 1024;  ///< largest token endpoint answer
   std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;  ///< sent with every request
 
   /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
-  void validate() const {
-    // A secret pasted into another field (a URL, a scope) must not reach a message.
-    const secret* own[] = {&client_secret};
-    auto shown = [&](const std::string& field) { return detail::redact(field, own); };
-    auto bad = [](const std::string& why) { detail::fail(errc::invalid_config, why); };
-    auto printable = [](std::string_view s) {
-      return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x20 && c != 0x7f; });
-    };
-    if (client_id.empty()) bad("client_id is empty");
-    if (!printable(client_id)) bad("client_id contains spaces or control characters");
-    // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
-    const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
-    if (client_secret.empty() && (!use_pkce || atlassian))
-      bad("client_secret is empty (Atlassian apps are confidential clients)");
-    if (scopes.empty()) bad("no scopes requested");
-    for (const auto& s : scopes)
-      if (s.empty() || !printable(s))
-        bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
-    for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
-      auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
-      if (!u.is_https() && !detail::names_loopback(u.host))
-        detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
-    }
-    auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
-    if (!r.is_https() && !detail::names_loopback(r.host))
-      detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
-    if (timeout.request.count() <= 0) bad("request timeout must be positive");
-  }
+  void validate() const;
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE void client_config::validate() const {
+  // A secret pasted into another field (a URL, a scope) must not reach a message.
+  const secret* own[] = {&client_secret};
+  auto shown = [&](const std::string& field) { return detail::redact(field, own); };
+  auto bad = [](const std::string& why) { detail::fail(errc::invalid_config, why); };
+  auto printable = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x20 && c != 0x7f; });
+  };
+  if (client_id.empty()) bad("client_id is empty");
+  if (!printable(client_id)) bad("client_id contains spaces or control characters");
+  // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
+  const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
+  if (client_secret.empty() && (!use_pkce || atlassian))
+    bad("client_secret is empty (Atlassian apps are confidential clients)");
+  if (scopes.empty()) bad("no scopes requested");
+  for (const auto& s : scopes)
+    if (s.empty() || !printable(s))
+      bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
+  for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
+    auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
+    if (!u.is_https() && !detail::names_loopback(u.host))
+      detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
+  }
+  auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
+  if (!r.is_https() && !detail::names_loopback(r.host))
+    detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
+  if (timeouts.request.count() <= 0) bad("request timeout must be positive");
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 /// One authorization attempt: send the user to `url`, keep the rest for the callback.
 struct authorization {
@@ -2639,6 +2784,9 @@ struct authorization {
   secret code_verifier;      ///< PKCE; empty when not used
   std::string redirect_uri;  ///< the redirect URI this attempt used
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+namespace detail {
 
 /// The query of a redirect back from the authorization server.
 struct callback_params {
@@ -2655,7 +2803,7 @@ inline callback_params parse_callback(std::string_view target) {
   else if (target.find('=') == std::string_view::npos) target = {};
   if (auto h = target.find('#'); h != std::string_view::npos) target = target.substr(0, h);
   callback_params p;
-  for (auto& [name, value] : detail::parse_query(target)) {
+  for (auto& [name, value] : parse_query(target)) {
     if (name == "code" && p.code.empty()) p.code = secret(std::move(value));
     else if (name == "state" && !p.state) p.state = secret(std::move(value));
     else if (name == "error" && p.error.empty()) p.error = std::move(value);
@@ -2689,20 +2837,18 @@ inline callback_match match_callback(const callback_params& p, const authorizati
 inline secret verify_callback(const callback_params& p, const authorization& auth) {
   // The server's words are kept, but not what they echo of this authorization.
   const secret* own[] = {&p.code, &auth.state, &auth.code_verifier};
-  error_details d{detail::sanitize_text(detail::redact(p.error, own), 60), detail::sanitize_text(detail::redact(p.error_description, own)),
-                  detail::sanitize_text(detail::redact(p.error_uri, own)), 0, {}, {}};
+  error_details d{sanitize_text(redact(p.error, own), 60), sanitize_text(redact(p.error_description, own)),
+                  sanitize_text(redact(p.error_uri, own)), 0, {}, {}};
   switch (match_callback(p, auth)) {
     case callback_match::code: return p.code;
-    case callback_match::denied: detail::fail(errc::authorization_denied, "the user declined the authorization", d);
-    case callback_match::failed: detail::fail(errc::authorization_failed, "the authorization server returned an error", d);
+    case callback_match::denied: fail(errc::authorization_denied, "the user declined the authorization", d);
+    case callback_match::failed: fail(errc::authorization_failed, "the authorization server returned an error", d);
     case callback_match::state_mismatch:
-      detail::fail(errc::state_mismatch, "the callback's state is missing or does not match");
+      fail(errc::state_mismatch, "the callback's state is missing or does not match");
     case callback_match::incomplete: break;
   }
-  detail::fail(errc::authorization_failed, "callback carries neither a code nor an error");
+  fail(errc::authorization_failed, "callback carries neither a code nor an error");
 }
-
-namespace detail {
 
 /// Refuses nesting deeper than `max_depth` before nlohmann::json sees it.
 inline nlohmann::json parse_json(std::string_view text, int max_depth = 64) {
@@ -2834,56 +2980,32 @@ inline token_set parse_token_response(const http_response& res, std::span<const 
 }
 
 }  // namespace detail
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
+class oauth_client;
+namespace detail {
+http_client& http_of(const oauth_client& client) noexcept;
+}  // namespace detail
 
 /// Builds authorization URLs and makes the two token requests (code exchange
 /// and refresh). A cheap handle: copies share the configuration and HTTP client.
 class oauth_client {
  public:
   /// Validates the configuration and prepares TLS; throws oauth_error.
-  oauth_client(asio::any_io_executor ex, client_config config)
-      : config_(std::make_shared<const client_config>(validated(std::move(config)))),
-        http_(std::make_shared<detail::http_client>(std::move(ex), config_->tls, config_->timeout)),
-        token_url_(parse_url(config_->token_url)) {}
+  oauth_client(asio::any_io_executor ex, client_config config);
 
   /// The validated configuration.
-  const client_config& config() const noexcept { return *config_; }
-  /// The HTTP client with its connection pool; its type is in detail and may change.
-  detail::http_client& http() const noexcept { return *http_; }
+  const client_config& config() const noexcept;
   /// Where operations given a completion token other than use_awaitable run.
-  const asio::any_io_executor& get_executor() const noexcept { return http_->get_executor(); }
+  const asio::any_io_executor& get_executor() const noexcept;
 
   /// A new authorization: the URL to send the user to, a fresh 256-bit state
   /// and, with PKCE, a verifier. `redirect_uri` overrides the configured one
   /// (a listener on port 0 reports the port it got).
-  authorization begin_authorization(std::string_view redirect_uri = {}) const {
-    authorization a;
-    a.redirect_uri = redirect_uri.empty() ? config_->redirect_uri : std::string(redirect_uri);
-    parse_url(a.redirect_uri);
-    a.state = secret(detail::random_token(32));
-    std::string scope;
-    for (const auto& s : config_->scopes) scope += (scope.empty() ? "" : " ") + s;
-    std::string query;
-    if (!config_->audience.empty()) detail::append_param(query, "audience", config_->audience);
-    detail::append_param(query, "client_id", config_->client_id);
-    detail::append_param(query, "scope", scope);
-    detail::append_param(query, "redirect_uri", a.redirect_uri);
-    detail::append_param(query, "state", a.state.reveal());
-    detail::append_param(query, "response_type", "code");
-    if (!config_->prompt.empty()) detail::append_param(query, "prompt", config_->prompt);
-    if (config_->use_pkce) {
-      a.code_verifier = secret(detail::random_token(32));
-      auto digest = detail::sha256(a.code_verifier.reveal());
-      detail::append_param(query, "code_challenge", detail::base64url_encode(digest.data(), digest.size()));
-      detail::append_param(query, "code_challenge_method", "S256");
-    }
-    for (const auto& [name, value] : config_->extra_authorize_params)
-      if (!value.empty()) detail::append_param(query, name, value);
-    a.url = config_->authorize_url + (config_->authorize_url.find('?') == std::string::npos ? "?" : "&") + query;
-    return a;
-  }
+  authorization begin_authorization(std::string_view redirect_uri = {}) const;
 
   /// Trades an authorization code for tokens. Completes with (error_code, token_set).
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto exchange_code(secret code, authorization auth, CompletionToken&& token = {}) const {
     return detail::launch<token_set>(get_executor(), std::forward<CompletionToken>(token),
                                      [self = *this, code = std::move(code), auth = std::move(auth)] {
@@ -2894,86 +3016,140 @@ class oauth_client {
   /// Trades the refresh token of `current` for a new token set. When the
   /// server rotates, the new refresh token is in the result; when it sends
   /// none, the current one is kept. Completes with (error_code, token_set).
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto refresh(token_set current, CompletionToken&& token = {}) const {
     return detail::launch<token_set>(get_executor(), std::forward<CompletionToken>(token),
                                      [self = *this, current = std::move(current)] { return self.refresh_op(current); });
   }
 
  private:
-  asio::awaitable<token_set> exchange_code_op(const secret& code, const authorization& auth) const {
-    if (code.empty()) detail::fail(errc::invalid_config, "authorization code is empty");
-    // Filled one by one: GCC 12 rejects some braced lists in coroutines ("array used as initializer").
-    std::vector<std::pair<std::string_view, std::string_view>> fields;
-    fields.emplace_back("grant_type", "authorization_code");
-    fields.emplace_back("client_id", config_->client_id);
-    fields.emplace_back("code", code.reveal());
-    fields.emplace_back("redirect_uri", auth.redirect_uri);
-    if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
-    if (!auth.code_verifier.empty()) fields.emplace_back("code_verifier", auth.code_verifier.reveal());
-    co_return co_await token_request(fields, redact_list(&code, &auth.code_verifier));
-  }
+  asio::awaitable<token_set> exchange_code_op(const secret& code, const authorization& auth) const;
 
-  asio::awaitable<token_set> refresh_op(const token_set& current) const {
-    if (!current.has_refresh_token())
-      detail::fail(errc::invalid_grant, "no refresh token: the grant lacks offline_access");
-    std::vector<std::pair<std::string_view, std::string_view>> fields;
-    fields.emplace_back("grant_type", "refresh_token");
-    fields.emplace_back("client_id", config_->client_id);
-    fields.emplace_back("refresh_token", current.refresh_token.reveal());
-    if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
-    auto next = co_await token_request(fields, redact_list(&current.refresh_token, &current.access_token));
-    if (!next.has_refresh_token()) next.refresh_token = current.refresh_token;
-    if (next.scope.empty()) next.scope = current.scope;
-    co_return next;
-  }
+  asio::awaitable<token_set> refresh_op(const token_set& current) const;
 
   /// The secrets a token request carries (and, for a refresh, the access token
   /// the server knows), so that an echo of one is redacted.
-  std::vector<const secret*> redact_list(const secret* a, const secret* b) const {
-    std::vector<const secret*> out;
-    out.push_back(&config_->client_secret);
-    out.push_back(a);
-    out.push_back(b);
-    return out;
-  }
+  std::vector<const secret*> redact_list(const secret* a, const secret* b) const;
 
-  static client_config validated(client_config c) {
-    c.validate();
-    return c;
-  }
+  static client_config validated(client_config c);
 
   asio::awaitable<token_set> token_request(const std::vector<std::pair<std::string_view, std::string_view>>& fields,
-                                           std::vector<const secret*> redact) const {
-    http_request req;
-    req.method = "POST";
-    detail::wipe_on_exit wipe{req.body};
-    if (config_->encoding == token_encoding::json) {
-      nlohmann::json body = nlohmann::json::object();
-      for (const auto& [name, value] : fields) body[std::string(name)] = value;
-      req.body = body.dump();
-      if (auto it = body.find("client_secret"); it != body.end()) {
-        auto& s = it->get_ref<std::string&>();
-        OPENSSL_cleanse(s.data(), s.size());
-      }
-      req.headers.add("Content-Type", "application/json");
-    } else {
-      for (const auto& [name, value] : fields) detail::append_param(req.body, name, value);
-      req.headers.add("Content-Type", "application/x-www-form-urlencoded");
-    }
-    req.headers.add("Accept", "application/json");
-    req.headers.add("User-Agent", config_->user_agent);
-    http_limits limits;
-    limits.max_body_bytes = config_->max_token_response_bytes;
-    auto res = co_await http_->send(token_url_, req, limits);
-    detail::wipe_on_exit wipe_response{res.body};
-    co_return detail::parse_token_response(res, redact);
-  }
+                                           std::vector<const secret*> redact) const;
+
+  friend detail::http_client& detail::http_of(const oauth_client& client) noexcept;
 
   std::shared_ptr<const client_config> config_;
   std::shared_ptr<detail::http_client> http_;
-  url token_url_;
+  detail::url token_url_;
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE oauth_client::oauth_client(asio::any_io_executor ex, client_config config)
+    : config_(std::make_shared<const client_config>(validated(std::move(config)))),
+        http_(std::make_shared<detail::http_client>(std::move(ex), config_->tls, config_->timeouts)),
+        token_url_(detail::parse_url(config_->token_url)) {}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const client_config& oauth_client::config() const noexcept { return *config_; }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const asio::any_io_executor& oauth_client::get_executor() const noexcept { return http_->get_executor(); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE authorization oauth_client::begin_authorization(std::string_view redirect_uri) const {
+  authorization a;
+  a.redirect_uri = redirect_uri.empty() ? config_->redirect_uri : std::string(redirect_uri);
+  detail::parse_url(a.redirect_uri);
+  a.state = secret(detail::random_token(32));
+  std::string scope;
+  for (const auto& s : config_->scopes) scope += (scope.empty() ? "" : " ") + s;
+  std::string query;
+  if (!config_->audience.empty()) detail::append_param(query, "audience", config_->audience);
+  detail::append_param(query, "client_id", config_->client_id);
+  detail::append_param(query, "scope", scope);
+  detail::append_param(query, "redirect_uri", a.redirect_uri);
+  detail::append_param(query, "state", a.state.reveal());
+  detail::append_param(query, "response_type", "code");
+  if (!config_->prompt.empty()) detail::append_param(query, "prompt", config_->prompt);
+  if (config_->use_pkce) {
+    a.code_verifier = secret(detail::random_token(32));
+    auto digest = detail::sha256(a.code_verifier.reveal());
+    detail::append_param(query, "code_challenge", detail::base64url_encode(digest.data(), digest.size()));
+    detail::append_param(query, "code_challenge_method", "S256");
+  }
+  for (const auto& [name, value] : config_->extra_authorize_params)
+    if (!value.empty()) detail::append_param(query, name, value);
+  a.url = config_->authorize_url + (config_->authorize_url.find('?') == std::string::npos ? "?" : "&") + query;
+  return a;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::exchange_code_op(const secret& code, const authorization& auth) const {
+  if (code.empty()) detail::fail(errc::invalid_config, "authorization code is empty");
+  // Filled one by one: GCC 12 rejects some braced lists in coroutines ("array used as initializer").
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  fields.emplace_back("grant_type", "authorization_code");
+  fields.emplace_back("client_id", config_->client_id);
+  fields.emplace_back("code", code.reveal());
+  fields.emplace_back("redirect_uri", auth.redirect_uri);
+  if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
+  if (!auth.code_verifier.empty()) fields.emplace_back("code_verifier", auth.code_verifier.reveal());
+  co_return co_await token_request(fields, redact_list(&code, &auth.code_verifier));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::refresh_op(const token_set& current) const {
+  if (!current.has_refresh_token())
+    detail::fail(errc::invalid_grant, "no refresh token: the grant lacks offline_access");
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  fields.emplace_back("grant_type", "refresh_token");
+  fields.emplace_back("client_id", config_->client_id);
+  fields.emplace_back("refresh_token", current.refresh_token.reveal());
+  if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
+  auto next = co_await token_request(fields, redact_list(&current.refresh_token, &current.access_token));
+  if (!next.has_refresh_token()) next.refresh_token = current.refresh_token;
+  if (next.scope.empty()) next.scope = current.scope;
+  co_return next;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::vector<const secret*> oauth_client::redact_list(const secret* a, const secret* b) const {
+  std::vector<const secret*> out;
+  out.push_back(&config_->client_secret);
+  out.push_back(a);
+  out.push_back(b);
+  return out;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE client_config oauth_client::validated(client_config c) {
+  c.validate();
+  return c;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::token_request(const std::vector<std::pair<std::string_view, std::string_view>>& fields,
+    std::vector<const secret*> redact) const {
+  http_request req;
+  req.method = "POST";
+  detail::wipe_on_exit wipe{req.body};
+  if (config_->encoding == client_config::token_encoding::json) {
+    nlohmann::json body = nlohmann::json::object();
+    for (const auto& [name, value] : fields) body[std::string(name)] = value;
+    req.body = body.dump();
+    if (auto it = body.find("client_secret"); it != body.end()) {
+      auto& s = it->get_ref<std::string&>();
+      OPENSSL_cleanse(s.data(), s.size());
+    }
+    req.headers.add("Content-Type", "application/json");
+  } else {
+    for (const auto& [name, value] : fields) detail::append_param(req.body, name, value);
+    req.headers.add("Content-Type", "application/x-www-form-urlencoded");
+  }
+  req.headers.add("Accept", "application/json");
+  req.headers.add("User-Agent", config_->user_agent);
+  detail::http_limits limits;
+  limits.max_body_bytes = config_->max_token_response_bytes;
+  auto res = co_await http_->send(token_url_, req, limits);
+  detail::wipe_on_exit wipe_response{res.body};
+  co_return detail::parse_token_response(res, redact);
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
+/// The HTTP client and connection pool `client` sends with.
+inline detail::http_client& detail::http_of(const oauth_client& client) noexcept { return *client.http_; }
 
 // ============================================================================
 // 10. The redirect listener and the browser
@@ -2999,6 +3175,7 @@ struct listener_options {
   bool redirect_page = true;
 };
 
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
 inline std::string html_page(std::string_view app, std::string_view title, std::string_view message) {
@@ -3267,8 +3444,6 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   bool timed_out_ = false;
 };
 
-}  // namespace detail
-
 /// The loopback listener for the authorization redirect. Binds in the
 /// constructor, so a taken port is reported before the browser opens.
 class redirect_listener {
@@ -3310,7 +3485,7 @@ class redirect_listener {
   /// secret code): authorization_denied, authorization_failed,
   /// listener_timeout, or operation_aborted when cancelled. Callbacks for
   /// other states are answered with a 400 page and the wait goes on.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto wait(authorization auth, CompletionToken&& token = {}) {
     return detail::launch<secret>(get_executor(), std::forward<CompletionToken>(token),
                                   [state = state_, auth = std::move(auth)] {
@@ -3368,10 +3543,15 @@ class redirect_listener {
   std::uint16_t port_ = 0;
 };
 
+}  // namespace detail
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
 /// Opens a URL in a browser. Must not wait for the browser to close.
 using browser_opener = std::function<asio::awaitable<void>(const std::string& url)>;
 
 namespace detail {
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 inline bool command_exists(const std::string& name) {
   if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0;
@@ -3438,53 +3618,57 @@ inline asio::awaitable<void> spawn_detached(std::vector<std::string> argv) {
   }
 }
 
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
 /// A browser started as a command: `argv` with the URL as its last argument,
 /// or, with no argv, the system's (the first command of $BROWSER, `%s`
-/// standing for the URL, else `open` on macOS, else `xdg-open`).
+/// standing for the URL, else `xdg-open`).
 struct browser_command_opener {
   std::vector<std::string> argv;
 
-  asio::awaitable<void> operator()(const std::string& url) const {
-    auto args = argv.empty() ? system_browser(url) : with_url(url);  // GCC 12 frees a ?: temporary in a co_await twice
-    co_await spawn_detached(std::move(args));
-  }
+  asio::awaitable<void> operator()(const std::string& url) const;
 
  private:
-  std::vector<std::string> with_url(const std::string& url) const {
-    auto args = argv;
-    args.push_back(url);
-    return args;
-  }
-
-  static std::vector<std::string> system_browser(const std::string& url) {
-    std::vector<std::string> args;
-    bool url_placed = false;
-    if (const char* b = std::getenv("BROWSER"); b && *b) {
-      std::string_view cmd = b;
-      cmd = cmd.substr(0, cmd.find(':'));
-      while (!cmd.empty()) {
-        auto sp = cmd.find(' ');
-        if (sp != 0) {
-          std::string arg(cmd.substr(0, sp));
-          if (auto at = arg.find("%s"); at != std::string::npos) {
-            arg.replace(at, 2, url);
-            url_placed = true;
-          }
-          args.push_back(std::move(arg));
-        }
-        if (sp == std::string_view::npos) break;
-        cmd.remove_prefix(sp + 1);
-      }
-    }
-#if defined(__APPLE__)
-    if (args.empty()) args.emplace_back("open");
-#else
-    if (args.empty()) args.emplace_back("xdg-open");
-#endif
-    if (!url_placed) args.push_back(url);
-    return args;
-  }
+  std::vector<std::string> with_url(const std::string& url) const;
+  static std::vector<std::string> system_browser(const std::string& url);
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> browser_command_opener::operator()(const std::string& url) const {
+  auto args = argv.empty() ? system_browser(url) : with_url(url);  // GCC 12 frees a ?: temporary in a co_await twice
+  co_await spawn_detached(std::move(args));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::vector<std::string> browser_command_opener::with_url(const std::string& url) const {
+  auto args = argv;
+  args.push_back(url);
+  return args;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::vector<std::string> browser_command_opener::system_browser(const std::string& url) {
+  std::vector<std::string> args;
+  bool url_placed = false;
+  if (const char* b = std::getenv("BROWSER"); b && *b) {
+    std::string_view cmd = b;
+    cmd = cmd.substr(0, cmd.find(':'));
+    while (!cmd.empty()) {
+      auto sp = cmd.find(' ');
+      if (sp != 0) {
+        std::string arg(cmd.substr(0, sp));
+        if (auto at = arg.find("%s"); at != std::string::npos) {
+          arg.replace(at, 2, url);
+          url_placed = true;
+        }
+        args.push_back(std::move(arg));
+      }
+      if (sp == std::string_view::npos) break;
+      cmd.remove_prefix(sp + 1);
+    }
+  }
+  if (args.empty()) args.emplace_back("xdg-open");
+  if (!url_placed) args.push_back(url);
+  return args;
+}
 
 /// The page of redirect_page: a script first (it leaves before the page has
 /// loaded, which headless browsers wait for), a refresh for browsers without
@@ -3500,6 +3684,7 @@ inline std::string redirect_page_html(const std::string& target) {
   wipe(in_script);
   return page;
 }
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 }  // namespace detail
 
@@ -3513,75 +3698,91 @@ inline std::string redirect_page_html(const std::string& target) {
 class redirect_page {
  public:
   /// Writes the page; throws oauth_error(browser_launch_failed) when it cannot.
-  explicit redirect_page(const std::string& target) {
-    std::string page = detail::redirect_page_html(target);
-    detail::wipe_on_exit wipe{page};
-    std::string base = "/tmp";
-    for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
-      if (const char* v = std::getenv(var); v && *v == '/') {
-        base = v;
-        break;
-      }
-    std::string dir = base + "/confluence_oauth-XXXXXX";
-    if (!::mkdtemp(dir.data()))
-      fail_here("cannot create a private folder in " + detail::sanitize_text(base, 200), errno);
-    dir_ = dir;
-    try {
-      write(page);
-    } catch (...) {
-      remove();
-      throw;
-    }
-  }
+  explicit redirect_page(const std::string& target);
   redirect_page(const redirect_page&) = delete;
   redirect_page& operator=(const redirect_page&) = delete;
-  ~redirect_page() { remove(); }
+  ~redirect_page();
 
   /// The page as a file: URL.
-  std::string url() const {
-    std::string out = "file://";
-    for (char c : path()) {
-      if (c == '/') out += c;
-      else detail::percent_encode_to(out, std::string_view(&c, 1));
-    }
-    return out;
-  }
+  std::string url() const;
 
  private:
   static constexpr const char* file_name = "sign-in.html";
 
-  std::string path() const { return dir_ + "/" + file_name; }
+  std::string path() const;
 
-  [[noreturn]] static void fail_here(const std::string& what, int err) {
-    detail::fail(errc::browser_launch_failed, what + ": " + std::generic_category().message(err));
-  }
+  [[noreturn]] static void fail_here(const std::string& what, int err);
 
   // Through the folder's descriptor, once it is known to be ours and private:
   // where others may rename folders (a TMPDIR without the sticky bit), the
   // name may no longer lead to the one mkdtemp made.
-  void write(const std::string& page) const {
-    detail::unique_fd folder(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    struct stat st {};
-    if (!folder || ::fstat(folder.get(), &st) != 0) fail_here("cannot open the private folder", errno);
-    if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
-      detail::fail(errc::browser_launch_failed, "the sign-in page's folder was replaced by another");
-    detail::unique_fd file(::openat(folder.get(), file_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!file) fail_here("cannot create the sign-in page", errno);
-    for (std::string_view rest = page; !rest.empty();) {
-      const auto n = ::write(file.get(), rest.data(), rest.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) fail_here("cannot write the sign-in page", errno);
-      rest.remove_prefix(static_cast<std::size_t>(n));
-    }
-  }
+  void write(const std::string& page) const;
 
-  void remove() noexcept {
-    ::unlink(path().c_str());
-    ::rmdir(dir_.c_str());
-  }
+  void remove() noexcept;
 
   std::string dir_;
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE redirect_page::redirect_page(const std::string& target) {
+  std::string page = detail::redirect_page_html(target);
+  detail::wipe_on_exit wipe{page};
+  std::string base = "/tmp";
+  for (const char* var : {"XDG_RUNTIME_DIR", "TMPDIR"})
+    if (const char* v = std::getenv(var); v && *v == '/') {
+      base = v;
+      break;
+    }
+  std::string dir = base + "/confluence_oauth-XXXXXX";
+  if (!::mkdtemp(dir.data()))
+    fail_here("cannot create a private folder in " + detail::sanitize_text(base, 200), errno);
+  dir_ = dir;
+  try {
+    write(page);
+  } catch (...) {
+    remove();
+    throw;
+  }
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE redirect_page::~redirect_page() { remove(); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string redirect_page::url() const {
+  std::string out = "file://";
+  for (char c : path()) {
+    if (c == '/') out += c;
+    else detail::percent_encode_to(out, std::string_view(&c, 1));
+  }
+  return out;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string redirect_page::path() const { return dir_ + "/" + file_name; }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE void redirect_page::fail_here(const std::string& what, int err) {
+  detail::fail(errc::browser_launch_failed, what + ": " + std::generic_category().message(err));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE void redirect_page::write(const std::string& page) const {
+  detail::unique_fd folder(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st {};
+  if (!folder || ::fstat(folder.get(), &st) != 0) fail_here("cannot open the private folder", errno);
+  if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
+    detail::fail(errc::browser_launch_failed, "the sign-in page's folder was replaced by another");
+  detail::unique_fd file(::openat(folder.get(), file_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!file) fail_here("cannot create the sign-in page", errno);
+  for (std::string_view rest = page; !rest.empty();) {
+    const auto n = ::write(file.get(), rest.data(), rest.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_here("cannot write the sign-in page", errno);
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE void redirect_page::remove() noexcept {
+  ::unlink(path().c_str());
+  ::rmdir(dir_.c_str());
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 /// A browser_opener that runs `argv` with the URL as its last argument.
 inline browser_opener browser_command(std::vector<std::string> argv) {
@@ -3589,15 +3790,17 @@ inline browser_opener browser_command(std::vector<std::string> argv) {
 }
 
 /// The system's browser_opener: the first command of $BROWSER (colon-separated,
-/// `%s` standing for the URL) if set, else `open` on macOS, else `xdg-open`.
+/// `%s` standing for the URL) if set, else `xdg-open`.
 /// Called as `co_await open_browser(url)`; authorize() gives it a private
 /// redirect page instead of the URL (listener_options::redirect_page).
 inline const detail::browser_command_opener open_browser{};
 
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
-inline asio::awaitable<token_set> authorize(const oauth_client& client, const browser_opener& open,
-                                            const listener_options& options) {
+/// The whole interactive authorization: listen on the redirect URI, send the
+/// browser to the authorization URL, wait for the callback, trade the code.
+inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open, listener_options options) {
   redirect_listener listener(client.get_executor(), client.config().redirect_uri, options);
   auto auth = client.begin_authorization(listener.redirect_uri());
   // A browser started as a command gets a private page, not the URL; any
@@ -3612,26 +3815,14 @@ inline asio::awaitable<token_set> authorize(const oauth_client& client, const br
   co_return co_await client.exchange_code(std::move(code), std::move(auth));
 }
 
+/// authorize with the default listener_options. Not a default argument: GCC 12
+/// destroys a coroutine's default argument twice.
+inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open) {
+  return authorize(std::move(client), std::move(open), listener_options{});
+}
+
 }  // namespace detail
-
-/// The whole interactive authorization: listen on the redirect URI, send the
-/// browser to the authorization URL, wait for the callback, trade the code.
-/// Completes with (error_code, token_set).
-template <typename CompletionToken = default_completion_token>
-auto authorize(oauth_client client, browser_opener open, listener_options options, CompletionToken&& token = {}) {
-  auto ex = client.get_executor();
-  return detail::launch<token_set>(ex, std::forward<CompletionToken>(token),
-                                   [client = std::move(client), open = std::move(open), options = std::move(options)] {
-                                     return detail::authorize(client, open, options);
-                                   });
-}
-
-/// authorize with the default listener_options.
-template <typename CompletionToken = default_completion_token>
-  requires asio::completion_token_for<CompletionToken, void(std::error_code, token_set)>
-auto authorize(oauth_client client, browser_opener open, CompletionToken&& token = {}) {
-  return authorize(std::move(client), std::move(open), listener_options{}, std::forward<CompletionToken>(token));
-}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 // ============================================================================
 // 11. The session
@@ -3643,16 +3834,17 @@ auto authorize(oauth_client client, browser_opener open, CompletionToken&& token
 //     refreshes, and saves before anyone is handed the new tokens.
 // ============================================================================
 
-/// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
-struct retry_policy {
-  int max_attempts = 4;                        ///< tries per request, the first included; 1 = no retry
-  std::chrono::milliseconds base_delay{500};   ///< backoff: random in [0, min(max_delay, base * 2^(n-1))]
-  std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap
-  std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  ///< a longer Retry-After is not waited for
-};
 
 /// The session's settings; the session checks them when it is made.
 struct session_options {
+  /// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
+  struct retry_policy {
+    int max_attempts = 4;                        ///< tries per request, the first included; 1 = no retry
+    std::chrono::milliseconds base_delay{500};   ///< backoff: random in [0, min(max_delay, base * 2^(n-1))]
+    std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap
+    std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  ///< a longer Retry-After is not waited for
+  };
+
   std::chrono::seconds refresh_skew{60};  ///< refresh this long before the access token expires
   std::chrono::seconds near_expiry{300};  ///< a 403 or 404 this close to expiry counts as a 401
   retry_policy retry;                     ///< retries of 429, 503 and refreshes that failed in transit
@@ -3660,11 +3852,12 @@ struct session_options {
   listener_options listener;              ///< for authorize()
 };
 
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
 /// The wait before retry number `retry` (1-based): the server's Retry-After
 /// when it gave one, else exponential backoff with full jitter.
-inline std::chrono::milliseconds retry_delay(const retry_policy& policy, int retry,
+inline std::chrono::milliseconds retry_delay(const session_options::retry_policy& policy, int retry,
                                              std::optional<std::chrono::seconds> retry_after) {
   if (retry_after) return *retry_after;
   auto cap = std::min(policy.max_delay, policy.base_delay * (std::int64_t{1} << std::clamp(retry - 1, 0, 20)));
@@ -3777,6 +3970,10 @@ inline std::string describe(const http_request& req, const url& u) {
 struct usable_token {
   secret access;
   token_set::clock::time_point expires_at;
+
+  bool valid_for(std::chrono::seconds span) const {
+    return expires_at == token_set::clock::time_point::max() || expires_at - token_set::clock::now() >= span;
+  }
 };
 
 /// One refresh round; everyone who needs it waits on `done`, which is
@@ -3880,7 +4077,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     install(std::nullopt);
   }
 
-  asio::awaitable<std::optional<token_set>> tokens() { co_return tokens_; }
+  asio::awaitable<std::optional<token_set>> grant() { co_return tokens_; }
 
   std::string redact(std::string text) const {
     std::vector<secret> known;
@@ -4170,6 +4367,11 @@ class session_state : public std::enable_shared_from_this<session_state> {
 };
 
 }  // namespace detail
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
+namespace detail {
+class session_state;
+}  // namespace detail
 
 /// A site the grant reaches, from accessible-resources. `id` is the cloud id.
 struct site {
@@ -4180,6 +4382,7 @@ struct site {
   std::string avatar_url;           ///< the site's avatar
 };
 
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
 /// Reads accessible-resources. The same site can be listed once per product;
@@ -4214,11 +4417,15 @@ inline std::string site_key(std::string_view url) {
 }
 
 }  // namespace detail
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 /// The site whose cloud id, URL ("https://example.atlassian.net", scheme and
 /// trailing slash optional) or name (any case) is `key`; throws site_not_found
 /// naming the sites there are.
-inline site find_site(const std::vector<site>& sites, std::string_view key) {
+CONFLUENCE_OAUTH_DETAIL_INLINE site find_site(const std::vector<site>& sites, std::string_view key);
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE site find_site(const std::vector<site>& sites, std::string_view key) {
   for (const auto& s : sites)
     if (s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) || detail::iequals(s.name, key))
       return s;
@@ -4229,6 +4436,7 @@ inline site find_site(const std::vector<site>& sites, std::string_view key) {
   detail::fail(errc::site_not_found, "no site matches \"" + detail::sanitize_text(key, 100) + "\"; the grant reaches " +
                                          detail::sanitize_text(known, 600));
 }
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 /// The token lifecycle and authenticated requests for one grant. A cheap
 /// handle: copies share the same state. Thread-safe.
@@ -4237,85 +4445,107 @@ class session {
   /// Validates the configuration; throws oauth_error. The session shares
   /// ownership of `store`: a refresh running in the background keeps it alive.
   session(asio::any_io_executor ex, client_config config, std::shared_ptr<token_store> store,
-          session_options options = {})
-      : session(oauth_client(std::move(ex), std::move(config)), std::move(store), std::move(options)) {}
+          session_options options = {});
 
   /// A session on an existing client, whose connections and TLS context it
   /// shares: a web app keeps one oauth_client for all its users' sessions.
-  session(oauth_client client, std::shared_ptr<token_store> store, session_options options = {})
-      : state_(std::make_shared<detail::session_state>(std::move(client), std::move(store), std::move(options))) {}
+  session(oauth_client client, std::shared_ptr<token_store> store, session_options options = {});
 
   /// The OAuth client the session refreshes with.
-  const oauth_client& client() const noexcept { return state_->client(); }
+  const oauth_client& client() const noexcept;
   /// The session's settings.
-  const session_options& options() const noexcept { return state_->options(); }
+  const session_options& options() const noexcept;
   /// The API base without a trailing slash, e.g. "https://api.atlassian.com".
-  std::string api_base() const { return state_->api_base(); }
+  std::string api_base() const;
 
   /// `text` with the client secret and every token the session has held lately
   /// replaced by "[redacted]", raw or encoded as the library sends them (and as
   /// servers echo them): for printing what a server answered, which may echo a
   /// token (an echo endpoint, a misconfigured proxy).
-  std::string redact(std::string text) const { return state_->redact(std::move(text)); }
+  std::string redact(std::string text) const;
 
   /// Where operations given a completion token other than use_awaitable run.
-  const asio::any_io_executor& get_executor() const noexcept { return state_->client().get_executor(); }
+  const asio::any_io_executor& get_executor() const noexcept;
+
+  /// The first half of a sign-in that a web app drives itself: send the
+  /// browser to the result's `url` and keep the whole value, server side, for
+  /// the browser that went (it holds the state and the PKCE verifier).
+  /// `redirect_uri` overrides the configured one.
+  authorization begin_authorization(std::string_view redirect_uri = {}) const;
 
   // Each operation below takes an Asio completion token last (default:
   // use_awaitable) and completes with (error_code, T) or (error_code).
 
-  /// Reads the grant from the store: true when there is one.
-  template <typename CompletionToken = default_completion_token>
-  auto load(CompletionToken&& token = {}) {
-    return on_state<bool>(std::forward<CompletionToken>(token), [](detail::session_state& s) { return s.load(); });
-  }
-
-  /// Signs in interactively (listener, browser, code exchange) and saves the grant.
-  template <typename CompletionToken = default_completion_token>
-  auto authorize(browser_opener open, CompletionToken&& token = {}) {
+  /// The second half: checks `callback` (the redirect's target, URL or query)
+  /// against `pending`, trades the code and saves and uses the grant. Its
+  /// errors (state_mismatch, authorization_denied, the token endpoint's) hold
+  /// fixed text and the server's words sanitized and redacted: safe to show.
+  template <typename CompletionToken = detail::default_completion_token>
+  auto complete_authorization(std::string callback, authorization pending, CompletionToken&& token = {}) {
     return detail::launch<void>(get_executor(), std::forward<CompletionToken>(token),
-                                [state = state_, open = std::move(open)]() -> asio::awaitable<void> {
-                                  auto tokens = co_await detail::authorize(state->client(), open, state->options().listener);
-                                  co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+                                [state = state_, callback = std::move(callback), pending = std::move(pending)]() mutable {
+                                  return complete_authorization_op(state, std::move(callback), std::move(pending));
                                 });
   }
 
+  /// Reads the grant from the store: true when there is one.
+  template <typename CompletionToken = detail::default_completion_token>
+  auto load(CompletionToken&& token = {}) {
+    return detail::launch<bool>(get_executor(), std::forward<CompletionToken>(token),
+                                [state = state_] { return load_op(state); });
+  }
+
+  /// Signs in interactively (listener, browser, code exchange) and saves the grant.
+  template <typename CompletionToken = detail::default_completion_token>
+  auto authorize(browser_opener open, CompletionToken&& token = {}) {
+    return detail::launch<void>(get_executor(), std::forward<CompletionToken>(token),
+                                [state = state_, open = std::move(open)] { return authorize_op(state, open); });
+  }
+
   /// Saves a grant obtained elsewhere (a web app's exchange_code) and uses it.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto adopt(token_set tokens, CompletionToken&& token = {}) {
-    return on_state<void>(std::forward<CompletionToken>(token),
-                          [tokens = std::move(tokens)](detail::session_state& s) mutable { return s.adopt(std::move(tokens)); });
+    return detail::launch<void>(get_executor(), std::forward<CompletionToken>(token),
+                                [state = state_, tokens = std::move(tokens)]() mutable {
+                                  return adopt_op(state, std::move(tokens));
+                                });
   }
 
   /// Forgets the grant: clears the store and the session.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto logout(CompletionToken&& token = {}) {
-    return on_state<void>(std::forward<CompletionToken>(token), [](detail::session_state& s) { return s.logout(); });
+    return detail::launch<void>(get_executor(), std::forward<CompletionToken>(token),
+                                [state = state_] { return logout_op(state); });
   }
 
   /// A valid access token, refreshed when needed.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
+    requires(!std::is_convertible_v<CompletionToken, std::chrono::seconds>)
   auto token(CompletionToken&& token = {}) {
+    return this->token(std::chrono::seconds(0), std::forward<CompletionToken>(token));
+  }
+
+  /// An access token still valid `min_validity` from now (for a job that
+  /// hands it on, say), refreshed first when the one held expires sooner.
+  /// Fails with invalid_config when the server grants shorter lifetimes.
+  template <typename CompletionToken = detail::default_completion_token>
+  auto token(std::chrono::seconds min_validity, CompletionToken&& token = {}) {
     return detail::launch<secret>(get_executor(), std::forward<CompletionToken>(token),
-                                  [state = state_]() -> asio::awaitable<secret> {
-                                    auto t = state->published_token();
-                                    if (!t) t = co_await detail::on_strand(state->strand(), state->token());
-                                    co_return std::move(t->access);
-                                  });
+                                  [state = state_, min_validity] { return token_op(state, min_validity); });
   }
 
   /// Refreshes now (joining a refresh in flight) and returns the new token set.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto refresh(CompletionToken&& token = {}) {
-    return on_state<token_set>(std::forward<CompletionToken>(token),
-                               [](detail::session_state& s) { return s.refresh_now(); });
+    return detail::launch<token_set>(get_executor(), std::forward<CompletionToken>(token),
+                                     [state = state_] { return refresh_op(state); });
   }
 
-  /// The token set the session holds now, if any.
-  template <typename CompletionToken = default_completion_token>
-  auto tokens(CompletionToken&& token = {}) {
-    return on_state<std::optional<token_set>>(std::forward<CompletionToken>(token),
-                                              [](detail::session_state& s) { return s.tokens(); });
+  /// The grant the session holds now (its token_set), if any.
+  template <typename CompletionToken = detail::default_completion_token>
+  auto grant(CompletionToken&& token = {}) {
+    return detail::launch<std::optional<token_set>>(get_executor(), std::forward<CompletionToken>(token),
+                                                    [state = state_] { return grant_op(state); });
   }
 
   /// Sends `req` with the access token to `req.target`: a path under api_url,
@@ -4323,27 +4553,23 @@ class session {
   /// close to expiry) and sends again; retries 429 and 503 within the policy.
   /// Completes with the final response whatever its status, except a 401 that
   /// persists (unauthorized) or names a missing scope (scope_mismatch).
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto request(http_request req, CompletionToken&& token = {}) {
     return detail::launch<http_response>(get_executor(), std::forward<CompletionToken>(token),
                                          [state = state_, req = std::move(req)]() mutable {
-                                           return send(state, std::move(req));
+                                           return request_op(state, std::move(req));
                                          });
   }
 
   /// The sites the grant reaches (GET /oauth/token/accessible-resources).
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto accessible_resources(CompletionToken&& token = {}) {
     return detail::launch<std::vector<site>>(get_executor(), std::forward<CompletionToken>(token),
-                                             [state = state_]() -> asio::awaitable<std::vector<site>> {
-                                               http_request req;
-                                               req.target = "/oauth/token/accessible-resources";
-                                               co_return detail::parse_sites(co_await send_for_json(state, std::move(req)));
-                                             });
+                                             [state = state_] { return accessible_resources_op(state); });
   }
 
   /// GET `target` and its JSON body; any status but 2xx fails with the typed error.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto get_json(std::string target, CompletionToken&& token = {}) {
     http_request req;
     req.target = std::move(target);
@@ -4352,7 +4578,7 @@ class session {
 
   /// Sends `body` as JSON with `method` (POST, PUT, PATCH, DELETE) and
   /// completes with the JSON answer (null when it has no body).
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto send_json(std::string method, std::string target, nlohmann::json body, CompletionToken&& token = {}) {
     http_request req;
     req.method = std::move(method);
@@ -4362,72 +4588,159 @@ class session {
   }
 
  private:
-  /// Runs `op(state)` on the session's strand; `op` returns an awaitable.
-  template <typename T, typename CompletionToken, typename Op>
-  auto on_state(CompletionToken&& token, Op op) {
-    return detail::launch<T>(get_executor(), std::forward<CompletionToken>(token),
-                             [state = state_, op = std::move(op)]() mutable {
-                               return detail::on_strand(state->strand(), op(*state));
-                             });
-  }
+  using state_ptr = std::shared_ptr<detail::session_state>;
 
   template <typename CompletionToken>
   auto json_request(http_request req, std::optional<nlohmann::json> body, CompletionToken&& token) {
     return detail::launch<nlohmann::json>(get_executor(), std::forward<CompletionToken>(token),
                                           [state = state_, req = std::move(req), body = std::move(body)]() mutable {
-                                            if (body) req.body = detail::dump_json(*body);
-                                            return send_for_json(state, std::move(req));
+                                            return json_op(state, std::move(req), std::move(body));
                                           });
   }
 
-  static asio::awaitable<nlohmann::json> send_for_json(std::shared_ptr<detail::session_state> state, http_request req) {
-    req.headers.add("Accept", "application/json");
-    const std::string what = detail::describe(req, state->resolve(req.target));
-    auto res = co_await send(state, std::move(req));
-    co_return detail::parse_api_json(res, what);
-  }
+  // What the operations above run: compiled once in separate compilation.
+  static asio::awaitable<void> complete_authorization_op(state_ptr state, std::string callback, authorization pending);
+  static asio::awaitable<bool> load_op(state_ptr state);
+  static asio::awaitable<void> authorize_op(state_ptr state, browser_opener open);
+  static asio::awaitable<void> adopt_op(state_ptr state, token_set tokens);
+  static asio::awaitable<void> logout_op(state_ptr state);
+  static asio::awaitable<secret> token_op(state_ptr state, std::chrono::seconds min_validity);
+  static asio::awaitable<token_set> refresh_op(state_ptr state);
+  static asio::awaitable<std::optional<token_set>> grant_op(state_ptr state);
+  static asio::awaitable<http_response> request_op(state_ptr state, http_request req);
+  static asio::awaitable<std::vector<site>> accessible_resources_op(state_ptr state);
+  static asio::awaitable<nlohmann::json> json_op(state_ptr state, http_request req, std::optional<nlohmann::json> body);
 
-  static asio::awaitable<http_response> send(std::shared_ptr<detail::session_state> state, http_request req) {
-    const url target = state->resolve(req.target);
-    const auto& options = state->options();
-    http_limits limits;
-    limits.max_body_bytes = options.max_response_bytes;
-    if (!req.headers.get("User-Agent")) req.headers.add("User-Agent", state->client().config().user_agent);
-    bool refreshed = false;
-    std::chrono::milliseconds waited{0};
-    for (int attempt = 1;;) {
-      auto used = state->published_token();
-      if (!used) used = co_await detail::on_strand(state->strand(), state->token());
-      req.headers.set("Authorization", "Bearer " + used->access.reveal());
-      auto res = co_await state->client().http().send(target, req, limits);
-      if (res.status >= 300) {  // an error answer that echoes the token must not carry it into a message
-        const secret* sent[] = {&used->access};
-        detail::redact_response(res, sent);
-      }
-      if (!refreshed && state->rejects(res, *used)) {
-        refreshed = true;
-        co_await detail::on_strand(state->strand(), state->replace_rejected(used->access));
+  state_ptr state_;
+};
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE session::session(asio::any_io_executor ex, client_config config,
+                                                std::shared_ptr<token_store> store, session_options options)
+    : session(oauth_client(std::move(ex), std::move(config)), std::move(store), std::move(options)) {}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE session::session(oauth_client client, std::shared_ptr<token_store> store,
+                                                session_options options)
+    : state_(std::make_shared<detail::session_state>(std::move(client), std::move(store), std::move(options))) {}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const oauth_client& session::client() const noexcept { return state_->client(); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const session_options& session::options() const noexcept { return state_->options(); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string session::api_base() const { return state_->api_base(); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string session::redact(std::string text) const {
+  return state_->redact(std::move(text));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const asio::any_io_executor& session::get_executor() const noexcept {
+  return state_->client().get_executor();
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE authorization session::begin_authorization(std::string_view redirect_uri) const {
+  return state_->client().begin_authorization(redirect_uri);
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> session::complete_authorization_op(state_ptr state, std::string callback,
+                                                                                        authorization pending) {
+  auto code = detail::verify_callback(detail::parse_callback(callback), pending);
+  detail::wipe(callback);
+  auto tokens = co_await state->client().exchange_code(std::move(code), std::move(pending));
+  co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<bool> session::load_op(state_ptr state) {
+  co_return co_await detail::on_strand(state->strand(), state->load());
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> session::authorize_op(state_ptr state, browser_opener open) {
+  auto tokens = co_await detail::authorize(state->client(), std::move(open), state->options().listener);
+  co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> session::adopt_op(state_ptr state, token_set tokens) {
+  co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> session::logout_op(state_ptr state) {
+  co_await detail::on_strand(state->strand(), state->logout());
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<secret> session::token_op(state_ptr state, std::chrono::seconds min_validity) {
+  auto t = state->published_token();
+  if (!t) t = co_await detail::on_strand(state->strand(), state->token());
+  if (!t->valid_for(min_validity)) {
+    co_await detail::on_strand(state->strand(), state->replace_rejected(t->access));  // unless someone has already
+    t = co_await detail::on_strand(state->strand(), state->token());
+    if (!t->valid_for(min_validity))
+      detail::fail(errc::invalid_config, "asked for an access token valid for " + std::to_string(min_validity.count()) +
+                                             " s; the server grants shorter ones");
+  }
+  co_return std::move(t->access);
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> session::refresh_op(state_ptr state) {
+  co_return co_await detail::on_strand(state->strand(), state->refresh_now());
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::optional<token_set>> session::grant_op(state_ptr state) {
+  co_return co_await detail::on_strand(state->strand(), state->grant());
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::vector<site>> session::accessible_resources_op(state_ptr state) {
+  http_request req;
+  req.target = "/oauth/token/accessible-resources";
+  co_return detail::parse_sites(co_await json_op(std::move(state), std::move(req), std::nullopt));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<nlohmann::json> session::json_op(state_ptr state, http_request req,
+                                                                                std::optional<nlohmann::json> body) {
+  if (body) req.body = detail::dump_json(*body);
+  req.headers.add("Accept", "application/json");
+  const std::string what = detail::describe(req, state->resolve(req.target));
+  auto res = co_await request_op(std::move(state), std::move(req));
+  co_return detail::parse_api_json(res, what);
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_op(state_ptr state, http_request req) {
+  const detail::url target = state->resolve(req.target);
+  const auto& options = state->options();
+  detail::http_limits limits;
+  limits.max_body_bytes = options.max_response_bytes;
+  if (!req.headers.get("User-Agent")) req.headers.add("User-Agent", state->client().config().user_agent);
+  bool refreshed = false;
+  std::chrono::milliseconds waited{0};
+  for (int attempt = 1;;) {
+    auto used = state->published_token();
+    if (!used) used = co_await detail::on_strand(state->strand(), state->token());
+    req.headers.set("Authorization", "Bearer " + used->access.reveal());
+    auto res = co_await detail::http_of(state->client()).send(target, req, limits);
+    if (res.status >= 300) {  // an error answer that echoes the token must not carry it into a message
+      const secret* sent[] = {&used->access};
+      detail::redact_response(res, sent);
+    }
+    if (!refreshed && state->rejects(res, *used)) {
+      refreshed = true;
+      co_await detail::on_strand(state->strand(), state->replace_rejected(used->access));
+      continue;
+    }
+    if (res.status == 401) detail::fail_api(res, detail::describe(req, target));
+    // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
+    const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
+                            req.method == "DELETE" || req.method == "OPTIONS";
+    if ((res.status == 429 || (res.status == 503 && idempotent)) && attempt < options.retry.max_attempts) {
+      auto delay = detail::retry_delay(options.retry, attempt, detail::response_details(res).retry_after);
+      if (waited + delay <= options.retry.max_total_wait) {
+        waited += delay;
+        ++attempt;
+        co_await detail::sleep_for(delay, detail::describe(req, target) + ": waiting to retry");
         continue;
       }
-      if (res.status == 401) detail::fail_api(res, detail::describe(req, target));
-      // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
-      const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
-                              req.method == "DELETE" || req.method == "OPTIONS";
-      if ((res.status == 429 || (res.status == 503 && idempotent)) && attempt < options.retry.max_attempts) {
-        auto delay = detail::retry_delay(options.retry, attempt, detail::response_details(res).retry_after);
-        if (waited + delay <= options.retry.max_total_wait) {
-          waited += delay;
-          ++attempt;
-          co_await detail::sleep_for(delay, detail::describe(req, target) + ": waiting to retry");
-          continue;
-        }
-      }
-      co_return res;
     }
+    co_return res;
   }
-
-  std::shared_ptr<detail::session_state> state_;
-};
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 // ============================================================================
 // 12. Confluence
@@ -4436,6 +4749,7 @@ class session {
 //     (REST v2) or `_links.next` (v1), resolving the gateway-relative links.
 // ============================================================================
 
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
 /// The target of the rel="next" entry of a Link header, if there is one.
@@ -4470,34 +4784,30 @@ inline std::optional<std::string> next_link(std::string_view header) {
 }
 
 }  // namespace detail
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 /// One Confluence site, reached through the gateway. Cheap to copy.
 class confluence {
  public:
-  confluence(session s, std::string cloud_id) : session_(std::move(s)), cloud_id_(std::move(cloud_id)) {
-    if (cloud_id_.empty() || !std::all_of(cloud_id_.begin(), cloud_id_.end(), [](unsigned char c) {
-          return std::isalnum(c) || c == '-' || c == '_';
-        }))
-      detail::fail(errc::invalid_config, "a cloud id holds letters, digits and dashes, not \"" +
-                                             detail::sanitize_text(cloud_id_, 60) + "\"");
-    base_ = session_.api_base() + "/ex/confluence/" + cloud_id_;
-  }
-  confluence(session s, const site& site) : confluence(std::move(s), site.id) {}
+  /// The site with cloud id `cloud_id`, reached through `s`; throws invalid_config for a malformed id.
+  confluence(session s, std::string cloud_id);
+  /// The site `site`, reached through `s`.
+  confluence(session s, const site& site);
 
   /// The site's cloud id.
-  const std::string& cloud_id() const noexcept { return cloud_id_; }
+  const std::string& cloud_id() const noexcept;
   /// "https://api.atlassian.com/ex/confluence/{cloudid}": paths go after it.
-  const std::string& base_url() const noexcept { return base_; }
+  const std::string& base_url() const noexcept;
 
   /// Where operations given a completion token other than use_awaitable run.
-  const asio::any_io_executor& get_executor() const noexcept { return session_.get_executor(); }
+  const asio::any_io_executor& get_executor() const noexcept;
 
   // Each operation below takes an Asio completion token last (default:
   // use_awaitable) and completes with (error_code, T). A path on the site
   // starts with '/', e.g. "/wiki/api/v2/pages?limit=25".
 
   /// Sends `req`, req.target being a path on the site; see session::request.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto request(http_request req, CompletionToken&& token = {}) {
     return detail::launch<http_response>(get_executor(), std::forward<CompletionToken>(token),
                                          [self = *this, req = std::move(req)]() mutable {
@@ -4507,7 +4817,7 @@ class confluence {
   }
 
   /// GET `path` and its JSON body; any status but 2xx fails with the typed error.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto get(std::string path, CompletionToken&& token = {}) {
     return detail::launch<nlohmann::json>(get_executor(), std::forward<CompletionToken>(token),
                                           [self = *this, path = std::move(path)]() mutable {
@@ -4516,7 +4826,7 @@ class confluence {
   }
 
   /// Sends `body` as JSON to `path` with `method`; see session::send_json.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto send_json(std::string method, std::string path, nlohmann::json body, CompletionToken&& token = {}) {
     return detail::launch<nlohmann::json>(
         get_executor(), std::forward<CompletionToken>(token),
@@ -4534,7 +4844,7 @@ class confluence {
 
     /// Completes with (error_code, the next page's JSON body), nullopt after
     /// the last. After a failure the same page is asked for again.
-    template <typename CompletionToken = default_completion_token>
+    template <typename CompletionToken = detail::default_completion_token>
     auto next(CompletionToken&& token = {}) {
       return detail::launch<std::optional<nlohmann::json>>(get_executor(), std::forward<CompletionToken>(token),
                                                            [this] { return next_page(); });
@@ -4548,51 +4858,12 @@ class confluence {
     pager(session s, std::string base, std::string first)
         : session_(std::move(s)), base_(std::move(base)), next_(std::move(first)) {}
 
-    asio::awaitable<std::optional<nlohmann::json>> next_page() {
-      if (!next_) co_return std::nullopt;
-      http_request req;
-      req.target = *next_;  // kept until the page arrives, so a failed call can be repeated
-      req.headers.add("Accept", "application/json");
-      const std::string current = req.target;
-      const std::string what = detail::describe(req, parse_url(current));
-      auto res = co_await session_.request(std::move(req));
-      auto page = detail::parse_api_json(res, what);
-      std::optional<std::string> link;
-      for (const auto& h : res.headers)
-        if (detail::iequals(h.name, "Link") && (link = detail::next_link(h.value))) break;
-      next_ = following(current, page, link);
-      co_return std::optional<nlohmann::json>(std::move(page));
-    }
+    asio::awaitable<std::optional<nlohmann::json>> next_page();
 
     /// The absolute URL of the page after `current`. v2 links ("/wiki/api/v2/...")
     /// are relative to the site base; v1 links ("/rest/api/...") to its context.
     std::optional<std::string> following(const std::string& current, const nlohmann::json& page,
-                                         const std::optional<std::string>& link_header) const {
-      std::optional<std::string> link = link_header;
-      std::string context = "/wiki";
-      if (auto links = page.is_object() ? page.find("_links") : page.end(); links != page.end() && links->is_object()) {
-        if (auto c = links->find("context"); c != links->end() && c->is_string()) context = c->get<std::string>();
-        if (auto n = links->find("next"); !link && n != links->end() && n->is_string()) link = n->get<std::string>();
-      }
-      if (!link || link->empty()) return std::nullopt;
-      std::string target;
-      if (detail::is_absolute_url(*link)) {
-        url u = parse_url(*link);
-        if (u.origin() != parse_url(base_).origin())
-          detail::fail(errc::protocol_error, "a next-page link leads to " + u.origin() + ": not following it with the access token");
-        target = u.str();
-      } else if (link->front() != '/') {
-        target = resolve_reference(parse_url(current), *link).str();
-      } else if (link->starts_with("/ex/")) {
-        target = parse_url(base_).origin() + *link;
-      } else if (link->starts_with(context + "/") || context.empty()) {
-        target = base_ + *link;
-      } else {
-        target = base_ + context + *link;
-      }
-      if (target == current) detail::fail(errc::protocol_error, "the next-page link points back to the same page");
-      return target;
-    }
+                                         const std::optional<std::string>& link_header) const;
 
     session session_;
     std::string base_;
@@ -4600,11 +4871,11 @@ class confluence {
   };
 
   /// A pager over the paginated listing at `path`; nothing is fetched until next().
-  pager pages(std::string path) const { return pager(session_, base_, on_site(path)); }
+  pager pages(std::string path) const;
 
   /// Every item of every page's "results", up to `max_items`. Completes with
   /// (error_code, std::vector<nlohmann::json>).
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
   auto get_all(std::string path, std::size_t max_items, CompletionToken&& token = {}) {
     return detail::launch<std::vector<nlohmann::json>>(get_executor(), std::forward<CompletionToken>(token),
                                                        [self = *this, path = std::move(path), max_items]() mutable {
@@ -4613,42 +4884,115 @@ class confluence {
   }
 
   /// get_all with at most 10,000 items.
-  template <typename CompletionToken = default_completion_token>
+  template <typename CompletionToken = detail::default_completion_token>
     requires asio::completion_token_for<CompletionToken, void(std::error_code, std::vector<nlohmann::json>)>
   auto get_all(std::string path, CompletionToken&& token = {}) {
     return get_all(std::move(path), 10000, std::forward<CompletionToken>(token));
   }
 
  private:
-  asio::awaitable<std::vector<nlohmann::json>> collect(std::string path, std::size_t max_items) {
-    std::vector<nlohmann::json> items;
-    auto walk = pages(std::move(path));
-    int empty_pages = 0;  // a server that keeps sending empty pages with new links is not followed forever
-    while (items.size() < max_items) {
-      auto page = co_await walk.next();
-      if (!page) break;
-      auto results = page->is_object() ? page->find("results") : page->end();
-      if (results == page->end() || !results->is_array())
-        detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
-      empty_pages = results->empty() ? empty_pages + 1 : 0;
-      if (empty_pages > 8) detail::fail(errc::protocol_error, "the listing keeps sending empty pages");
-      for (auto& item : *results) {
-        if (items.size() == max_items) break;
-        items.push_back(std::move(item));
-      }
-    }
-    co_return items;
-  }
+  asio::awaitable<std::vector<nlohmann::json>> collect(std::string path, std::size_t max_items);
 
-  std::string on_site(std::string_view path) const {
-    if (path.empty() || path.front() != '/')
-      detail::fail(errc::invalid_url, "a path on the site starts with '/': \"" + detail::sanitize_text(path, 100) + "\"");
-    return base_ + std::string(path);
-  }
+  std::string on_site(std::string_view path) const;
 
   session session_;
   std::string cloud_id_;
   std::string base_;
 };
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE confluence::confluence(session s, std::string cloud_id)
+    : session_(std::move(s)), cloud_id_(std::move(cloud_id)) {
+  if (cloud_id_.empty() || !std::all_of(cloud_id_.begin(), cloud_id_.end(), [](unsigned char c) {
+        return std::isalnum(c) || c == '-' || c == '_';
+      }))
+    detail::fail(errc::invalid_config, "a cloud id holds letters, digits and dashes, not \"" +
+                                           detail::sanitize_text(cloud_id_, 60) + "\"");
+  base_ = session_.api_base() + "/ex/confluence/" + cloud_id_;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE confluence::confluence(session s, const site& site)
+    : confluence(std::move(s), site.id) {}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const std::string& confluence::cloud_id() const noexcept { return cloud_id_; }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const std::string& confluence::base_url() const noexcept { return base_; }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE const asio::any_io_executor& confluence::get_executor() const noexcept { return session_.get_executor(); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE confluence::pager confluence::pages(std::string path) const { return pager(session_, base_, on_site(path)); }
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::vector<nlohmann::json>> confluence::collect(std::string path, std::size_t max_items) {
+  std::vector<nlohmann::json> items;
+  auto walk = pages(std::move(path));
+  int empty_pages = 0;  // a server that keeps sending empty pages with new links is not followed forever
+  while (items.size() < max_items) {
+    auto page = co_await walk.next();
+    if (!page) break;
+    auto results = page->is_object() ? page->find("results") : page->end();
+    if (results == page->end() || !results->is_array())
+      detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
+    empty_pages = results->empty() ? empty_pages + 1 : 0;
+    if (empty_pages > 8) detail::fail(errc::protocol_error, "the listing keeps sending empty pages");
+    for (auto& item : *results) {
+      if (items.size() == max_items) break;
+      items.push_back(std::move(item));
+    }
+  }
+  co_return items;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::string confluence::on_site(std::string_view path) const {
+  if (path.empty() || path.front() != '/')
+    detail::fail(errc::invalid_url, "a path on the site starts with '/': \"" + detail::sanitize_text(path, 100) + "\"");
+  return base_ + std::string(path);
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::optional<nlohmann::json>> confluence::pager::next_page() {
+  if (!next_) co_return std::nullopt;
+  http_request req;
+  req.target = *next_;  // kept until the page arrives, so a failed call can be repeated
+  req.headers.add("Accept", "application/json");
+  const std::string current = req.target;
+  const std::string what = detail::describe(req, detail::parse_url(current));
+  auto res = co_await session_.request(std::move(req));
+  auto page = detail::parse_api_json(res, what);
+  std::optional<std::string> link;
+  for (const auto& h : res.headers)
+    if (detail::iequals(h.name, "Link") && (link = detail::next_link(h.value))) break;
+  next_ = following(current, page, link);
+  co_return std::optional<nlohmann::json>(std::move(page));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE std::optional<std::string> confluence::pager::following(
+    const std::string& current, const nlohmann::json& page, const std::optional<std::string>& link_header) const {
+  std::optional<std::string> link = link_header;
+  std::string context = "/wiki";
+  if (auto links = page.is_object() ? page.find("_links") : page.end(); links != page.end() && links->is_object()) {
+    if (auto c = links->find("context"); c != links->end() && c->is_string()) context = c->get<std::string>();
+    if (auto n = links->find("next"); !link && n != links->end() && n->is_string()) link = n->get<std::string>();
+  }
+  if (!link || link->empty()) return std::nullopt;
+  std::string target;
+  if (detail::is_absolute_url(*link)) {
+    detail::url u = detail::parse_url(*link);
+    if (u.origin() != detail::parse_url(base_).origin())
+      detail::fail(errc::protocol_error, "a next-page link leads to " + u.origin() + ": not following it with the access token");
+    target = u.str();
+  } else if (link->front() != '/') {
+    target = detail::resolve_reference(detail::parse_url(current), *link).str();
+  } else if (link->starts_with("/ex/")) {
+    target = detail::parse_url(base_).origin() + *link;
+  } else if (link->starts_with(context + "/") || context.empty()) {
+    target = base_ + *link;
+  } else {
+    target = base_ + context + *link;
+  }
+  if (target == current) detail::fail(errc::protocol_error, "the next-page link points back to the same page");
+  return target;
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 }  // namespace confluence_oauth
