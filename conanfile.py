@@ -1,11 +1,18 @@
-"""Conan 2 recipe for confluence_oauth, a header-only C++20 library.
+"""Conan 2 recipe for confluence_oauth, a C++20 library: header-only, or
+compiled once into a static library (option separate_compilation).
 
     conan create . --build=missing
+    conan create . --build=missing -o "confluence_oauth/*:separate_compilation=True"
 
-The version is the header's CONFLUENCE_OAUTH_VERSION. The package holds the
-header and the license; asio, openssl and nlohmann_json come as requirements
-(transitive headers and libraries), so a consumer only needs
-find_package(confluence_oauth CONFIG) and confluence_oauth::confluence_oauth.
+The version is the header's CONFLUENCE_OAUTH_VERSION. Header-only (the
+default), the package holds the header and the license and is the same for
+every configuration. With separate_compilation=True it also holds
+lib/libconfluence_oauth.a, built by the project's CMakeLists.txt with
+CONFLUENCE_OAUTH_SEPARATE_COMPILATION=ON, and every consumer compiles with
+CONFLUENCE_OAUTH_SEPARATE_COMPILATION defined (declarations only). Either way
+asio, openssl and nlohmann_json come as requirements (transitive headers and
+libraries), so a consumer only needs find_package(confluence_oauth CONFIG) and
+confluence_oauth::confluence_oauth.
 """
 import os
 import re
@@ -13,7 +20,8 @@ import re
 from conan import ConanFile
 from conan.errors import ConanException
 from conan.tools.build import check_min_cppstd
-from conan.tools.files import copy, load
+from conan.tools.cmake import CMake, CMakeDeps, CMakeToolchain, cmake_layout
+from conan.tools.files import copy, load, rmdir
 from conan.tools.layout import basic_layout
 
 required_conan_version = ">=2.0"
@@ -21,12 +29,18 @@ required_conan_version = ">=2.0"
 
 class ConfluenceOAuthConan(ConanFile):
     name = "confluence_oauth"
-    description = "Header-only C++20 OAuth 2.0 (3LO) client for Atlassian Confluence Cloud, on Asio"
+    description = ("C++20 OAuth 2.0 (3LO) client for Atlassian Confluence Cloud, on Asio: "
+                   "header-only or compiled once")
     license = "MIT"
     topics = ("oauth2", "atlassian", "confluence", "asio", "coroutines", "header-only")
-    package_type = "header-library"
+    package_type = "header-library"   # configure(): static-library when compiled
     settings = "os", "arch", "compiler", "build_type"
-    exports_sources = "confluence_oauth.hpp", "LICENSE"
+    options = {"separate_compilation": [True, False]}
+    default_options = {"separate_compilation": False}
+    # What the compiled build needs besides the header: the CMake project (its
+    # tests and examples stay off) and the implementation file.
+    exports_sources = ("confluence_oauth.hpp", "LICENSE", "CMakeLists.txt",
+                       "cmake/*", "src/*")
     no_copy_source = True
 
     def set_version(self):
@@ -39,8 +53,19 @@ class ConfluenceOAuthConan(ConanFile):
                 f"--version {self.version} differs from the header's CONFLUENCE_OAUTH_VERSION {m.group(1)}")
         self.version = m.group(1)
 
+    @property
+    def _compiled(self):
+        return bool(self.options.separate_compilation)
+
+    def configure(self):
+        if self._compiled:
+            self.package_type = "static-library"
+
     def layout(self):
-        basic_layout(self)
+        if self._compiled:
+            cmake_layout(self)
+        else:
+            basic_layout(self)
 
     def requirements(self):
         self.requires("asio/[>=1.22 <2]", transitive_headers=True)
@@ -48,18 +73,55 @@ class ConfluenceOAuthConan(ConanFile):
         self.requires("nlohmann_json/[>=3.11 <4]", transitive_headers=True)
 
     def package_id(self):
-        self.info.clear()
+        # Header-only: one package for every configuration.
+        if not self.info.options.separate_compilation:
+            self.info.clear()
 
     def validate(self):
         check_min_cppstd(self, 20)
 
+    def generate(self):
+        if not self._compiled:
+            return
+        tc = CMakeToolchain(self)
+        tc.cache_variables["CONFLUENCE_OAUTH_SEPARATE_COMPILATION"] = True
+        tc.cache_variables["CONFLUENCE_OAUTH_BUILD_TESTS"] = False
+        tc.cache_variables["CONFLUENCE_OAUTH_BUILD_EXAMPLES"] = False
+        tc.cache_variables["CONFLUENCE_OAUTH_INSTALL"] = True
+        tc.generate()
+        deps = CMakeDeps(self)
+        # CMakeLists.txt asks for find_package(Asio) and Asio::Asio (its own
+        # FindAsio.cmake's names); ConanCenter's asio is asio / asio::asio.
+        deps.set_property("asio", "cmake_file_name", "Asio")
+        deps.set_property("asio", "cmake_target_name", "Asio::Asio")
+        deps.generate()
+
+    def build(self):
+        if not self._compiled:
+            return
+        cmake = CMake(self)
+        cmake.configure()
+        cmake.build()
+
     def package(self):
         copy(self, "LICENSE", self.source_folder, os.path.join(self.package_folder, "licenses"))
-        copy(self, "confluence_oauth.hpp", self.source_folder, os.path.join(self.package_folder, "include"))
+        if not self._compiled:
+            copy(self, "confluence_oauth.hpp", self.source_folder,
+                 os.path.join(self.package_folder, "include"))
+            return
+        CMake(self).install()
+        # Conan generates its own CMake and pkg-config files from package_info().
+        rmdir(self, os.path.join(self.package_folder, "lib", "cmake"))
+        rmdir(self, os.path.join(self.package_folder, "lib", "pkgconfig"))
+        rmdir(self, os.path.join(self.package_folder, "share"))
 
     def package_info(self):
         self.cpp_info.bindirs = []
-        self.cpp_info.libdirs = []
+        if self._compiled:
+            self.cpp_info.libs = ["confluence_oauth"]
+            self.cpp_info.defines = ["CONFLUENCE_OAUTH_SEPARATE_COMPILATION"]
+        else:
+            self.cpp_info.libdirs = []
         self.cpp_info.set_property("cmake_file_name", "confluence_oauth")
         self.cpp_info.set_property("cmake_target_name", "confluence_oauth::confluence_oauth")
         self.cpp_info.set_property("pkg_config_name", "confluence_oauth")

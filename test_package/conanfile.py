@@ -22,7 +22,10 @@ class TestPackageConan(ConanFile):
 
     def test(self):
         if can_run(self):
-            version = self.dependencies[self.tested_reference_str].ref.version
+            dependency = self.dependencies[self.tested_reference_str]
+            version = dependency.ref.version
+            mode = "separate" if dependency.options.separate_compilation else "header-only"
             binary = os.path.join(self.cpp.build.bindir, "test_package")
-            # The header's version must be the package's.
-            self.run(f'"{binary}" {version}', env="conanrun")
+            # The header's version must be the package's, and the package's
+            # option must have reached the compiler.
+            self.run(f'"{binary}" {version} {mode}', env="conanrun")
