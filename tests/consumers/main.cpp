@@ -2,11 +2,15 @@
 // (scripts/test-consumers.sh): include the header as a user would, construct
 // a real client, print the version and check it.
 //
-// Usage: consumer [EXPECTED_VERSION]
+// Usage: consumer [EXPECTED_VERSION [EXPECTED_MODE]]
 // The version must equal EXPECTED_VERSION when given (the script passes the
 // project's version) and CONSUMER_PACKAGE_VERSION when the build defines it
 // (the version the package manager itself reported: CMake's
 // confluence_oauth_VERSION, Meson's dependency version, Conan's reference).
+// EXPECTED_MODE, "header-only" or "separate", is how the way in was asked to
+// build the library: this file must have been compiled with
+// CONFLUENCE_OAUTH_SEPARATE_COMPILATION defined exactly when it is
+// "separate" (the package passed the define on to its consumer).
 #include <confluence_oauth.hpp>
 
 #include <cstring>
@@ -25,7 +29,12 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  std::cout << "confluence_oauth " << CONFLUENCE_OAUTH_VERSION << "\n";
+#ifdef CONFLUENCE_OAUTH_SEPARATE_COMPILATION
+  const std::string mode = "separate";
+#else
+  const std::string mode = "header-only";
+#endif
+  std::cout << "confluence_oauth " << CONFLUENCE_OAUTH_VERSION << " (" << mode << ")\n";
   int failures = 0;
   const std::string from_parts = std::to_string(CONFLUENCE_OAUTH_VERSION_MAJOR) + "." +
                                  std::to_string(CONFLUENCE_OAUTH_VERSION_MINOR) + "." +
@@ -46,5 +55,11 @@ int main(int argc, char** argv) {
 #ifdef CONSUMER_PACKAGE_VERSION
   expect("the package's version", CONSUMER_PACKAGE_VERSION);
 #endif
+  if (argc > 2 && mode != argv[2]) {
+    std::cerr << "consumer: built " << mode << " (CONFLUENCE_OAUTH_SEPARATE_COMPILATION "
+              << (mode == "separate" ? "defined" : "not defined") << ") but the expected mode is "
+              << argv[2] << "\n";
+    ++failures;
+  }
   return failures == 0 ? 0 : 1;
 }
