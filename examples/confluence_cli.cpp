@@ -539,7 +539,7 @@ asio::awaitable<cfo::site> choose_site(const settings& s, cfo::session& session)
     for (const auto& site : sites) known += "\n  " + printable(site.url) + "  " + printable(site.name);
     usage_error("the grant reaches several sites: choose one with --site URL, name or cloud id:" + known);
   }
-  co_return cfo::find_site(sites, s.site);  // with no sites, a site_not_found that says so
+  co_return cfo::site::find(sites, s.site);  // with no sites, a site_not_found that says so
 }
 
 asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
@@ -549,7 +549,7 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
   create_private_folders(s.token_file.parent_path());
 
   cfo::browser_opener launch;
-  if (!s.no_browser) launch = s.browser.empty() ? cfo::browser_opener(cfo::open_browser) : cfo::browser_command(s.browser);
+  if (!s.no_browser) launch = s.browser.empty() ? cfo::browser_opener(cfo::browser_command{}) : cfo::browser_command(s.browser);
   // The terminal is the user's own: the URL may be printed there. A command
   // line is every local user's: the browser gets a private page that leads
   // to the URL, kept until the sign-in ends.
@@ -722,8 +722,8 @@ asio::awaitable<int> run(const command& cmd, const settings& s, const std::share
     else if (e.code() == cfo::errc::scope_mismatch)
       std::cerr << "confluence-cli: name the scope with --scope when you run confluence-cli login again\n";
     auto* oauth = dynamic_cast<const cfo::oauth_error*>(&e);
-    if (oauth && oauth->retry_after())
-      std::cerr << "confluence-cli: the server asks to retry after " << oauth->retry_after()->count() << " s\n";
+    if (oauth && oauth->details().retry_after)
+      std::cerr << "confluence-cli: the server asks to retry after " << oauth->details().retry_after->count() << " s\n";
     co_return code;
   } catch (const std::exception& e) {
     std::cerr << "confluence-cli: " << (interrupted ? "interrupted" : e.what()) << '\n';

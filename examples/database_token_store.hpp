@@ -87,13 +87,13 @@ class database_token_store final : public cfo::token_store {
   // blocks; released by SELECT pg_advisory_unlock(hashtext($1)). A session
   // holds it while it re-reads, refreshes and saves: one refresh per expiry
   // however many hosts share the grant.
-  asio::awaitable<cfo::store_lock> lock() override {
+  asio::awaitable<cfo::token_store::store_lock> lock() override {
     asio::steady_timer wait(co_await asio::this_coro::executor);
     while (!db_->try_advisory_lock(user_)) {
       wait.expires_after(std::chrono::milliseconds(5));
       co_await wait.async_wait(asio::use_awaitable);
     }
-    co_return cfo::store_lock([db = db_, user = user_] { db->advisory_unlock(user); });
+    co_return cfo::token_store::store_lock([db = db_, user = user_] { db->advisory_unlock(user); });
   }
 
   // UPDATE oauth_grants SET tokens = $3 WHERE user_id = $1 AND tokens = $2

@@ -16,7 +16,7 @@ asio::awaitable<void> run(cfo::client_config config) {
   auto store = std::make_shared<cfo::file_token_store>("tokens.json");
   cfo::session session(ex, config, store);
   if (!co_await session.load())                     // no saved grant yet:
-    co_await session.authorize(cfo::open_browser);  // the user consents in the browser
+    co_await session.authorize(cfo::browser_command{});  // the user consents in the browser
 
   auto sites = co_await session.accessible_resources();
   cfo::confluence wiki(session, sites.at(0));

@@ -21,7 +21,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       d::fail_api(res, "GET https://api.atlassian.com/ex/confluence/cloud-id/wiki/api/v2/pages");
     } catch (const cfo::oauth_error& e) {
       auto ec = fuzz::errc_of(e);
-      FUZZ_CHECK(e.http_status() == res.status && e.error_description() == message);
+      FUZZ_CHECK(e.details().http_status == res.status && e.details().error_description == message);
       FUZZ_CHECK((ec == cfo::errc::scope_mismatch) == scope);
       if (res.status == 401 && !scope) FUZZ_CHECK(ec == cfo::errc::unauthorized);
     }
@@ -42,10 +42,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       auto& scopes = sites[i].scopes;
       for (std::size_t a = 0; a < scopes.size(); ++a)
         for (std::size_t b = a + 1; b < scopes.size(); ++b) FUZZ_CHECK(scopes[a] != scopes[b]);
-      (void)cfo::find_site(sites, sites[i].id);
+      (void)cfo::site::find(sites, sites[i].id);
     }
-    if (!sites.empty()) (void)cfo::find_site(sites, sites.front().url);
-    (void)cfo::find_site(sites, "example.atlassian.net");
+    if (!sites.empty()) (void)cfo::site::find(sites, sites.front().url);
+    (void)cfo::site::find(sites, "example.atlassian.net");
   } catch (const cfo::oauth_error& e) {
     auto ec = fuzz::errc_of(e);
     FUZZ_CHECK(ec == cfo::errc::protocol_error || ec == cfo::errc::site_not_found);

@@ -65,8 +65,8 @@ void check_callback(std::string_view target) {
     if (match == cfo::detail::callback_match::failed || match == cfo::detail::callback_match::incomplete)
       FUZZ_CHECK(ec == cfo::errc::authorization_failed);
     if (match == cfo::detail::callback_match::state_mismatch) FUZZ_CHECK(ec == cfo::errc::state_mismatch);
-    FUZZ_CHECK(e.error_description().size() <= 303 && e.error_uri().size() <= 303);
-    for (const std::string* text : {&e.error(), &e.error_description(), &e.error_uri()})
+    FUZZ_CHECK(e.details().error_description.size() <= 303 && e.details().error_uri.size() <= 303);
+    for (const std::string* text : {&e.details().error, &e.details().error_description, &e.details().error_uri})
       for (unsigned char c : *text) FUZZ_CHECK(c >= 0x20 && c != 0x7f);
   }
   // The listener's pages are fixed text; html_page escapes any text all the same.

@@ -57,8 +57,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(ec == cfo::errc::invalid_grant || ec == cfo::errc::invalid_request || ec == cfo::errc::invalid_client ||
                ec == cfo::errc::server_unavailable || ec == cfo::errc::rate_limited ||
                ec == cfo::errc::oauth_error_response || ec == cfo::errc::invalid_token_response);
-    FUZZ_CHECK(e.http_status() == res.status);
-    FUZZ_CHECK(!leaks(e.what()) && !leaks(e.error()) && !leaks(e.error_description()) && !leaks(e.error_uri()));
+    FUZZ_CHECK(e.details().http_status == res.status);
+    FUZZ_CHECK(!leaks(e.what()) && !leaks(e.details().error) && !leaks(e.details().error_description) && !leaks(e.details().error_uri));
   }
   return 0;
 }

@@ -8,12 +8,13 @@
 //   4. secret
 //   5. URLs
 //   6. HTTP/1.1 messages and parser
-//   7. Transport: TCP/TLS connections with deadlines, keep-alive pool
-//   8. Tokens and stores
-//   9. The OAuth client
-//  10. The redirect listener and the browser
-//  11. The session: refresh, rotation, authenticated requests, sites
-//  12. Confluence: the site handle and pagination
+//   7. Settings: client_config and session_options
+//   8. Transport: TCP/TLS connections with deadlines, keep-alive pool
+//   9. Tokens and stores
+//  10. The OAuth client
+//  11. The redirect listener and the browser
+//  12. The session: refresh, rotation, authenticated requests, sites
+//  13. Confluence: the site handle and pagination
 //
 // SPDX-License-Identifier: MIT
 // Copyright (c) 2026 The confluence_oauth authors
@@ -197,7 +198,7 @@ enum class errc {
   scope_mismatch,
   /// 410 Gone: the endpoint is retired for OAuth apps (Confluence v1). Remedy: fix_configuration; use `/wiki/api/v2/...`.
   api_gone,
-  /// `find_site` found no match, or the grant reaches no site. Remedy: fix_configuration; pick a listed site, or consent to one.
+  /// `site::find` found no match, or the grant reaches no site. Remedy: fix_configuration; pick a listed site, or consent to one.
   site_not_found,
 };
 
@@ -365,18 +366,6 @@ class oauth_error : public std::system_error {
 
   /// All of what the server said.
   const error_details& details() const noexcept { return details_; }
-  /// details().error: the RFC 6749 `error`, empty when there was none.
-  const std::string& error() const noexcept { return details_.error; }
-  /// details().error_description.
-  const std::string& error_description() const noexcept { return details_.error_description; }
-  /// details().error_uri.
-  const std::string& error_uri() const noexcept { return details_.error_uri; }
-  /// details().http_status: 0 when no HTTP response was involved.
-  int http_status() const noexcept { return details_.http_status; }
-  /// details().www_authenticate.
-  const std::string& www_authenticate() const noexcept { return details_.www_authenticate; }
-  /// details().retry_after: how long the server asked us to wait, if it did.
-  std::optional<std::chrono::seconds> retry_after() const noexcept { return details_.retry_after; }
 
  private:
   static std::string compose(const std::string& context, const error_details& d) {
@@ -555,10 +544,27 @@ auto launch(const asio::any_io_executor& ex, CompletionToken&& token, Make&& mak
 
 namespace detail {
 
+/// ASCII lower case, whatever the locale: what URLs and HTTP names need.
+constexpr char ascii_lower(char c) noexcept { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
+
+/// `s` in ASCII lower case.
+inline std::string ascii_lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = ascii_lower(c);
+  return out;
+}
+
 inline bool iequals(std::string_view a, std::string_view b) noexcept {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return (x >= 'A' && x <= 'Z' ? x + 32 : x) == (y >= 'A' && y <= 'Z' ? y + 32 : y);
-         });
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return ascii_lower(x) == ascii_lower(y); });
+}
+
+/// An HTTP token (RFC 9110 tchar+): a method or a header name.
+inline bool is_http_token(std::string_view s) noexcept {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+  });
 }
 
 inline std::string_view trim(std::string_view s) noexcept {
@@ -848,6 +854,16 @@ inline std::optional<std::string> aes256gcm_open(std::string_view key, std::stri
 }
 
 /// Parses a whole string as a non-negative decimal integer.
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+/// The string `j` holds under `key`, or nullptr when `j` is no object or the
+/// value is missing or not a string: how every answer and file is read.
+inline const std::string* json_string(const nlohmann::json& j, const char* key) noexcept {
+  if (!j.is_object()) return nullptr;
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? &it->get_ref<const std::string&>() : nullptr;
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
 template <typename Int>
 inline std::optional<Int> parse_uint(std::string_view s) noexcept {
   Int v{};
@@ -1139,7 +1155,7 @@ inline url parse_url_showing(std::string_view text, std::string_view shown) {
   url u;
   auto colon = text.find("://");
   if (colon == std::string_view::npos) return bad("missing scheme");
-  for (char c : text.substr(0, colon)) u.scheme += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  u.scheme = ascii_lower(text.substr(0, colon));
   if (u.scheme != "http" && u.scheme != "https") return bad("scheme must be http or https");
   auto rest = text.substr(colon + 3);
   if (rest.find('#') != std::string_view::npos) return bad("fragments are not allowed");
@@ -1164,8 +1180,8 @@ inline url parse_url_showing(std::string_view text, std::string_view shown) {
     if (c != std::string_view::npos) port_text = authority.substr(c + 1);
   }
   if (u.host.empty()) return bad("missing host");
-  for (char& c : u.host) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+  u.host = ascii_lower(u.host);
+  for (char c : u.host) {
     // Brackets only delimit an IPv6 literal: in a name they would change what authority() means.
     if (static_cast<unsigned char>(c) <= 0x20 || c == '/' || c == '\\' || c == '%' || c == '[' || c == ']')
       return bad("invalid host");
@@ -1508,11 +1524,7 @@ class http_parser {
       auto colon = line.find(':');
       if (colon == std::string_view::npos || colon == 0) return error(errc::protocol_error, "malformed header line"), false;
       auto name = line.substr(0, colon);
-      for (char c : name)
-        if (c <= ' ' || c == '"' || c == '(' || c == ')' || c == ',' || c == '/' || c == ':' || c == ';' ||
-            c == '<' || c == '=' || c == '>' || c == '?' || c == '@' || c == '[' || c == '\\' || c == ']' ||
-            c == '{' || c == '}' || static_cast<unsigned char>(c) >= 0x7f)
-          return error(errc::protocol_error, "invalid header name"), false;
+      if (!is_http_token(name)) return error(errc::protocol_error, "invalid header name"), false;
       if (headers_.size() >= limits_.max_header_count) return error(errc::header_too_large, "too many headers"), false;
       headers_.add(std::string(name), std::string(trim(line.substr(colon + 1))));
     }
@@ -1631,14 +1643,9 @@ class http_parser {
 /// Refuses what would let a caller smuggle a second request onto a pooled
 /// connection or contradict the framing this client writes itself.
 inline void check_request(const http_request& req) {
-  auto is_token = [](std::string_view s) {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
-      return std::isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
-    });
-  };
-  if (!is_token(req.method)) fail(errc::invalid_config, "invalid HTTP method \"" + sanitize_text(req.method, 40) + "\"");
+  if (!is_http_token(req.method)) fail(errc::invalid_config, "invalid HTTP method \"" + sanitize_text(req.method, 40) + "\"");
   for (const auto& h : req.headers) {
-    if (!is_token(h.name)) fail(errc::invalid_config, "invalid header name \"" + sanitize_text(h.name, 40) + "\"");
+    if (!is_http_token(h.name)) fail(errc::invalid_config, "invalid header name \"" + sanitize_text(h.name, 40) + "\"");
     if (h.value.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos)
       fail(errc::invalid_config, "header " + h.name + " holds a line break or NUL");
     for (std::string_view framing : {"Host", "Content-Length", "Transfer-Encoding"})
@@ -1684,7 +1691,124 @@ inline std::string serialize_response(const http_response& res) {
 }  // namespace detail
 
 // ============================================================================
-// 7. Transport
+// 7. Settings
+//    What a program chooses: the app's registration, endpoints, TLS trust and
+//    HTTP deadlines (client_config), and how a session refreshes, retries and
+//    listens for the sign-in (session_options). Plain values, checked when a
+//    client or session is made.
+// ============================================================================
+
+/// The app's registration and the endpoints; docs/GUIDE.md, "Configuration
+/// reference", gives the rules. Checked by validate() when a client is made.
+struct client_config {
+  /// Whom TLS trusts. Peer verification and host-name checking are always on.
+  struct tls_options {
+    std::string ca_file;            ///< extra trusted CA certificates, PEM file
+    std::string ca_pem;             ///< extra trusted CA certificates, PEM text
+    bool use_system_trust = true;   ///< the system's default trust store
+  };
+
+  /// Deadlines of the HTTP client.
+  struct http_timeouts {
+    std::chrono::milliseconds request{std::chrono::seconds(30)};  ///< one HTTP exchange, connect included
+    std::chrono::milliseconds idle{std::chrono::seconds(30)};     ///< a pooled connection unused this long is dropped
+  };
+
+  /// How token request bodies are encoded.
+  enum class token_encoding {
+    json,  ///< application/json, as Atlassian wants
+    form   ///< application/x-www-form-urlencoded (RFC 6749)
+  };
+
+  std::string client_id;  ///< the app's client id
+  secret client_secret;   ///< the app's secret; may be empty only with use_pkce, and never for Atlassian
+  std::string redirect_uri = "http://localhost:3000/callback";  ///< the registered callback URL
+  std::vector<std::string> scopes = {"read:page:confluence", "read:space:confluence", "offline_access"};  ///< requested scopes
+  std::string audience = "api.atlassian.com";  ///< empty: parameter left out
+  std::string prompt = "consent";              ///< empty: parameter left out
+  std::string authorize_url = "https://auth.atlassian.com/authorize";  ///< where the user consents
+  std::string token_url = "https://auth.atlassian.com/oauth/token";    ///< where codes and refresh tokens are traded
+  std::string api_url = "https://api.atlassian.com";                   ///< the base of session requests
+  token_encoding encoding = token_encoding::json;  ///< token request bodies
+  /// PKCE S256 (RFC 7636) with every authorization: on by default, for
+  /// Atlassian too (the secret is still sent; a server that ignores the
+  /// challenge loses nothing). A code stolen from the loopback redirect is then
+  /// worthless without this run's verifier. Off only for a server that rejects it.
+  bool use_pkce = true;
+  std::vector<std::pair<std::string, std::string>> extra_authorize_params;  ///< more authorization URL parameters; empty values left out
+  tls_options tls;        ///< whom TLS trusts
+  http_timeouts timeouts;  ///< HTTP deadlines
+  std::size_t max_token_response_bytes = 1024 * 1024;  ///< largest token endpoint answer
+  std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;  ///< sent with every request
+
+  /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
+  void validate() const;
+};
+
+#if CONFLUENCE_OAUTH_DETAIL_DEFINE
+CONFLUENCE_OAUTH_DETAIL_INLINE void client_config::validate() const {
+  // A secret pasted into another field (a URL, a scope) must not reach a message.
+  const secret* own[] = {&client_secret};
+  auto shown = [&](const std::string& field) { return detail::redact(field, own); };
+  auto bad = [](const std::string& why) { detail::fail(errc::invalid_config, why); };
+  auto printable = [](std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x20 && c != 0x7f; });
+  };
+  if (client_id.empty()) bad("client_id is empty");
+  if (!printable(client_id)) bad("client_id contains spaces or control characters");
+  // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
+  const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
+  if (client_secret.empty() && (!use_pkce || atlassian))
+    bad("client_secret is empty (Atlassian apps are confidential clients)");
+  if (scopes.empty()) bad("no scopes requested");
+  for (const auto& s : scopes)
+    if (s.empty() || !printable(s))
+      bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
+  for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
+    auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
+    if (!u.is_https() && !detail::names_loopback(u.host))
+      detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
+  }
+  auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
+  if (!r.is_https() && !detail::names_loopback(r.host))
+    detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
+  if (timeouts.request.count() <= 0) bad("request timeout must be positive");
+}
+#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
+
+/// The session's settings; the session checks them when it is made.
+struct session_options {
+  /// Deadlines and limits of the redirect listener.
+  struct listener_options {
+    std::chrono::milliseconds timeout{std::chrono::minutes(5)};        ///< whole wait for the redirect
+    std::chrono::milliseconds read_timeout{std::chrono::seconds(10)};  ///< one connection: request in, page out
+    std::size_t max_connections = 32;                                  ///< connections at once; when full, the oldest is closed
+    std::string app_name = "confluence_oauth";                         ///< shown on the pages
+    /// With a browser_command, authorize() opens a private local
+    /// page (mode 0600 in a 0700 folder, removed when the sign-in ends) that
+    /// redirects to the authorization URL: the URL, state included, never
+    /// appears on a command line, which every local user can read. False passes
+    /// the URL itself, for a browser that cannot read local files (snap confinement).
+    bool redirect_page = true;
+  };
+
+  /// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
+  struct retry_policy {
+    int max_attempts = 4;                        ///< tries per request, the first included; 1 = no retry
+    std::chrono::milliseconds base_delay{500};   ///< backoff: random in [0, min(max_delay, base * 2^(n-1))]
+    std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap
+    std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  ///< a longer Retry-After is not waited for
+  };
+
+  std::chrono::seconds refresh_skew{60};  ///< refresh this long before the access token expires
+  std::chrono::seconds near_expiry{300};  ///< a 403 or 404 this close to expiry counts as a 401
+  retry_policy retry;                     ///< retries of 429, 503 and refreshes that failed in transit
+  std::size_t max_response_bytes = 16 * 1024 * 1024;  ///< largest API answer
+  listener_options listener;              ///< for authorize()
+};
+
+// ============================================================================
+// 8. Transport
 //    HTTP/1.1 over TCP or TLS. Each exchange runs on its connection's strand
 //    under one deadline that covers resolve, connect, handshake, write and
 //    read. TLS 1.2+, peer verification with host-name (or IP) checking and SNI
@@ -1693,18 +1817,7 @@ inline std::string serialize_response(const http_response& res) {
 //    a reused one that fails before any response byte is retried once fresh.
 // ============================================================================
 
-/// Whom TLS trusts. Peer verification and host-name checking are always on.
-struct tls_options {
-  std::string ca_file;            ///< extra trusted CA certificates, PEM file
-  std::string ca_pem;             ///< extra trusted CA certificates, PEM text
-  bool use_system_trust = true;   ///< the system's default trust store
-};
 
-/// Deadlines of the HTTP client.
-struct http_timeouts {
-  std::chrono::milliseconds request{std::chrono::seconds(30)};  ///< one HTTP exchange, connect included
-  std::chrono::milliseconds idle{std::chrono::seconds(30)};     ///< a pooled connection unused this long is dropped
-};
 
 namespace detail {
 
@@ -1739,7 +1852,7 @@ inline void set_cloexec(int fd) noexcept {
   if (fd >= 0) ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC);
 }
 
-inline std::shared_ptr<asio::ssl::context> make_tls_context(const tls_options& options) {
+inline std::shared_ptr<asio::ssl::context> make_tls_context(const client_config::tls_options& options) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
   SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
   ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression);
@@ -1964,7 +2077,7 @@ class connection : public std::enable_shared_from_this<connection> {
 /// HTTP client with a keep-alive pool per origin. Thread-safe.
 class http_client {
  public:
-  http_client(asio::any_io_executor ex, const tls_options& tls, http_timeouts t)
+  http_client(asio::any_io_executor ex, const client_config::tls_options& tls, client_config::http_timeouts t)
       : ex_(std::move(ex)), tls_(make_tls_context(tls)), timeouts_(t) {}
 
   const asio::any_io_executor& get_executor() const noexcept { return ex_; }
@@ -2075,7 +2188,7 @@ class http_client {
 
   asio::any_io_executor ex_;
   std::shared_ptr<asio::ssl::context> tls_;
-  http_timeouts timeouts_;
+  client_config::http_timeouts timeouts_;
   mutable std::mutex mutex_;
   std::unordered_map<std::string, std::vector<std::shared_ptr<connection>>> idle_;
   std::uint64_t opened_ = 0;
@@ -2085,7 +2198,7 @@ class http_client {
 }  // namespace detail
 
 // ============================================================================
-// 8. Tokens and stores
+// 9. Tokens and stores
 //    `token_set` is what the token endpoint grants; a `token_store` keeps it
 //    between runs. The file store writes atomically (temporary file, fsync,
 //    rename, fsync of the folder) with mode 0600, so a crash never leaves a
@@ -2131,32 +2244,6 @@ struct token_set {
   }
 };
 
-/// Holds a token store's exclusive section (see token_store::lock) until it
-/// is destroyed or unlocked. A default-constructed one holds nothing.
-class store_lock {
- public:
-  store_lock() = default;
-  /// Holds a section that `release` ends.
-  explicit store_lock(std::function<void()> release) : release_(std::move(release)) {}
-  /// Takes over the section `other` holds.
-  store_lock(store_lock&& other) noexcept : release_(std::exchange(other.release_, nullptr)) {}
-  /// Ends the section held, takes over the one `other` holds.
-  store_lock& operator=(store_lock&& other) noexcept {
-    if (this != &other) {
-      unlock();
-      release_ = std::exchange(other.release_, nullptr);
-    }
-    return *this;
-  }
-  ~store_lock() { unlock(); }
-  /// Releases the section now; later calls do nothing.
-  void unlock() noexcept {
-    if (auto release = std::exchange(release_, nullptr)) release();
-  }
-
- private:
-  std::function<void()> release_;
-};
 
 namespace detail {
 /// True when both hold the same grant (same access and refresh token), or both nothing.
@@ -2177,6 +2264,33 @@ inline bool same_grant(const std::optional<token_set>& a, const std::optional<to
 /// advisory lock) and a conditional UPDATE; examples/database_token_store.hpp shows one.
 class token_store {
  public:
+  /// Holds a token store's exclusive section (see lock()) until it
+  /// is destroyed or unlocked. A default-constructed one holds nothing.
+  class store_lock {
+   public:
+    store_lock() = default;
+    /// Holds a section that `release` ends.
+    explicit store_lock(std::function<void()> release) : release_(std::move(release)) {}
+    /// Takes over the section `other` holds.
+    store_lock(store_lock&& other) noexcept : release_(std::exchange(other.release_, nullptr)) {}
+    /// Ends the section held, takes over the one `other` holds.
+    store_lock& operator=(store_lock&& other) noexcept {
+      if (this != &other) {
+        unlock();
+        release_ = std::exchange(other.release_, nullptr);
+      }
+      return *this;
+    }
+    ~store_lock() { unlock(); }
+    /// Releases the section now; later calls do nothing.
+    void unlock() noexcept {
+      if (auto release = std::exchange(release_, nullptr)) release();
+    }
+
+   private:
+    std::function<void()> release_;
+  };
+
   virtual ~token_store() = default;
   /// The stored grant, or nullopt when there is none. Throws on failure.
   virtual asio::awaitable<std::optional<token_set>> load() = 0;
@@ -2245,12 +2359,12 @@ CONFLUENCE_OAUTH_DETAIL_INLINE token_set token_set::from_json(const nlohmann::js
       return bad("expires_at is not a time");
     t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
   }
-  if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
-  if (auto s = j.find("token_type"); s != j.end() && s->is_string()) t.token_type = s->get<std::string>();
+  if (auto s = detail::json_string(j, "scope")) t.scope = *s;
+  if (auto s = detail::json_string(j, "token_type")) t.token_type = *s;
   return t;
 }
 
-CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<store_lock> token_store::lock() { co_return store_lock{}; }
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_store::store_lock> token_store::lock() { co_return store_lock{}; }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<bool> token_store::replace(const std::optional<token_set>& expected, const token_set& next) {
   auto stored = co_await load();
@@ -2630,7 +2744,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> file_token_store::clear() {
   co_return;
 }
 
-CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<store_lock> file_token_store::lock() {
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_store::store_lock> file_token_store::lock() {
   const auto lock_path = this->lock_path();
   const auto dir = detail::folder_of(lock_path);
   detail::create_private_folders(dir);
@@ -2679,9 +2793,9 @@ CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::key_id() const {
 
 CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::open_sealed(const nlohmann::json& j) const {
   auto field = [&](const char* name) -> std::string {
-    auto it = j.find(name);
-    if (it == j.end() || !it->is_string()) detail::fail(errc::store_corrupt, path_.string() + ": no " + name);
-    return it->get<std::string>();
+    auto value = detail::json_string(j, name);
+    if (!value) detail::fail(errc::store_corrupt, path_.string() + ": no " + name);
+    return *value;
   };
   const auto file_format = field("format");
   if (file_format != format && file_format != first_format)
@@ -2704,7 +2818,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::open_sealed(const n
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 // ============================================================================
-// 9. The OAuth client
+// 10. The OAuth client
 //    Configuration, the authorization URL (state, optional PKCE S256), and the
 //    two token requests — code exchange and refresh — as JSON (Atlassian) or
 //    form-encoded (RFC 6749). Every answer is checked: an error body is an
@@ -2712,70 +2826,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE std::string file_token_store::open_sealed(const n
 // ============================================================================
 
 
-/// The app's registration and the endpoints; docs/GUIDE.md, "Configuration
-/// reference", gives the rules. Checked by validate() when a client is made.
-struct client_config {
-  /// How token request bodies are encoded.
-  enum class token_encoding {
-    json,  ///< application/json, as Atlassian wants
-    form   ///< application/x-www-form-urlencoded (RFC 6749)
-  };
 
-  std::string client_id;  ///< the app's client id
-  secret client_secret;   ///< the app's secret; may be empty only with use_pkce, and never for Atlassian
-  std::string redirect_uri = "http://localhost:3000/callback";  ///< the registered callback URL
-  std::vector<std::string> scopes = {"read:page:confluence", "read:space:confluence", "offline_access"};  ///< requested scopes
-  std::string audience = "api.atlassian.com";  ///< empty: parameter left out
-  std::string prompt = "consent";              ///< empty: parameter left out
-  std::string authorize_url = "https://auth.atlassian.com/authorize";  ///< where the user consents
-  std::string token_url = "https://auth.atlassian.com/oauth/token";    ///< where codes and refresh tokens are traded
-  std::string api_url = "https://api.atlassian.com";                   ///< the base of session requests
-  token_encoding encoding = token_encoding::json;  ///< token request bodies
-  /// PKCE S256 (RFC 7636) with every authorization: on by default, for
-  /// Atlassian too (the secret is still sent; a server that ignores the
-  /// challenge loses nothing). A code stolen from the loopback redirect is then
-  /// worthless without this run's verifier. Off only for a server that rejects it.
-  bool use_pkce = true;
-  std::vector<std::pair<std::string, std::string>> extra_authorize_params;  ///< more authorization URL parameters; empty values left out
-  tls_options tls;        ///< whom TLS trusts
-  http_timeouts timeouts;  ///< HTTP deadlines
-  std::size_t max_token_response_bytes = 1024 * 1024;  ///< largest token endpoint answer
-  std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;  ///< sent with every request
-
-  /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
-  void validate() const;
-};
-
-#if CONFLUENCE_OAUTH_DETAIL_DEFINE
-CONFLUENCE_OAUTH_DETAIL_INLINE void client_config::validate() const {
-  // A secret pasted into another field (a URL, a scope) must not reach a message.
-  const secret* own[] = {&client_secret};
-  auto shown = [&](const std::string& field) { return detail::redact(field, own); };
-  auto bad = [](const std::string& why) { detail::fail(errc::invalid_config, why); };
-  auto printable = [](std::string_view s) {
-    return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) > 0x20 && c != 0x7f; });
-  };
-  if (client_id.empty()) bad("client_id is empty");
-  if (!printable(client_id)) bad("client_id contains spaces or control characters");
-  // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
-  const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
-  if (client_secret.empty() && (!use_pkce || atlassian))
-    bad("client_secret is empty (Atlassian apps are confidential clients)");
-  if (scopes.empty()) bad("no scopes requested");
-  for (const auto& s : scopes)
-    if (s.empty() || !printable(s))
-      bad("scope \"" + detail::sanitize_text(shown(s), 60) + "\" is empty or contains spaces");
-  for (const auto* endpoint : {&authorize_url, &token_url, &api_url}) {
-    auto u = detail::parse_url_showing(*endpoint, shown(*endpoint));
-    if (!u.is_https() && !detail::names_loopback(u.host))
-      detail::fail(errc::insecure_transport, "endpoint " + detail::sanitize_text(shown(u.origin()), 200) + " must use https");
-  }
-  auto r = detail::parse_url_showing(redirect_uri, shown(redirect_uri));
-  if (!r.is_https() && !detail::names_loopback(r.host))
-    detail::fail(errc::insecure_transport, "redirect_uri must be https or a loopback http URL");
-  if (timeouts.request.count() <= 0) bad("request timeout must be positive");
-}
-#endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 /// One authorization attempt: send the user to `url`, keep the rest for the callback.
 struct authorization {
@@ -2936,9 +2987,9 @@ inline token_set parse_token_response(const http_response& res, std::span<const 
   const bool success = res.status >= 200 && res.status < 300;
   if (j.is_object() && j.contains("error")) {
     auto text = [&](const char* key) {
-      auto it = j.find(key);
+      auto value = json_string(j, key);
       // Redact first: truncation could cut an echoed secret past recognition.
-      return it != j.end() && it->is_string() ? sanitize_text(detail::redact(it->get<std::string>(), redact)) : std::string{};
+      return value ? sanitize_text(detail::redact(*value, redact)) : std::string{};
     };
     details.error = text("error");
     details.error_description = text("error_description");
@@ -2975,7 +3026,7 @@ inline token_set parse_token_response(const http_response& res, std::span<const 
       fail(errc::invalid_token_response, "expires_in is not a valid number of seconds", details);
     t.expires_at = token_set::clock::now() + std::chrono::seconds(*secs);
   }
-  if (auto s = j.find("scope"); s != j.end() && s->is_string()) t.scope = s->get<std::string>();
+  if (auto s = json_string(j, "scope")) t.scope = *s;
   return t;
 }
 
@@ -3152,7 +3203,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::token_re
 inline detail::http_client& detail::http_of(const oauth_client& client) noexcept { return *client.http_; }
 
 // ============================================================================
-// 10. The redirect listener and the browser
+// 11. The redirect listener and the browser
 //     A loopback HTTP listener for the authorization redirect. It binds what
 //     redirect_uri names (localhost: 127.0.0.1 and ::1; port 0: any free port,
 //     reported back), serves many connections at once with a read deadline
@@ -3161,19 +3212,6 @@ inline detail::http_client& detail::http_of(const oauth_client& client) noexcept
 //     state, or at its overall deadline. Its pages never carry the code.
 // ============================================================================
 
-/// Deadlines and limits of the redirect listener.
-struct listener_options {
-  std::chrono::milliseconds timeout{std::chrono::minutes(5)};        ///< whole wait for the redirect
-  std::chrono::milliseconds read_timeout{std::chrono::seconds(10)};  ///< one connection: request in, page out
-  std::size_t max_connections = 32;                                  ///< connections at once; when full, the oldest is closed
-  std::string app_name = "confluence_oauth";                         ///< shown on the pages
-  /// With open_browser or browser_command, authorize() opens a private local
-  /// page (mode 0600 in a 0700 folder, removed when the sign-in ends) that
-  /// redirects to the authorization URL: the URL, state included, never
-  /// appears on a command line, which every local user can read. False passes
-  /// the URL itself, for a browser that cannot read local files (snap confinement).
-  bool redirect_page = true;
-};
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
@@ -3208,7 +3246,7 @@ inline http_response page_response(int status, std::string reason, std::string b
 
 class listener_state : public std::enable_shared_from_this<listener_state> {
  public:
-  listener_state(const asio::any_io_executor& ex, listener_options options)
+  listener_state(const asio::any_io_executor& ex, session_options::listener_options options)
       : strand_(asio::make_strand(ex)), options_(std::move(options)), done_(strand_), deadline_(strand_) {}
 
   asio::strand<asio::any_io_executor>& strand() noexcept { return strand_; }
@@ -3428,7 +3466,7 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
   }
 
   asio::strand<asio::any_io_executor> strand_;
-  listener_options options_;
+  session_options::listener_options options_;
   std::vector<asio::ip::tcp::acceptor> acceptors_;
   std::vector<std::weak_ptr<asio::ip::tcp::socket>> connections_;
   std::string callback_path_;
@@ -3448,7 +3486,7 @@ class listener_state : public std::enable_shared_from_this<listener_state> {
 /// constructor, so a taken port is reported before the browser opens.
 class redirect_listener {
  public:
-  redirect_listener(const asio::any_io_executor& ex, std::string_view redirect_uri, listener_options options = {})
+  redirect_listener(const asio::any_io_executor& ex, std::string_view redirect_uri, session_options::listener_options options = {})
       : state_(std::make_shared<detail::listener_state>(ex, std::move(options))) {
     url u = parse_url(redirect_uri);
     if (u.is_https() || !detail::names_loopback(u.host))
@@ -3692,7 +3730,7 @@ inline std::string redirect_page_html(const std::string& target) {
 /// folder of its own (0700) under $XDG_RUNTIME_DIR, $TMPDIR or /tmp; both go
 /// when it does. A browser's command line is public (ps, /proc), a private
 /// file is not (Jupyter's redirect file does the same). authorize() makes one
-/// for open_browser and browser_command; an opener of your own that starts a
+/// for a browser_command; an opener of your own that starts a
 /// browser can open one's url() instead of the authorization URL, and keep it
 /// until the sign-in ends.
 class redirect_page {
@@ -3784,29 +3822,37 @@ CONFLUENCE_OAUTH_DETAIL_INLINE void redirect_page::remove() noexcept {
 }
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
-/// A browser_opener that runs `argv` with the URL as its last argument.
-inline browser_opener browser_command(std::vector<std::string> argv) {
-  return detail::browser_command_opener{std::move(argv)};
-}
+/// A browser_opener that starts a browser as a command with the URL as its
+/// last argument. `browser_command{}` is the system's browser: the first
+/// command of $BROWSER (colon-separated, `%s` standing for the URL) if set,
+/// else `xdg-open`; `browser_command({"firefox", "--new-window"})` is that
+/// command. session::authorize gives it a private redirect page instead of
+/// the URL (session_options::listener_options::redirect_page).
+class browser_command {
+ public:
+  /// The system's browser.
+  browser_command() = default;
+  /// Runs `argv` with the URL appended.
+  explicit browser_command(std::vector<std::string> argv) : opener_{std::move(argv)} {}
+  /// Starts the browser on `url`; does not wait for it to close.
+  asio::awaitable<void> operator()(const std::string& url) const { return opener_(url); }
 
-/// The system's browser_opener: the first command of $BROWSER (colon-separated,
-/// `%s` standing for the URL) if set, else `xdg-open`.
-/// Called as `co_await open_browser(url)`; authorize() gives it a private
-/// redirect page instead of the URL (listener_options::redirect_page).
-inline const detail::browser_command_opener open_browser{};
+ private:
+  detail::browser_command_opener opener_;
+};
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
 /// The whole interactive authorization: listen on the redirect URI, send the
 /// browser to the authorization URL, wait for the callback, trade the code.
-inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open, listener_options options) {
+inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open, session_options::listener_options options) {
   redirect_listener listener(client.get_executor(), client.config().redirect_uri, options);
   auto auth = client.begin_authorization(listener.redirect_uri());
   // A browser started as a command gets a private page, not the URL; any
   // other opener (one that prints the URL, say) gets the URL itself.
   std::optional<confluence_oauth::redirect_page> page;
-  if (options.redirect_page && open.target<browser_command_opener>()) page.emplace(auth.url);
+  if (options.redirect_page && open.target<browser_command>()) page.emplace(auth.url);
   const std::string target = page ? page->url() : auth.url;  // not a ?: inside the co_await: GCC 12 frees it twice
   co_await open(target);
   auto code = co_await listener.wait(auth);
@@ -3815,17 +3861,17 @@ inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener 
   co_return co_await client.exchange_code(std::move(code), std::move(auth));
 }
 
-/// authorize with the default listener_options. Not a default argument: GCC 12
+/// authorize with the default session_options::listener_options. Not a default argument: GCC 12
 /// destroys a coroutine's default argument twice.
 inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener open) {
-  return authorize(std::move(client), std::move(open), listener_options{});
+  return authorize(std::move(client), std::move(open), session_options::listener_options{});
 }
 
 }  // namespace detail
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 // ============================================================================
-// 11. The session
+// 12. The session
 //     The token lifecycle and authenticated requests. The session's state
 //     lives on one strand. Refresh is single-flight: whoever needs a refresh
 //     joins the one round in flight, which runs detached, so a caller that
@@ -3835,22 +3881,6 @@ inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener 
 // ============================================================================
 
 
-/// The session's settings; the session checks them when it is made.
-struct session_options {
-  /// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
-  struct retry_policy {
-    int max_attempts = 4;                        ///< tries per request, the first included; 1 = no retry
-    std::chrono::milliseconds base_delay{500};   ///< backoff: random in [0, min(max_delay, base * 2^(n-1))]
-    std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap
-    std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  ///< a longer Retry-After is not waited for
-  };
-
-  std::chrono::seconds refresh_skew{60};  ///< refresh this long before the access token expires
-  std::chrono::seconds near_expiry{300};  ///< a 403 or 404 this close to expiry counts as a 401
-  retry_policy retry;                     ///< retries of 429, 503 and refreshes that failed in transit
-  std::size_t max_response_bytes = 16 * 1024 * 1024;  ///< largest API answer
-  listener_options listener;              ///< for authorize()
-};
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
@@ -3866,6 +3896,28 @@ inline std::chrono::milliseconds retry_delay(const session_options::retry_policy
   return std::chrono::milliseconds(cap.count() > 0 ? static_cast<std::int64_t>(r % (static_cast<std::uint64_t>(cap.count()) + 1)) : 0);
 }
 
+/// The retries one operation has left under a retry policy: tries and total
+/// wait. The request loop and the refresh loop share it.
+class retry_budget {
+ public:
+  explicit retry_budget(const session_options::retry_policy& policy) : policy_(policy) {}
+
+  /// The wait before the next try, or nullopt when the policy allows no more.
+  std::optional<std::chrono::milliseconds> next_delay(std::optional<std::chrono::seconds> retry_after) {
+    if (attempt_ >= policy_.max_attempts) return std::nullopt;
+    const auto delay = retry_delay(policy_, attempt_, retry_after);
+    if (waited_ + delay > policy_.max_total_wait) return std::nullopt;
+    waited_ += delay;
+    ++attempt_;
+    return delay;
+  }
+
+ private:
+  const session_options::retry_policy& policy_;
+  int attempt_ = 1;
+  std::chrono::milliseconds waited_{0};
+};
+
 /// Waits on the current executor; a cancellation throws oauth_error(operation_aborted).
 inline asio::awaitable<void> sleep_for(std::chrono::milliseconds delay, std::string_view what) {
   asio::steady_timer timer(co_await asio::this_coro::executor, delay);
@@ -3879,12 +3931,11 @@ inline std::string api_message(const http_response& res) {
   auto j = parse_json(res.body);
   if (j.is_object()) {
     for (const char* key : {"message", "errorMessage"})
-      if (auto it = j.find(key); it != j.end() && it->is_string()) return sanitize_text(it->get<std::string>());
+      if (auto message = json_string(j, key)) return sanitize_text(*message);
     if (auto errors = j.find("errors"); errors != j.end() && errors->is_array() && !errors->empty()) {
       const auto& first = errors->front();
       for (const char* key : {"title", "detail", "message"})
-        if (first.is_object() && first.contains(key) && first[key].is_string())
-          return sanitize_text(first[key].get<std::string>());
+        if (auto message = json_string(first, key)) return sanitize_text(*message);
     }
   }
   return sanitize_text(res.reason);
@@ -3896,9 +3947,7 @@ inline bool is_scope_mismatch(const http_response& res) {
   if (res.status != 401) return false;
   if (auto w = res.headers.get("WWW-Authenticate"); w && w->find("insufficient_scope") != std::string_view::npos)
     return true;  // RFC 6750
-  std::string lower = res.body.substr(0, 4096);
-  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return lower.find("scope does not match") != std::string::npos;
+  return ascii_lower(std::string_view(res.body).substr(0, 4096)).find("scope does not match") != std::string::npos;
 }
 
 /// Removes the secrets from everything of `res` that may reach a message:
@@ -4317,18 +4366,15 @@ class session_state : public std::enable_shared_from_this<session_state> {
   /// Refresh, retried within the policy on 429, 503 and failures in transit:
   /// Atlassian accepts the same refresh token again within its reuse window.
   asio::awaitable<token_set> refresh_with_retries(const token_set& base) {
-    std::chrono::milliseconds waited{0};
-    for (int attempt = 1;; ++attempt) {
-      std::chrono::milliseconds delay{0};
+    retry_budget budget(options_.retry);
+    for (;;) {
+      std::optional<std::chrono::milliseconds> delay;
       try {
         co_return co_await client_.refresh(base);
       } catch (const oauth_error& e) {
-        if (!transient(e.code()) || attempt >= options_.retry.max_attempts) throw;
-        delay = retry_delay(options_.retry, attempt, e.retry_after());
-        if (waited + delay > options_.retry.max_total_wait) throw;
+        if (!transient(e.code()) || !(delay = budget.next_delay(e.details().retry_after))) throw;
       }
-      waited += delay;
-      co_await sleep_for(delay, "waiting to retry the token refresh");
+      co_await sleep_for(*delay, "waiting to retry the token refresh");
     }
   }
 
@@ -4380,6 +4426,11 @@ struct site {
   std::string url;                  ///< e.g. "https://example.atlassian.net"
   std::vector<std::string> scopes;  ///< the scopes granted on it, joined across products
   std::string avatar_url;           ///< the site's avatar
+
+  /// The site in `sites` whose cloud id, URL ("https://example.atlassian.net",
+  /// scheme and trailing slash optional) or name (any case) is `key`; throws
+  /// site_not_found naming the sites there are.
+  static site find(const std::vector<site>& sites, std::string_view key);
 };
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
@@ -4392,8 +4443,8 @@ inline std::vector<site> parse_sites(const nlohmann::json& j) {
   std::vector<site> out;
   for (const auto& entry : j) {
     auto text = [&](const char* key) {
-      auto it = entry.is_object() ? entry.find(key) : entry.end();
-      return it != entry.end() && it->is_string() ? it->get<std::string>() : std::string{};
+      auto value = json_string(entry, key);
+      return value ? *value : std::string{};
     };
     site s{text("id"), text("name"), text("url"), {}, text("avatarUrl")};
     if (s.id.empty()) fail(errc::protocol_error, "accessible-resources lists a site without an id");
@@ -4411,21 +4462,14 @@ inline std::vector<site> parse_sites(const nlohmann::json& j) {
 inline std::string site_key(std::string_view url) {
   if (auto scheme = url.find("://"); scheme != std::string_view::npos) url.remove_prefix(scheme + 3);
   while (!url.empty() && url.back() == '/') url.remove_suffix(1);
-  std::string out(url);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return out;
+  return ascii_lower(url);
 }
 
 }  // namespace detail
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
-/// The site whose cloud id, URL ("https://example.atlassian.net", scheme and
-/// trailing slash optional) or name (any case) is `key`; throws site_not_found
-/// naming the sites there are.
-CONFLUENCE_OAUTH_DETAIL_INLINE site find_site(const std::vector<site>& sites, std::string_view key);
-
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
-CONFLUENCE_OAUTH_DETAIL_INLINE site find_site(const std::vector<site>& sites, std::string_view key) {
+CONFLUENCE_OAUTH_DETAIL_INLINE site site::find(const std::vector<site>& sites, std::string_view key) {
   for (const auto& s : sites)
     if (s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) || detail::iequals(s.name, key))
       return s;
@@ -4709,8 +4753,8 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_o
   limits.max_body_bytes = options.max_response_bytes;
   if (!req.headers.get("User-Agent")) req.headers.add("User-Agent", state->client().config().user_agent);
   bool refreshed = false;
-  std::chrono::milliseconds waited{0};
-  for (int attempt = 1;;) {
+  detail::retry_budget budget(options.retry);
+  for (;;) {
     auto used = state->published_token();
     if (!used) used = co_await detail::on_strand(state->strand(), state->token());
     req.headers.set("Authorization", "Bearer " + used->access.reveal());
@@ -4728,12 +4772,10 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_o
     // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
     const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
                             req.method == "DELETE" || req.method == "OPTIONS";
-    if ((res.status == 429 || (res.status == 503 && idempotent)) && attempt < options.retry.max_attempts) {
-      auto delay = detail::retry_delay(options.retry, attempt, detail::response_details(res).retry_after);
-      if (waited + delay <= options.retry.max_total_wait) {
-        waited += delay;
-        ++attempt;
-        co_await detail::sleep_for(delay, detail::describe(req, target) + ": waiting to retry");
+    if (res.status == 429 || (res.status == 503 && idempotent)) {
+      const auto delay = budget.next_delay(detail::response_details(res).retry_after);
+      if (delay) {
+        co_await detail::sleep_for(*delay, detail::describe(req, target) + ": waiting to retry");
         continue;
       }
     }
@@ -4743,7 +4785,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_o
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
 // ============================================================================
-// 12. Confluence
+// 13. Confluence
 //     A site handle that sends requests through the API gateway under
 //     /ex/confluence/{cloudid}, and pagination that follows the `Link` header
 //     (REST v2) or `_links.next` (v1), resolving the gateway-relative links.
@@ -4799,9 +4841,6 @@ class confluence {
   /// "https://api.atlassian.com/ex/confluence/{cloudid}": paths go after it.
   const std::string& base_url() const noexcept;
 
-  /// Where operations given a completion token other than use_awaitable run.
-  const asio::any_io_executor& get_executor() const noexcept;
-
   // Each operation below takes an Asio completion token last (default:
   // use_awaitable) and completes with (error_code, T). A path on the site
   // starts with '/', e.g. "/wiki/api/v2/pages?limit=25".
@@ -4839,9 +4878,6 @@ class confluence {
   /// call to next() completes; one call at a time.
   class pager {
    public:
-    /// Where operations given a completion token other than use_awaitable run.
-    const asio::any_io_executor& get_executor() const noexcept { return session_.get_executor(); }
-
     /// Completes with (error_code, the next page's JSON body), nullopt after
     /// the last. After a failure the same page is asked for again.
     template <typename CompletionToken = detail::default_completion_token>
@@ -4855,6 +4891,7 @@ class confluence {
 
    private:
     friend class confluence;
+    const asio::any_io_executor& get_executor() const noexcept { return session_.get_executor(); }
     pager(session s, std::string base, std::string first)
         : session_(std::move(s)), base_(std::move(base)), next_(std::move(first)) {}
 
@@ -4891,6 +4928,8 @@ class confluence {
   }
 
  private:
+  const asio::any_io_executor& get_executor() const noexcept;
+
   asio::awaitable<std::vector<nlohmann::json>> collect(std::string path, std::size_t max_items);
 
   std::string on_site(std::string_view path) const;
@@ -4970,9 +5009,9 @@ CONFLUENCE_OAUTH_DETAIL_INLINE std::optional<std::string> confluence::pager::fol
     const std::string& current, const nlohmann::json& page, const std::optional<std::string>& link_header) const {
   std::optional<std::string> link = link_header;
   std::string context = "/wiki";
-  if (auto links = page.is_object() ? page.find("_links") : page.end(); links != page.end() && links->is_object()) {
-    if (auto c = links->find("context"); c != links->end() && c->is_string()) context = c->get<std::string>();
-    if (auto n = links->find("next"); !link && n != links->end() && n->is_string()) link = n->get<std::string>();
+  if (auto links = page.is_object() ? page.find("_links") : page.end(); links != page.end()) {
+    if (auto c = detail::json_string(*links, "context")) context = *c;
+    if (auto n = detail::json_string(*links, "next"); !link && n) link = *n;
   }
   if (!link || link->empty()) return std::nullopt;
   std::string target;

@@ -45,7 +45,7 @@ TEST_CASE("headless Chromium follows the authorization redirect into the listene
   fake_atlassian::server srv(o);
 
   auto cfg = test_util::client_config_for(srv, o.redirect_uris.front());
-  cfo::listener_options lo;
+  cfo::session_options::listener_options lo;
   lo.timeout = 90s;  // a cold Chromium start on a loaded CI machine takes seconds
 
   auto tokens = test_util::run(

@@ -197,9 +197,9 @@ TEST_CASE("a callback user gets our error category, and with_error_details the s
   CHECK(refresh_ec == cfo::errc::invalid_grant);
   REQUIRE(detail.has_value());
   CHECK(detail->code() == cfo::errc::invalid_grant);
-  CHECK(detail->http_status() == 403);
-  CHECK(detail->error() == "invalid_grant");
-  CHECK(detail->error_description() == "Unknown or invalid refresh token.");
+  CHECK(detail->details().http_status == 403);
+  CHECK(detail->details().error == "invalid_grant");
+  CHECK(detail->details().error_description == "Unknown or invalid refresh token.");
   CHECK(bad_path_ec == cfo::errc::invalid_url);  // a bad argument reaches the handler, not a throw at the call
 }
 

@@ -93,7 +93,7 @@ struct fixture {
   auto with_client(F f) const {
     return test_util::run(
         [tls = config().tls, f](asio::any_io_executor ex) -> decltype(f(std::declval<cfo::detail::http_client&>())) {
-          cfo::detail::http_client http(ex, tls, cfo::http_timeouts{5s, 30s});
+          cfo::detail::http_client http(ex, tls, cfo::client_config::http_timeouts{5s, 30s});
           co_return co_await f(http);
         },
         30s);
@@ -243,8 +243,8 @@ TEST_CASE("push_delay answers late without holding up other connections, once") 
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client a(ex, f.config().tls, cfo::http_timeouts{5s, 30s});
-        cfo::detail::http_client b(ex, f.config().tls, cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client a(ex, f.config().tls, cfo::client_config::http_timeouts{5s, 30s});
+        cfo::detail::http_client b(ex, f.config().tls, cfo::client_config::http_timeouts{5s, 30s});
         auto start = steady::now();
         auto [delayed, other] =
             co_await (timed_get(a, f.gateway() + "/wiki/api/v2/spaces", tok, start) &&
@@ -271,7 +271,7 @@ TEST_CASE("a delayed answer is computed when the delay ends") {
   f.srv.push_delay("/ex/", 300ms);
   auto status = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<int> {
-        cfo::detail::http_client http(ex, f.config().tls, cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client http(ex, f.config().tls, cfo::client_config::http_timeouts{5s, 30s});
         auto expire_meanwhile = [&]() -> asio::awaitable<void> {
           while (f.srv.stats().api_requests == 0) co_await pause(5ms);  // the request is in, and waiting
           f.srv.advance_clock(3601s);
@@ -292,7 +292,7 @@ TEST_CASE("a pending delay does not hold up the server's shutdown") {
   srv->push_delay("/ex/", 60s);
   auto stopped_in = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::chrono::milliseconds> {
-        auto http = std::make_shared<cfo::detail::http_client>(ex, cfg.tls, cfo::http_timeouts{30s, 30s});
+        auto http = std::make_shared<cfo::detail::http_client>(ex, cfg.tls, cfo::client_config::http_timeouts{30s, 30s});
         auto url = srv->base_url() + "/ex/confluence/" + default_site + "/wiki/api/v2/pages";
         auto ended = std::make_shared<bool>(false);
         asio::co_spawn(ex, [http, url, tok]() -> asio::awaitable<void> { co_await get(*http, url, tok); },
@@ -506,7 +506,7 @@ class fake_process {
 
   cfo::http_response fetch(const std::string& path, const std::string& token) const {
     return test_util::run([&](asio::any_io_executor ex) -> asio::awaitable<cfo::http_response> {
-      cfo::detail::http_client http(ex, config().tls, cfo::http_timeouts{5s, 30s});
+      cfo::detail::http_client http(ex, config().tls, cfo::client_config::http_timeouts{5s, 30s});
       co_return co_await get(http, base_ + path, token);
     });
   }

@@ -135,9 +135,9 @@ asio::awaitable<observed> observe(asio::awaitable<T> op) {
       co_await std::move(op);
   } catch (const cfo::oauth_error& e) {
     o.code = e.code();
-    o.texts = std::string(e.what()) + '\n' + e.error() + '\n' + e.error_description() + '\n' + e.error_uri() + '\n' +
-              e.www_authenticate();
-    o.retry_after = e.retry_after();
+    o.texts = std::string(e.what()) + '\n' + e.details().error + '\n' + e.details().error_description + '\n' + e.details().error_uri + '\n' +
+              e.details().www_authenticate;
+    o.retry_after = e.details().retry_after;
   }
   o.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - start);
   co_return o;

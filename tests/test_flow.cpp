@@ -54,7 +54,7 @@ cfo::browser_opener simulated_browser(const cfo::client_config& cfg, test_browse
 }
 
 cfo::token_set run_authorize(const cfo::client_config& cfg, test_browser::decision d,
-                             std::shared_ptr<test_browser::visit> seen, cfo::listener_options o = {}) {
+                             std::shared_ptr<test_browser::visit> seen, cfo::session_options::listener_options o = {}) {
   return test_util::run([&](auto ex) -> asio::awaitable<cfo::token_set> {
     cfo::oauth_client client(ex, cfg);
     co_return co_await cfo::detail::authorize(client, simulated_browser(cfg, d, seen), o);
@@ -114,7 +114,7 @@ TEST_CASE("a denial that does not echo the state gets the mismatch page and the 
   o.echo_state_on_deny = false;
   flow_fixture f(o);
   auto seen = std::make_shared<test_browser::visit>();
-  cfo::listener_options lo;
+  cfo::session_options::listener_options lo;
   lo.timeout = 1500ms;
   CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
           cfo::oauth_client client(ex, f.config());
@@ -143,7 +143,7 @@ TEST_CASE("an unregistered redirect URI never reaches the listener") {
   auto cfg = f.config();
   cfg.redirect_uri = redirect_for(test_util::free_port());  // not the registered one
   auto seen = std::make_shared<test_browser::visit>();
-  cfo::listener_options o;
+  cfo::session_options::listener_options o;
   o.timeout = 1s;
   CHECK(test_util::error_of([&](auto ex) -> asio::awaitable<void> {
           cfo::oauth_client client(ex, cfg);
@@ -171,7 +171,7 @@ TEST_CASE("a browser that cannot start is a typed error and releases the port") 
 
 TEST_CASE("a browser that keeps running does not inherit the listener's port") {
   flow_fixture f;
-  cfo::listener_options o;
+  cfo::session_options::listener_options o;
   o.timeout = 300ms;
   // A "browser" that ignores the URL and lives on for a few seconds.
   std::vector<std::string> lingering;

@@ -49,8 +49,8 @@ TEST_CASE("fuzz regression: a Retry-After date after 2262 is a long wait, not an
     FAIL("a 429 parsed as tokens");
   } catch (const cfo::oauth_error& e) {
     CHECK(e.code() == cfo::errc::rate_limited);
-    REQUIRE(e.retry_after().has_value());
-    CHECK(*e.retry_after() > std::chrono::hours(24 * 365 * 7000));
+    REQUIRE(e.details().retry_after.has_value());
+    CHECK(*e.details().retry_after > std::chrono::hours(24 * 365 * 7000));
   }
 }
 

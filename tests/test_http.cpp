@@ -719,7 +719,7 @@ attempt fetch_from(raw_plan plan, std::chrono::milliseconds request_timeout = 5s
   return test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<attempt> {
         raw_server srv(ex, std::move(plan));
-        cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::http_timeouts{request_timeout, 30s});
+        cfo::detail::http_client client(ex, cfo::client_config::tls_options{}, cfo::client_config::http_timeouts{request_timeout, 30s});
         const auto u = srv.url("/x");
         cfo::http_request req;
         req.target = u.target;
@@ -743,9 +743,9 @@ attempt fetch_from(raw_plan plan, std::chrono::milliseconds request_timeout = 5s
 attempt fetch_from_fake(fake_atlassian::server& srv, const std::string& path, std::chrono::milliseconds timeout = 5s) {
   return test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<attempt> {
-        cfo::tls_options tls;
+        cfo::client_config::tls_options tls;
         tls.ca_pem = srv.ca_pem();
-        cfo::detail::http_client client(ex, tls, cfo::http_timeouts{timeout, 30s});
+        cfo::detail::http_client client(ex, tls, cfo::client_config::http_timeouts{timeout, 30s});
         const auto u = cfo::detail::parse_url(srv.base_url() + path);
         cfo::http_request req;
         req.target = u.target;

@@ -81,7 +81,7 @@ struct pending_login {
   cfo::authorization auth;
   background_wait wait;
 
-  explicit pending_login(const asio::any_io_executor& ex, cfo::listener_options o = {})
+  explicit pending_login(const asio::any_io_executor& ex, cfo::session_options::listener_options o = {})
       : client(ex, listener_config()), listener(ex, client.config().redirect_uri, std::move(o)),
         auth(client.begin_authorization(listener.redirect_uri())) {
     start_wait(ex, listener, auth, wait);
@@ -329,7 +329,7 @@ TEST_CASE("redirect URIs the listener cannot serve are refused") {
 TEST_CASE("the overall deadline ends the wait with listener_timeout") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
     cfo::oauth_client client(ex, listener_config());
-    cfo::listener_options o;
+    cfo::session_options::listener_options o;
     o.timeout = 300ms;
     cfo::detail::redirect_listener l(ex, client.config().redirect_uri, o);
     auto a = client.begin_authorization(l.redirect_uri());
@@ -374,7 +374,7 @@ TEST_CASE("cancelling the wait ends it with operation_aborted and the listener i
 
 TEST_CASE("silent and half-open connections neither block the callback nor hold the listener") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::listener_options o;
+    cfo::session_options::listener_options o;
     o.read_timeout = 300ms;
     pending_login login(ex, o);
     auto& [client, l, a, w] = login;
@@ -400,7 +400,7 @@ TEST_CASE("silent and half-open connections neither block the callback nor hold 
 
 TEST_CASE("a client that connects and sends nothing is dropped after the read deadline") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::listener_options o;
+    cfo::session_options::listener_options o;
     o.read_timeout = 200ms;
     pending_login login(ex, o);
     auto& [client, l, a, w] = login;
@@ -449,7 +449,7 @@ TEST_CASE("garbage requests get 400 and the wait goes on") {
 
 TEST_CASE("at the connection limit the oldest silent connection makes room for the browser") {
   test_util::run([](auto ex) -> asio::awaitable<void> {
-    cfo::listener_options o;
+    cfo::session_options::listener_options o;
     o.max_connections = 4;
     o.read_timeout = 5s;
     pending_login login(ex, o);

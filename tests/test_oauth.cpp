@@ -106,9 +106,9 @@ TEST_CASE("a reused code is rejected as Atlassian does") {
   auto e = expect_error([&] { exchange_code(cfg, code); }, {code, "test-client-secret"});
   CHECK(e.code() == cfo::errc::invalid_request);
   CHECK(e.code() == cfo::remedy::reauthenticate);
-  CHECK(e.http_status() == 400);
-  CHECK(e.error() == "invalid_request");
-  CHECK(e.error_description() == "authorization_code is invalid");
+  CHECK(e.details().http_status == 400);
+  CHECK(e.details().error == "invalid_request");
+  CHECK(e.details().error_description == "authorization_code is invalid");
 }
 
 TEST_CASE("an expired code is rejected") {
@@ -138,8 +138,8 @@ TEST_CASE("a wrong client secret is a configuration error and never printed") {
   auto e = expect_error([&] { exchange_code(cfg, code); }, {"wrong-secret-value", code});
   CHECK(e.code() == cfo::errc::invalid_client);
   CHECK(e.code() == cfo::remedy::fix_configuration);
-  CHECK(e.http_status() == 401);
-  CHECK(e.error() == "access_denied");
+  CHECK(e.details().http_status == 401);
+  CHECK(e.details().error == "access_denied");
 }
 
 TEST_CASE("PKCE without a client secret is sent and refused by Atlassian as a typed error") {
@@ -149,7 +149,7 @@ TEST_CASE("PKCE without a client secret is sent and refused by Atlassian as a ty
   cfg.client_secret = cfo::secret();
   auto e = expect_error([&] { exchange_code(cfg, srv.issue_code(redirect, scopes)); });
   CHECK(e.code() == cfo::errc::invalid_client);  // Atlassian always wants the secret
-  CHECK(e.http_status() == 401);
+  CHECK(e.details().http_status == 401);
 }
 
 TEST_CASE("refresh tokens rotate and the old one works only within the reuse window") {
@@ -166,8 +166,8 @@ TEST_CASE("refresh tokens rotate and the old one works only within the reuse win
   auto e = expect_error([&] { refresh_tokens(cfg, first); }, {first.refresh_token.reveal(), "test-client-secret"});
   CHECK(e.code() == cfo::errc::invalid_grant);
   CHECK(e.code() == cfo::remedy::reauthenticate);
-  CHECK(e.http_status() == 403);
-  CHECK(e.error_description() == "Unknown or invalid refresh token.");
+  CHECK(e.details().http_status == 403);
+  CHECK(e.details().error_description == "Unknown or invalid refresh token.");
   CHECK(srv.stats().families_revoked == 1);
   // The whole family is gone: even the newest refresh token fails now.
   CHECK(expect_error([&] { refresh_tokens(cfg, again); }).code() == cfo::errc::invalid_grant);
@@ -229,7 +229,7 @@ TEST_CASE("hostile or broken token responses are typed errors") {
     auto e = expect_error([&] { exchange_code(cfg, code); }, {code, "test-client-secret"});
     CHECK(e.code() == c.expected);
     if (c.expected == cfo::errc::rate_limited) {
-      CHECK(e.retry_after() == 7s);
+      CHECK(e.details().retry_after == 7s);
       CHECK(e.code() == cfo::remedy::retry_later);
     }
   }
@@ -243,9 +243,9 @@ TEST_CASE("a server echoing secrets back never gets them into a message") {
   srv.push_raw_response("/oauth/token", raw_json(400, R"({"error":"invalid_request","error_description":"token )" + rt +
                                                           R"( with secret test-client-secret","error_uri":")" + rt + R"("})"));
   auto e = expect_error([&] { refresh_tokens(cfg, first); }, {rt, "test-client-secret"});
-  CHECK(e.error_description().find(rt) == std::string::npos);
-  CHECK(e.error_uri().find(rt) == std::string::npos);
-  CHECK(e.error_description().find("[redacted]") != std::string::npos);
+  CHECK(e.details().error_description.find(rt) == std::string::npos);
+  CHECK(e.details().error_uri.find(rt) == std::string::npos);
+  CHECK(e.details().error_description.find("[redacted]") != std::string::npos);
 }
 
 TEST_CASE("a token endpoint that never answers hits the request deadline") {

@@ -149,9 +149,9 @@ void check_clean(const std::string& path, const std::string& text) {
 /// Every text an oauth_error carries.
 std::string texts_of(const cfo::oauth_error& e) {
   std::ostringstream s;
-  s << "what: " << e.what() << "\nmessage: " << e.code().message() << "\nerror: " << e.error()
-    << "\nerror_description: " << e.error_description() << "\nerror_uri: " << e.error_uri()
-    << "\nwww_authenticate: " << e.www_authenticate() << '\n';
+  s << "what: " << e.what() << "\nmessage: " << e.code().message() << "\nerror: " << e.details().error
+    << "\nerror_description: " << e.details().error_description << "\nerror_uri: " << e.details().error_uri
+    << "\nwww_authenticate: " << e.details().www_authenticate << '\n';
   return s.str();
 }
 

@@ -114,7 +114,7 @@ TEST_CASE("an attacker's own code delivered with the victim's state is refused a
         attacker_grants++ == 0 ? f.srv.issue_code(f.redirect, scopes)
                                : f.srv.issue_code(f.redirect, scopes, challenge_of(cfo::secret("attacker-verifier-0123456789-0123456789-0123")));
     auto ex = co_await asio::this_coro::executor;
-    auto http = std::make_shared<cfo::detail::http_client>(ex, cfo::tls_options{}, cfo::http_timeouts{});
+    auto http = std::make_shared<cfo::detail::http_client>(ex, cfo::client_config::tls_options{}, cfo::client_config::http_timeouts{});
     asio::co_spawn(ex, [http, target = f.redirect + "?code=" + code + "&state=" + cfo::detail::percent_encode(state)]()
                            -> asio::awaitable<void> {
       const auto u = cfo::detail::parse_url(target);  // no temporaries in a co_await: GCC 12 frees them twice
@@ -192,7 +192,7 @@ TEST_CASE("listener_options::redirect_page = false hands the browser the URL its
         << "' \"$1\"\n";
   }
   REQUIRE(::chmod(script.c_str(), 0700) == 0);
-  cfo::listener_options o;
+  cfo::session_options::listener_options o;
   o.redirect_page = false;
   const auto browser = cfo::browser_command({script});
   test_util::run([&](auto ex) -> asio::awaitable<void> {
@@ -351,7 +351,7 @@ TEST_CASE("plain http to localhost works because localhost resolves to loopback"
   u.host = "localhost";
   u.target = "/oauth/token/accessible-resources";
   auto res = test_util::run([&](auto ex) -> asio::awaitable<cfo::http_response> {
-    cfo::detail::http_client http(ex, cfo::tls_options{}, cfo::http_timeouts{});
+    cfo::detail::http_client http(ex, cfo::client_config::tls_options{}, cfo::client_config::http_timeouts{});
     const cfo::http_request get;  // not a temporary in the co_await (GCC 12)
     co_return co_await http.send(u, get);
   });

@@ -650,19 +650,19 @@ TEST_CASE("sites: duplicates merged, found by id, URL or name, and a clear error
   REQUIRE(sites.size() == 2);
   CHECK(sites[0].scopes == std::vector<std::string>{"read:page:confluence", "read:jira-work"});
   CHECK(sites[0].avatar_url == "https://a/x.png");
-  CHECK(cfo::find_site(sites, "c2").name == "Beta");
-  CHECK(cfo::find_site(sites, "https://ACME.atlassian.net/").id == "c1");
-  CHECK(cfo::find_site(sites, "beta.atlassian.net").id == "c2");
-  CHECK(cfo::find_site(sites, "acme").id == "c1");
+  CHECK(cfo::site::find(sites, "c2").name == "Beta");
+  CHECK(cfo::site::find(sites, "https://ACME.atlassian.net/").id == "c1");
+  CHECK(cfo::site::find(sites, "beta.atlassian.net").id == "c2");
+  CHECK(cfo::site::find(sites, "acme").id == "c1");
   try {
-    cfo::find_site(sites, "gamma");
+    cfo::site::find(sites, "gamma");
     FAIL("no error");
   } catch (const cfo::oauth_error& e) {
     CHECK(e.code() == cfo::errc::site_not_found);
     CHECK(std::string(e.what()).find("Beta (https://beta.atlassian.net)") != std::string::npos);
   }
   CHECK_THROWS_AS(cfo::detail::parse_sites(nlohmann::json::object()), cfo::oauth_error);
-  CHECK_THROWS_AS(cfo::find_site({}, "x"), cfo::oauth_error);
+  CHECK_THROWS_AS(cfo::site::find({}, "x"), cfo::oauth_error);
 }
 
 TEST_CASE("Link headers: rel=next among others, quoted commas, several relations") {
@@ -692,7 +692,7 @@ TEST_CASE("get_all follows v2 Link headers across 1,000 pages") {
   auto items = test_util::run([&](auto ex) -> asio::awaitable<std::vector<nlohmann::json>> {
     cfo::session s(ex, f.cfg, f.store);
     co_await s.load();
-    auto site = cfo::find_site(co_await s.accessible_resources(), "a1b2c3d4-0000-4000-8000-000000000001");
+    auto site = cfo::site::find(co_await s.accessible_resources(), "a1b2c3d4-0000-4000-8000-000000000001");
     cfo::confluence wiki(s, site);
     co_return co_await wiki.get_all("/wiki/api/v2/pages?limit=1");
   }, 120s);

@@ -146,7 +146,7 @@ TEST_CASE("store security: a token or lock file another user owns is refused") {
   const auto path = dir / "tokens.json", lock_path = dir / "tokens.json.lock";
   cfo::file_token_store store(path);
   save(store, tokens("theirs", "theirs"));
-  { auto held = test_util::run([&](auto) -> asio::awaitable<cfo::store_lock> { co_return co_await store.lock(); }); }
+  { auto held = test_util::run([&](auto) -> asio::awaitable<cfo::token_store::store_lock> { co_return co_await store.lock(); }); }
   if (::geteuid() != 0) {
     MESSAGE("not root: cannot give a file to another user; the owner check is tested as root (as CI runs)");
     return;
@@ -237,7 +237,7 @@ TEST_CASE("store security: a lock waiting while the holder clears follows to the
   save(holder, tokens("a", "r"));
   test_util::run([&](auto ex) -> asio::awaitable<void> {
     auto held = co_await holder.lock();
-    std::optional<cfo::store_lock> waited;
+    std::optional<cfo::token_store::store_lock> waited;
     asio::co_spawn(ex, [&]() -> asio::awaitable<void> { waited = co_await waiter.lock(); }, asio::detached);
     asio::steady_timer pause(ex, 50ms);
     co_await pause.async_wait(asio::use_awaitable);  // the waiter polls the old lock file now
@@ -336,7 +336,7 @@ TEST_CASE("store security: confluence-cli logout removes the lock file") {
   };
   cfo::file_token_store store(path);
   save(store, tokens("a", "r"));
-  { auto held = test_util::run([&](auto) -> asio::awaitable<cfo::store_lock> { co_return co_await store.lock(); }); }
+  { auto held = test_util::run([&](auto) -> asio::awaitable<cfo::token_store::store_lock> { co_return co_await store.lock(); }); }
   auto r = logout();
   CAPTURE(r.err);
   CHECK(r.exit_code == 0);

@@ -124,7 +124,7 @@ TEST_CASE("a waiting lock gets it as soon as the holder lets go") {
   auto path = dir / "tokens.json";
   cfo::file_token_store a(path), b(path);
   auto waited = test_util::run([&](auto ex) -> asio::awaitable<std::chrono::steady_clock::duration> {
-    auto held = std::make_shared<cfo::store_lock>(co_await a.lock());
+    auto held = std::make_shared<cfo::token_store::store_lock>(co_await a.lock());
     asio::steady_timer later(ex, 100ms);
     later.async_wait([held](std::error_code) { held->unlock(); });
     auto start = std::chrono::steady_clock::now();

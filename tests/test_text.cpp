@@ -149,7 +149,7 @@ TEST_CASE("redaction ends when a secret is part of the mark and comes before tru
     FAIL("no throw");
   } catch (const cfo::oauth_error& e) {
     CHECK(std::string(e.what()).find("tttttttttt") == std::string::npos);
-    CHECK(e.error_description().find("[redacted]") != std::string::npos);
+    CHECK(e.details().error_description.find("[redacted]") != std::string::npos);
   }
 }
 
@@ -226,8 +226,8 @@ TEST_CASE("oauth_error carries the server's details") {
   d.http_status = 403;
   cfo::oauth_error e(cfo::errc::invalid_grant, "token request failed", d);
   CHECK(std::string(e.what()).find("HTTP 403; invalid_grant: Unknown or invalid refresh token.") != std::string::npos);
-  CHECK(e.http_status() == 403);
-  CHECK(e.error() == "invalid_grant");
+  CHECK(e.details().http_status == 403);
+  CHECK(e.details().error == "invalid_grant");
   CHECK(e.code() == cfo::remedy::reauthenticate);
 }
 
@@ -386,8 +386,8 @@ TEST_CASE("token responses are checked field by field") {
     FAIL("no throw");
   } catch (const cfo::oauth_error& e) {
     CHECK(std::string(e.what()).find("echoed-client-secret") == std::string::npos);
-    CHECK(e.error_description() == "bad secret [redacted]");
-    CHECK(e.http_status() == 400);
+    CHECK(e.details().error_description == "bad secret [redacted]");
+    CHECK(e.details().http_status == 400);
   }
 }
 

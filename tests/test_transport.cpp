@@ -31,8 +31,8 @@ using steady = std::chrono::steady_clock;
 
 constexpr const char* resources_path = "/oauth/token/accessible-resources";
 
-cfo::tls_options trusting(const fake_atlassian::server& srv) {
-  cfo::tls_options tls;
+cfo::client_config::tls_options trusting(const fake_atlassian::server& srv) {
+  cfo::client_config::tls_options tls;
   tls.ca_pem = srv.ca_pem();
   return tls;
 }
@@ -84,16 +84,16 @@ asio::awaitable<attempt> try_get(cfo::detail::http_client& client, std::string u
 }
 
 // One GET through a fresh client with these TLS options and request deadline.
-attempt fetch(const std::string& url_text, const cfo::tls_options& tls, std::chrono::milliseconds request = 5s) {
+attempt fetch(const std::string& url_text, const cfo::client_config::tls_options& tls, std::chrono::milliseconds request = 5s) {
   return test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<attempt> {
-        cfo::detail::http_client client(ex, tls, cfo::http_timeouts{request, 30s});
+        cfo::detail::http_client client(ex, tls, cfo::client_config::http_timeouts{request, 30s});
         co_return co_await try_get(client, url_text);
       },
       30s);
 }
 
-std::error_code config_error_of(const cfo::tls_options& tls) {
+std::error_code config_error_of(const cfo::client_config::tls_options& tls) {
   try {
     cfo::detail::make_tls_context(tls);
   } catch (const cfo::oauth_error& e) {
@@ -102,10 +102,10 @@ std::error_code config_error_of(const cfo::tls_options& tls) {
   return {};
 }
 
-std::error_code client_ctor_error_of(const cfo::tls_options& tls) {
+std::error_code client_ctor_error_of(const cfo::client_config::tls_options& tls) {
   asio::io_context io;
   try {
-    cfo::detail::http_client client(io.get_executor(), tls, cfo::http_timeouts{});
+    cfo::detail::http_client client(io.get_executor(), tls, cfo::client_config::http_timeouts{});
   } catch (const cfo::oauth_error& e) {
     return e.code();
   }
@@ -178,7 +178,7 @@ TEST_CASE("TLS to the fake server works when its CA is trusted via ca_file") {
   fake_atlassian::server srv;
   temp_file ca("confluence-oauth-test-ca");
   srv.write_ca_pem(ca.path.string());
-  cfo::tls_options tls;
+  cfo::client_config::tls_options tls;
   tls.ca_file = ca.path.string();
   auto a = fetch(srv.base_url() + resources_path, tls);
   CAPTURE(a.what);
@@ -188,7 +188,7 @@ TEST_CASE("TLS to the fake server works when its CA is trusted via ca_file") {
 
 TEST_CASE("an untrusted CA is certificate_rejected") {
   fake_atlassian::server srv;
-  auto a = fetch(srv.base_url() + resources_path, cfo::tls_options{});  // system store only
+  auto a = fetch(srv.base_url() + resources_path, cfo::client_config::tls_options{});  // system store only
   CAPTURE(a.what);
   CHECK_FALSE(a.response);
   CHECK(a.ec == errc::certificate_rejected);
@@ -277,7 +277,7 @@ TEST_CASE("https to a server that does not speak TLS is tls_handshake_failed") {
             ex, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
         const auto port = acceptor->local_endpoint().port();
         asio::co_spawn(ex, answer_not_tls(acceptor), asio::detached);
-        cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, cfo::client_config::tls_options{}, cfo::client_config::http_timeouts{5s, 30s});
         auto r = co_await try_get(client, "https://127.0.0.1:" + std::to_string(port) + "/");
         std::error_code ignored;
         acceptor->close(ignored);
@@ -301,7 +301,7 @@ TEST_CASE("the TLS context requires TLS 1.2 or newer and verifies the peer") {
 // ---------------------------------------------------------------------------
 
 TEST_CASE("a ca_file that does not exist is invalid_config") {
-  cfo::tls_options tls;
+  cfo::client_config::tls_options tls;
   tls.ca_file = "/nonexistent/confluence-oauth/ca.pem";
   auto ec = config_error_of(tls);
   CHECK(ec == errc::invalid_config);
@@ -312,12 +312,12 @@ TEST_CASE("a ca_file that does not exist is invalid_config") {
 TEST_CASE("a ca_file or ca_pem without certificates is invalid_config") {
   temp_file junk("confluence-oauth-test-junk");
   junk.write("this is not a certificate\n");
-  cfo::tls_options by_file;
+  cfo::client_config::tls_options by_file;
   by_file.ca_file = junk.path.string();
   CHECK(config_error_of(by_file) == errc::invalid_config);
   CHECK(client_ctor_error_of(by_file) == errc::invalid_config);
 
-  cfo::tls_options by_pem;
+  cfo::client_config::tls_options by_pem;
   by_pem.ca_pem = "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n";
   CHECK(config_error_of(by_pem) == errc::invalid_config);
   by_pem.ca_pem = "garbage";
@@ -355,7 +355,7 @@ TEST_CASE("plain http to a non-loopback host is insecure_transport before any ne
     };
     auto r = test_util::run(
         [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-          cfo::detail::http_client client(ex, cfo::tls_options{}, cfo::http_timeouts{5s, 30s});
+          cfo::detail::http_client client(ex, cfo::client_config::tls_options{}, cfo::client_config::http_timeouts{5s, 30s});
           result out;
           out.a = co_await try_get(client, url);
           out.opened = client.connections_opened();
@@ -373,12 +373,12 @@ TEST_CASE("plain http to loopback is allowed") {
   auto srv = make_plain_server();
   CHECK(srv.base_url().rfind("http://127.0.0.1:", 0) == 0);
   CHECK(srv.ca_pem().empty());
-  auto a = fetch(srv.base_url() + resources_path, cfo::tls_options{});
+  auto a = fetch(srv.base_url() + resources_path, cfo::client_config::tls_options{});
   CAPTURE(a.what);
   REQUIRE(a.response);
   CHECK(a.response->status == 401);
 
-  auto b = fetch("http://localhost:" + std::to_string(srv.port()) + resources_path, cfo::tls_options{});
+  auto b = fetch("http://localhost:" + std::to_string(srv.port()) + resources_path, cfo::client_config::tls_options{});
   CAPTURE(b.what);
   REQUIRE(b.response);
   CHECK(b.response->status == 401);
@@ -392,7 +392,7 @@ TEST_CASE("a refused connection is connect_failed") {
     asio::ip::tcp::acceptor probe(io, {asio::ip::make_address("127.0.0.1"), 0});
     port = probe.local_endpoint().port();
   }  // closed: nothing listens there now
-  auto a = fetch("http://127.0.0.1:" + std::to_string(port) + "/", cfo::tls_options{});
+  auto a = fetch("http://127.0.0.1:" + std::to_string(port) + "/", cfo::client_config::tls_options{});
   CAPTURE(a.what);
   CHECK(a.ec == errc::connect_failed);
   CHECK(a.ec == cfo::remedy::retry_later);
@@ -413,7 +413,7 @@ TEST_CASE("keep-alive sends sequential requests over one connection") {
     };
     auto r = test_util::run(
         [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-          cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
+          cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
           result out;
           for (int i = 0; i < 5; ++i) out.statuses.push_back((co_await get(client, srv.base_url() + resources_path)).status);
           out.opened = client.connections_opened();
@@ -433,7 +433,7 @@ TEST_CASE("connections idle longer than timeouts.idle are not reused") {
   fake_atlassian::server srv;
   auto opened = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 0ms});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 0ms});
         for (int i = 0; i < 3; ++i) CHECK((co_await get(client, srv.base_url() + resources_path)).status == 401);
         co_return client.connections_opened();
       },
@@ -446,7 +446,7 @@ TEST_CASE("close_idle drops pooled connections") {
   fake_atlassian::server srv;
   auto opened = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
         CHECK((co_await get(client, srv.base_url() + resources_path)).status == 401);
         CHECK(client.idle_connections() == 1);
         client.close_idle();
@@ -466,7 +466,7 @@ TEST_CASE("each origin has its own pooled connections") {
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
         auto tls = trusting(one);
         tls.ca_pem += trusting(two).ca_pem;  // trust both CAs
-        cfo::detail::http_client client(ex, tls, cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, tls, cfo::client_config::http_timeouts{5s, 30s});
         for (int i = 0; i < 3; ++i) {
           CHECK((co_await get(client, one.base_url() + resources_path)).status == 401);
           CHECK((co_await get(client, two.base_url() + resources_path)).status == 401);
@@ -492,7 +492,7 @@ TEST_CASE("concurrent requests use separate connections which are then pooled") 
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
         const std::string url = srv.base_url() + resources_path;
         auto [a, b, c] = co_await (status_of(client, url) && status_of(client, url) && status_of(client, url));
         co_return result{a, b, c, client.connections_opened(), client.idle_connections()};
@@ -513,7 +513,7 @@ TEST_CASE("a burst of concurrent requests leaves its connections pooled for the 
   constexpr int burst = 32;
   auto opened = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{30s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{30s, 30s});
         const std::string url = srv.base_url() + resources_path;
         for (int round = 0; round < 2; ++round) {
           int left = burst;
@@ -545,7 +545,7 @@ TEST_CASE("a pooled connection the server closed is retried transparently on a n
     };
     auto r = test_util::run(
         [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-          cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
+          cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
           result out;
           out.first = co_await try_get(client, srv.base_url() + resources_path);
           out.idle_between = client.idle_connections();
@@ -581,7 +581,7 @@ TEST_CASE("the retry after a stale pooled connection uses a fresh connection") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
         const std::string url = srv.base_url() + resources_path;
         result out;
         // Two pooled connections, both of which the server then closes (a server
@@ -611,7 +611,7 @@ TEST_CASE("a pooled connection that fails after the response started is not retr
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{5s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
         result out;
         out.first = co_await try_get(client, srv.base_url() + resources_path);
         srv.push_raw_response(resources_path, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", true);
@@ -635,7 +635,7 @@ TEST_CASE("a timeout on a pooled connection is not retried") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{300ms, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{300ms, 30s});
         result out;
         out.first = co_await try_get(client, srv.base_url() + resources_path);
         srv.push_stall(resources_path);
@@ -658,7 +658,7 @@ TEST_CASE("one client shared by threads of a thread pool") {
   fake_atlassian::server srv;
   asio::thread_pool pool(4);
   {
-    cfo::detail::http_client client(pool.get_executor(), trusting(srv), cfo::http_timeouts{10s, 30s});
+    cfo::detail::http_client client(pool.get_executor(), trusting(srv), cfo::client_config::http_timeouts{10s, 30s});
     std::vector<std::future<int>> results;
     for (int i = 0; i < 16; ++i)
       results.push_back(asio::co_spawn(pool, status_of(client, srv.base_url() + resources_path), asio::use_future));
@@ -693,7 +693,7 @@ TEST_CASE("cancelling a stalled request ends it with operation_aborted") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{10s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{10s, 30s});
         asio::cancellation_signal signal;
         asio::steady_timer done(ex, steady::time_point::max());
         std::optional<std::exception_ptr> outcome;
@@ -749,7 +749,7 @@ TEST_CASE("cancelling a request on a pooled connection does not resend it") {
   };
   auto r = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<result> {
-        cfo::detail::http_client client(ex, trusting(srv), cfo::http_timeouts{10s, 30s});
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{10s, 30s});
         result out;
         out.first_status = (co_await get(client, srv.base_url() + resources_path)).status;  // pools the connection
         srv.push_stall(resources_path);

@@ -45,9 +45,9 @@ std::string follow_local_page(std::string_view file_url) {
   return target;
 }
 
-asio::awaitable<int> run(std::string start, cfo::tls_options tls, test_browser::decision decision) {
+asio::awaitable<int> run(std::string start, cfo::client_config::tls_options tls, test_browser::decision decision) {
   try {
-    cfo::detail::http_client http(co_await asio::this_coro::executor, tls, cfo::http_timeouts{});
+    cfo::detail::http_client http(co_await asio::this_coro::executor, tls, cfo::client_config::http_timeouts{});
     if (start.starts_with("file://")) start = follow_local_page(start);
     auto visit = co_await test_browser::browse(http, start, decision);
     for (const auto& u : visit.urls) std::cerr << "fake-browser: visited " << without_query(u) << '\n';
@@ -62,7 +62,7 @@ asio::awaitable<int> run(std::string start, cfo::tls_options tls, test_browser::
 }  // namespace
 
 int main(int argc, char** argv) {
-  cfo::tls_options tls;
+  cfo::client_config::tls_options tls;
   auto decision = test_browser::decision::allow;
   std::string start;
   for (int i = 1; i < argc; ++i) {
