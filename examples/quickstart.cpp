@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <system_error>
 
 namespace cfo = confluence_oauth;
 
@@ -16,7 +17,7 @@ asio::awaitable<void> run(cfo::client_config config) {
   auto store = std::make_shared<cfo::file_token_store>("tokens.json");
   cfo::session session(ex, config, store);
   if (!co_await session.load())                     // no saved grant yet:
-    co_await session.authorize(cfo::browser_command{});  // the user consents in the browser
+    co_await session.authorize();                   // the user consents in the browser
 
   auto sites = co_await session.accessible_resources();
   cfo::confluence wiki(session, sites.at(0));
@@ -41,7 +42,7 @@ int main() {
   asio::co_spawn(io, run(std::move(config)), [&](std::exception_ptr e) {
     try {
       if (e) std::rethrow_exception(e);
-    } catch (const cfo::oauth_error& error) {
+    } catch (const std::system_error& error) {  // a cfo::oauth_error
       std::cerr << error.what() << '\n';
       status = error.code() == cfo::remedy::reauthenticate ? 3 : 1;
     }

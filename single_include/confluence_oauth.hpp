@@ -4539,9 +4539,11 @@ class session {
                                 [state = state_] { return load_op(state); });
   }
 
-  /// Signs in interactively (listener, browser, code exchange) and saves the grant.
+  /// Signs in interactively (listener, browser, code exchange) and saves the
+  /// grant; `open` shows the user the authorization URL (default: the
+  /// system's browser, browser_command{}).
   template <typename CompletionToken = detail::default_completion_token>
-  auto authorize(browser_opener open, CompletionToken&& token = {}) {
+  auto authorize(browser_opener open = browser_command{}, CompletionToken&& token = {}) {
     return detail::launch<void>(get_executor(), std::forward<CompletionToken>(token),
                                 [state = state_, open = std::move(open)] { return authorize_op(state, open); });
   }
