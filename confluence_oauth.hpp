@@ -39,6 +39,9 @@
 // parts between `#if CONFLUENCE_OAUTH_DETAIL_DEFINE` and its `#endif` are
 // that implementation, and CONFLUENCE_OAUTH_DETAIL_INLINE marks the
 // functions declared above it and defined there.
+#if defined(CONFLUENCE_OAUTH_IMPLEMENTATION) && !defined(CONFLUENCE_OAUTH_SEPARATE_COMPILATION)
+#error "CONFLUENCE_OAUTH_IMPLEMENTATION goes with CONFLUENCE_OAUTH_SEPARATE_COMPILATION, defined in every file"
+#endif
 #if !defined(CONFLUENCE_OAUTH_SEPARATE_COMPILATION)
 #define CONFLUENCE_OAUTH_DETAIL_DEFINE 1
 #define CONFLUENCE_OAUTH_DETAIL_INLINE inline
@@ -164,17 +167,17 @@ enum class errc {
   invalid_request,
   /// client id or secret rejected (`invalid_client`, `unauthorized_client`, Atlassian's 401 `access_denied`). Remedy: fix_configuration; fix `client_id` / `client_secret`.
   invalid_client,
-  /// any other OAuth error from the token endpoint (see `error()`). Remedy: fix_configuration; read `error_description()`.
+  /// any other OAuth error from the token endpoint (see `details().error`). Remedy: fix_configuration; read `details().error_description`.
   oauth_error_response,
   /// 500, 502, 503, 504, or `temporarily_unavailable` / `server_error`. Remedy: retry_later; retry later.
   server_unavailable,
-  /// 429 (or `slow_down`), after the retries the policy allows. Remedy: retry_later; wait `retry_after()`.
+  /// 429 (or `slow_down`), after the retries the policy allows. Remedy: retry_later; wait `details().retry_after`.
   rate_limited,
-  /// an API status the library does not expect: 403, 404, a redirect it did not follow, .... Remedy: no remedy; look at `http_status()`.
+  /// an API status the library does not expect: 403, 404, a redirect it did not follow, .... Remedy: no remedy; look at `details().http_status`.
   http_error,
   /// the user declined (`error=access_denied`). Remedy: reauthenticate; ask again, or stop.
   authorization_denied,
-  /// the redirect came back with another error, or with neither code nor error. Remedy: reauthenticate; authorize again; see `error()`.
+  /// the redirect came back with another error, or with neither code nor error. Remedy: reauthenticate; authorize again; see `details().error`.
   authorization_failed,
   /// the state belongs to another authorization. Remedy: reauthenticate; start a new authorization.
   state_mismatch,
@@ -853,7 +856,6 @@ inline std::optional<std::string> aes256gcm_open(std::string_view key, std::stri
   return out;
 }
 
-/// Parses a whole string as a non-negative decimal integer.
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 /// The string `j` holds under `key`, or nullptr when `j` is no object or the
 /// value is missing or not a string: how every answer and file is read.
@@ -864,6 +866,7 @@ inline const std::string* json_string(const nlohmann::json& j, const char* key) 
 }
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
+/// Parses a whole string as a non-negative decimal integer.
 template <typename Int>
 inline std::optional<Int> parse_uint(std::string_view s) noexcept {
   Int v{};
@@ -1217,6 +1220,17 @@ inline bool is_loopback(std::string_view host) noexcept {
 /// A loopback address, or "localhost", whose addresses are checked when it is
 /// resolved (the transport) or never looked up (the listener binds literals).
 inline bool names_loopback(std::string_view host) noexcept { return iequals(host, "localhost") || is_loopback(host); }
+
+/// `base` followed by `path`, which must start with '/' (else invalid_url,
+/// naming `what`): how a path on an API base or a site becomes a URL.
+inline std::string path_under(std::string_view base, std::string_view path, std::string_view what) {
+  if (path.empty() || path.front() != '/')
+    fail(errc::invalid_url, std::string(what) + " must start with '/': \"" + sanitize_text(path, 100) + "\"");
+  std::string out;
+  out.reserve(base.size() + path.size());
+  out.append(base).append(path);
+  return out;
+}
 
 /// Resolves an absolute URL, an absolute path ("/wiki/...") or a path relative
 /// to a prefix, as pagination links from the Atlassian gateway need.
@@ -4065,9 +4079,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
         fail(errc::invalid_config, "refusing to send the access token to " + u.origin() + ": it goes only to " + api_.origin());
       return u;
     }
-    if (target.empty() || target.front() != '/')
-      fail(errc::invalid_url, "a request target must start with '/' or be a URL on " + api_.origin());
-    return parse_url(api_base() + std::string(target));
+    return parse_url(path_under(api_base(), target, "a request target that is no URL on " + api_.origin()));
   }
 
   /// Whether `res` to a request made with `used` calls for a new token: a 401
@@ -4174,6 +4186,26 @@ class session_state : public std::enable_shared_from_this<session_state> {
       }
       if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
     }
+  }
+
+  /// A token still valid `span` from now, refreshed first when the one held
+  /// expires sooner. No refresh can outlast the server's lifetime: once one
+  /// fell short, asking for as much again fails at once.
+  asio::awaitable<usable_token> token_for(std::chrono::seconds span) {
+    auto t = co_await token();
+    if (t.valid_for(span)) co_return t;
+    auto short_of = [&](const std::string& why) {
+      fail(errc::invalid_config, "asked for an access token valid for " + std::to_string(span.count()) + " s; " + why);
+    };
+    if (!tokens_->has_refresh_token()) short_of("this one expires sooner and the grant has no refresh token");
+    if (granted_lifetime_ && *granted_lifetime_ < span) short_of("the server grants shorter ones");
+    co_await replace_rejected(t.access);  // unless someone has refreshed already
+    t = co_await token();
+    if (!t.valid_for(span)) {
+      granted_lifetime_ = tokens_->expires_at - obtained_at_;
+      short_of("the server grants shorter ones");
+    }
+    co_return t;
   }
 
   asio::awaitable<token_set> refresh_now() {
@@ -4393,6 +4425,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
 
   std::optional<token_set> tokens_;
   clock::time_point obtained_at_ = clock::now();
+  std::optional<clock::duration> granted_lifetime_;  // of a refresh that fell short of token_for's span
   // The fast path of requests, which then skip the strand: the token token()
   // handed out last, until its refresh is due. Withdrawn by anything that
   // replaces the grant (install) and by every refresh round.
@@ -4523,7 +4556,9 @@ class session {
   /// The second half: checks `callback` (the redirect's target, URL or query)
   /// against `pending`, trades the code and saves and uses the grant. Its
   /// errors (state_mismatch, authorization_denied, the token endpoint's) hold
-  /// fixed text and the server's words sanitized and redacted: safe to show.
+  /// fixed text and the server's words sanitized and redacted: safe to show,
+  /// HTML-escaped. A grant the store could not save (store_error) also names
+  /// what the store said (a file's path): log that one.
   template <typename CompletionToken = detail::default_completion_token>
   auto complete_authorization(std::string callback, authorization pending, CompletionToken&& token = {}) {
     return detail::launch<void>(get_executor(), std::forward<CompletionToken>(token),
@@ -4571,9 +4606,11 @@ class session {
     return this->token(std::chrono::seconds(0), std::forward<CompletionToken>(token));
   }
 
-  /// An access token still valid `min_validity` from now (for a job that
-  /// hands it on, say), refreshed first when the one held expires sooner.
-  /// Fails with invalid_config when the server grants shorter lifetimes.
+  /// An access token still valid `min_validity` (up to a year) from now, for
+  /// a job that hands it on, say: refreshed first when the one held expires
+  /// sooner. invalid_config when no refresh can give one: the grant has no
+  /// refresh token, or the server's tokens live shorter (known after one
+  /// refresh, which later calls do not repeat).
   template <typename CompletionToken = detail::default_completion_token>
   auto token(std::chrono::seconds min_validity, CompletionToken&& token = {}) {
     return detail::launch<secret>(get_executor(), std::forward<CompletionToken>(token),
@@ -4689,8 +4726,8 @@ CONFLUENCE_OAUTH_DETAIL_INLINE authorization session::begin_authorization(std::s
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> session::complete_authorization_op(state_ptr state, std::string callback,
                                                                                         authorization pending) {
+  detail::wipe_on_exit wipe{callback};
   auto code = detail::verify_callback(detail::parse_callback(callback), pending);
-  detail::wipe(callback);
   auto tokens = co_await state->client().exchange_code(std::move(code), std::move(pending));
   co_await detail::on_strand(state->strand(), state->adopt(std::move(tokens)));
 }
@@ -4713,15 +4750,11 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<void> session::logout_op(state_pt
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<secret> session::token_op(state_ptr state, std::chrono::seconds min_validity) {
+  // Up to a year: no access token lives longer, and the clock arithmetic stays in range.
+  if (min_validity.count() < 0 || min_validity > std::chrono::hours(24 * 366))
+    detail::fail(errc::invalid_config, "min_validity must be between 0 and a year");
   auto t = state->published_token();
-  if (!t) t = co_await detail::on_strand(state->strand(), state->token());
-  if (!t->valid_for(min_validity)) {
-    co_await detail::on_strand(state->strand(), state->replace_rejected(t->access));  // unless someone has already
-    t = co_await detail::on_strand(state->strand(), state->token());
-    if (!t->valid_for(min_validity))
-      detail::fail(errc::invalid_config, "asked for an access token valid for " + std::to_string(min_validity.count()) +
-                                             " s; the server grants shorter ones");
-  }
+  if (!t || !t->valid_for(min_validity)) t = co_await detail::on_strand(state->strand(), state->token_for(min_validity));
   co_return std::move(t->access);
 }
 
@@ -4984,9 +5017,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::vector<nlohmann::json>> conf
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE std::string confluence::on_site(std::string_view path) const {
-  if (path.empty() || path.front() != '/')
-    detail::fail(errc::invalid_url, "a path on the site starts with '/': \"" + detail::sanitize_text(path, 100) + "\"");
-  return base_ + std::string(path);
+  return detail::path_under(base_, path, "a path on the site");
 }
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 

@@ -119,6 +119,77 @@ TEST_CASE("without a grant, token() says to sign in") {
   CHECK(ec == cfo::remedy::reauthenticate);
 }
 
+TEST_CASE("token(min_validity) refreshes only a token that expires sooner, and refuses what no refresh can give") {
+  fake_atlassian::options o;
+  o.access_token_lifetime = 120s;
+  session_fixture f(o);
+  f.expire_locally(60s);  // the saved token has a minute left
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, f.store);
+    co_await s.load();
+    auto held = co_await s.token(30s);  // a minute is enough: no refresh
+    CHECK(held == f.granted.access_token);
+    CHECK(f.srv.stats().refresh_grants == 0);
+    auto fresh = co_await s.token(90s);  // it is not: one refresh, whose token lasts two minutes
+    CHECK_FALSE(fresh == f.granted.access_token);
+    CHECK(f.srv.stats().refresh_grants == 1);
+    auto again = co_await s.token(90s);  // held now, no second refresh
+    CHECK(again == fresh);
+    CHECK(f.srv.stats().refresh_grants == 1);
+
+    // More than the server grants: one refresh finds out, later asks fail at once.
+    auto [e1, t1] = co_await asio::co_spawn(ex, s.token(3600s), cfo::detail::use_tuple);
+    CHECK(test_util::code_of(e1) == cfo::errc::invalid_config);
+    const auto refreshes = f.srv.stats().refresh_grants;
+    CHECK(refreshes == 2);
+    auto [e2, t2] = co_await asio::co_spawn(ex, s.token(3600s), cfo::detail::use_tuple);
+    CHECK(test_util::code_of(e2) == cfo::errc::invalid_config);
+    CHECK(f.srv.stats().refresh_grants == refreshes);
+    auto [e3, t3] = co_await asio::co_spawn(ex, s.token(std::chrono::hours(24 * 400)), cfo::detail::use_tuple);
+    CHECK(test_util::code_of(e3) == cfo::errc::invalid_config);  // out of range, never near the clock's limits
+    auto any = co_await s.token();
+    auto minute = co_await s.token(60s);
+    CHECK(any == minute);  // the token held still serves
+  });
+}
+
+TEST_CASE("complete_authorization trades the code of its own callback, and refuses another state without a token request") {
+  session_fixture f;
+  auto store = std::make_shared<cfo::memory_token_store>();
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    cfo::session s(ex, f.cfg, store);
+    auto pending = s.begin_authorization();
+    std::string challenge;
+    for (auto& [name, value] : cfo::detail::parse_query(pending.url.substr(pending.url.find('?') + 1)))
+      if (name == "code_challenge") challenge = value;
+    REQUIRE_FALSE(challenge.empty());  // PKCE by default
+    const std::string code = f.srv.issue_code(pending.redirect_uri, scopes, challenge);  // as /authorize would
+    const auto before = f.srv.stats().token_requests;
+
+    auto other = s.begin_authorization();  // another browser's state: refused, the code is not sent anywhere
+    const std::string foreign = "/callback?code=" + cfo::detail::percent_encode(code) + "&state=" +
+                                cfo::detail::percent_encode(other.state.reveal());
+    auto [e1] = co_await asio::co_spawn(ex, s.complete_authorization(foreign, pending), cfo::detail::use_tuple);
+    CHECK(test_util::code_of(e1) == cfo::errc::state_mismatch);
+    CHECK(f.srv.stats().token_requests == before);
+    CHECK_FALSE(co_await store->load());
+
+    const std::string denied = "/callback?error=access_denied&state=" + cfo::detail::percent_encode(pending.state.reveal());
+    auto [e2] = co_await asio::co_spawn(ex, s.complete_authorization(denied, pending), cfo::detail::use_tuple);
+    CHECK(test_util::code_of(e2) == cfo::errc::authorization_denied);
+
+    const std::string own = "/callback?code=" + cfo::detail::percent_encode(code) + "&state=" +
+                            cfo::detail::percent_encode(pending.state.reveal());
+    co_await s.complete_authorization(own, pending);
+    CHECK(f.srv.stats().token_requests == before + 1);
+    auto saved = co_await store->load();
+    REQUIRE(saved);
+    CHECK(saved->has_refresh_token());
+    auto used = co_await s.token();
+    CHECK(used == saved->access_token);
+  });
+}
+
 TEST_CASE("1,000 concurrent requests on an expired token make exactly one token request") {
   program_args::raise_fd_limit(4096);
   session_fixture f;
