@@ -65,6 +65,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstdio>
@@ -73,6 +74,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -352,26 +354,54 @@ namespace confluence_oauth {
 
 /// What a server said about a failure, as far as it said anything.
 struct error_details {
+  /// Atlassian's rate-limit headers, as far as an answer carried them
+  /// (ATLASSIAN.md "Rate limits"); also http_response::rate_limit().
+  struct rate_limit_info {
+    std::optional<std::uint64_t> limit;             ///< X-RateLimit-Limit: requests in the period
+    std::optional<std::uint64_t> remaining;         ///< X-RateLimit-Remaining: requests left in it
+    std::optional<std::chrono::sys_seconds> reset;  ///< X-RateLimit-Reset (ISO 8601): when the period ends
+    bool near_limit = false;                        ///< X-RateLimit-NearLimit: under 20% of the budget is left
+    std::string reason;                             ///< RateLimit-Reason: which limit was hit (sanitized)
+    std::optional<std::chrono::seconds> beta_retry_after;  ///< Beta-Retry-After, read as Retry-After is
+  };
+
   std::string error;              ///< RFC 6749 `error`
   std::string error_description;  ///< RFC 6749 `error_description`, or the API's message (secrets redacted)
   std::string error_uri;          ///< RFC 6749 `error_uri`
   int http_status = 0;            ///< 0 when no HTTP response was involved
   std::string www_authenticate;   ///< the WWW-Authenticate header
-  std::optional<std::chrono::seconds> retry_after;  ///< Retry-After, when the server sent one
+  /// Retry-After, when the server sent one (seconds or an HTTP date; a huge
+  /// value saturates at seconds::max()), or the wait this session still owes
+  /// the host when the call failed before sending.
+  std::optional<std::chrono::seconds> retry_after;
+  rate_limit_info rate_limit;  ///< the answer's rate-limit headers
+  /// confluence::get_all: the items of the pages read before the one that
+  /// failed, in order.
+  std::vector<nlohmann::json> partial_results;
+  /// confluence::get_all: the page that failed, as a path on the site: give
+  /// it to get_all again to go on where it stopped (empty for other calls).
+  std::string resume_path;
 };
+
+namespace detail {
+struct error_access;
+}
 
 /// The one exception type: a std::system_error with the server's details.
 class oauth_error : public std::system_error {
  public:
   /// `context` says what failed; what the server said goes in `details`.
   oauth_error(std::error_code ec, const std::string& context, error_details details = {})
-      : std::system_error(ec, compose(context, details)), details_(std::move(details)) {}
+      : std::system_error(ec, compose(context, details)), context_(context), details_(std::move(details)) {}
 
   /// All of what the server said.
   const error_details& details() const noexcept { return details_; }
 
  private:
+  friend struct detail::error_access;
+
   static std::string compose(const std::string& context, const error_details& d) {
+
     std::string text = context;
     if (d.http_status == 0 && d.error.empty()) return text;
     text += " (";
@@ -385,6 +415,7 @@ class oauth_error : public std::system_error {
     return text;
   }
 
+  std::string context_;
   error_details details_;
 };
 
@@ -392,6 +423,13 @@ namespace detail {
 [[noreturn]] inline void fail(errc e, const std::string& context, error_details details = {}) {
   throw oauth_error(make_error_code(e), context, std::move(details));
 }
+
+/// The same failure with more details (get_all's partial results): same code, same message.
+struct error_access {
+  static oauth_error with_details(const oauth_error& e, error_details details) {
+    return oauth_error(e.code(), e.context_, std::move(details));
+  }
+};
 }  // namespace detail
 
 // ----------------------------------------------------------------------------
@@ -1328,6 +1366,9 @@ struct http_response {
   std::string reason;    ///< the reason phrase
   http_headers headers;  ///< the response headers
   std::string body;      ///< the whole body
+
+  /// The rate-limit headers (X-RateLimit-*, RateLimit-Reason, Beta-Retry-After) read from `headers`.
+  error_details::rate_limit_info rate_limit() const;
 };
 
 namespace detail {
@@ -1352,6 +1393,110 @@ inline bool header_has_token(std::string_view value, std::string_view token) noe
   }
   return false;
 }
+
+inline std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+/// A non-negative decimal of any length, saturating at `most` instead of
+/// overflowing: Atlassian's edge has sent `Retry-After: 9223372036854775807`
+/// (ATLASSIAN.md "Rate limits").
+inline std::optional<std::uint64_t> parse_saturating(std::string_view s, std::uint64_t most) noexcept {
+  if (s.empty()) return std::nullopt;
+  std::uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    const auto digit = static_cast<std::uint64_t>(c - '0');
+    v = v > (most - digit) / 10 ? most : v * 10 + digit;
+  }
+  return v;
+}
+
+/// Retry-After as delta-seconds of any size (saturating at seconds::max()) or
+/// an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+inline std::optional<std::chrono::seconds> parse_retry_after(std::string_view v,
+                                                             std::chrono::system_clock::time_point now) {
+  v = trim(v);
+  if (!v.empty() && v.front() >= '0' && v.front() <= '9') {
+    auto secs = parse_saturating(v, static_cast<std::uint64_t>(std::chrono::seconds::max().count()));
+    if (!secs) return std::nullopt;
+    return std::chrono::seconds(static_cast<std::chrono::seconds::rep>(*secs));
+  }
+  static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  if (v.size() != 29 || v[3] != ',' || v.substr(25) != " GMT") return std::nullopt;
+  auto day = parse_uint<unsigned>(v.substr(5, 2));
+  auto year = parse_uint<unsigned>(v.substr(12, 4));
+  auto hh = parse_uint<unsigned>(v.substr(17, 2));
+  auto mm = parse_uint<unsigned>(v.substr(20, 2));
+  auto ss = parse_uint<unsigned>(v.substr(23, 2));
+  auto month = std::find(std::begin(months), std::end(months), v.substr(8, 3));
+  if (!day || !year || !hh || !mm || !ss || month == std::end(months) || *day < 1 || *day > 31 || *hh > 23 ||
+      *mm > 59 || *ss > 60)
+    return std::nullopt;
+  auto m = static_cast<unsigned>(month - std::begin(months)) + 1;
+  // In seconds since the epoch: a date after 2262 would overflow the clock's nanoseconds.
+  const std::int64_t when = days_from_civil(*year, m, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss;
+  const std::int64_t at = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  return std::chrono::seconds(when > at ? when - at : 0);
+}
+
+/// X-RateLimit-Reset: an ISO 8601 date and time ("2026-01-31T12:00:00Z",
+/// fractions of a second ignored, "Z" or an offset such as "+01:00").
+inline std::optional<std::chrono::sys_seconds> parse_iso8601(std::string_view v) {
+  v = trim(v);
+  if (v.size() < 20 || v[4] != '-' || v[7] != '-' || (v[10] != 'T' && v[10] != 't') || v[13] != ':' || v[16] != ':')
+    return std::nullopt;
+  auto year = parse_uint<unsigned>(v.substr(0, 4));
+  auto month = parse_uint<unsigned>(v.substr(5, 2));
+  auto day = parse_uint<unsigned>(v.substr(8, 2));
+  auto hh = parse_uint<unsigned>(v.substr(11, 2));
+  auto mm = parse_uint<unsigned>(v.substr(14, 2));
+  auto ss = parse_uint<unsigned>(v.substr(17, 2));
+  if (!year || !month || !day || !hh || !mm || !ss || *month < 1 || *month > 12 || *day < 1 || *day > 31 ||
+      *hh > 23 || *mm > 59 || *ss > 60)
+    return std::nullopt;
+  auto zone = v.substr(19);
+  if (!zone.empty() && zone.front() == '.') {
+    std::size_t digits = 1;
+    while (digits < zone.size() && zone[digits] >= '0' && zone[digits] <= '9') ++digits;
+    if (digits == 1) return std::nullopt;
+    zone.remove_prefix(digits);
+  }
+  std::int64_t offset = 0;
+  if (zone != "Z" && zone != "z") {
+    if ((zone.size() != 6 || zone[3] != ':') && zone.size() != 5) return std::nullopt;
+    if (zone.front() != '+' && zone.front() != '-') return std::nullopt;
+    auto oh = parse_uint<unsigned>(zone.substr(1, 2));
+    auto om = parse_uint<unsigned>(zone.substr(zone.size() - 2));
+    if (!oh || !om || *oh > 23 || *om > 59) return std::nullopt;
+    offset = (zone.front() == '-' ? -1 : 1) * static_cast<std::int64_t>(*oh * 3600 + *om * 60);
+  }
+  const std::int64_t when = days_from_civil(*year, *month, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss - offset;
+  return std::chrono::sys_seconds(std::chrono::seconds(when));
+}
+
+}  // namespace detail
+
+CONFLUENCE_OAUTH_DETAIL_INLINE error_details::rate_limit_info http_response::rate_limit() const {
+  constexpr auto most = std::numeric_limits<std::uint64_t>::max();
+  error_details::rate_limit_info r;
+  if (auto v = headers.get("X-RateLimit-Limit")) r.limit = detail::parse_saturating(detail::trim(*v), most);
+  if (auto v = headers.get("X-RateLimit-Remaining")) r.remaining = detail::parse_saturating(detail::trim(*v), most);
+  if (auto v = headers.get("X-RateLimit-Reset")) r.reset = detail::parse_iso8601(*v);
+  if (auto v = headers.get("X-RateLimit-NearLimit")) r.near_limit = detail::iequals(detail::trim(*v), "true");
+  if (auto v = headers.get("RateLimit-Reason")) r.reason = detail::sanitize_text(*v, 200);
+  if (auto v = headers.get("Beta-Retry-After"))
+    r.beta_retry_after = detail::parse_retry_after(*v, std::chrono::system_clock::now());
+  return r;
+}
+
+namespace detail {
 
 class http_parser {
  public:
@@ -1806,12 +1951,25 @@ struct session_options {
     bool redirect_page = true;
   };
 
-  /// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
+  /// How 429 and 503 answers, and token requests that failed in transit, are
+  /// retried. A Retry-After is honoured as sent (never sooner, ATLASSIAN.md
+  /// "Rate limits"); without one, the defaults are Atlassian's own example
+  /// backoff: 5 s, doubling up to 30 s, each wait times a random 0.7-1.3, at
+  /// most 4 retries. A wait the server asks of one request holds back the
+  /// session's other requests to the same host until the same moment.
   struct retry_policy {
-    int max_attempts = 4;                        ///< tries per request, the first included; 1 = no retry
-    std::chrono::milliseconds base_delay{500};   ///< backoff: random in [0, min(max_delay, base * 2^(n-1))]
-    std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap
-    std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  ///< a longer Retry-After is not waited for
+    int max_attempts = 5;  ///< tries per request, the first included (Atlassian: 4 retries); 1 = no retry
+    std::chrono::milliseconds base_delay{std::chrono::seconds(5)};  ///< first backoff wait, doubled for each retry after it
+    std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap (not of Retry-After)
+    double jitter = 0.3;  ///< each backoff wait times a random factor in [1 - jitter, 1 + jitter]; 0 to 1
+    /// The longest wait slept through, the server's or the session's shared
+    /// one: a longer one fails the call at once with rate_limited (or
+    /// server_unavailable for a 503), details().retry_after saying how long.
+    std::chrono::milliseconds max_wait{std::chrono::seconds(60)};
+    /// After an answer with `X-RateLimit-NearLimit: true` (under 20% of the
+    /// budget left), the session's next request to that host starts no sooner
+    /// than this later; 0 = no slow-down.
+    std::chrono::milliseconds near_limit_pause{0};
   };
 
   std::chrono::seconds refresh_skew{60};  ///< refresh this long before the access token expires
@@ -2902,8 +3060,10 @@ inline callback_match match_callback(const callback_params& p, const authorizati
 inline secret verify_callback(const callback_params& p, const authorization& auth) {
   // The server's words are kept, but not what they echo of this authorization.
   const secret* own[] = {&p.code, &auth.state, &auth.code_verifier};
-  error_details d{sanitize_text(redact(p.error, own), 60), sanitize_text(redact(p.error_description, own)),
-                  sanitize_text(redact(p.error_uri, own)), 0, {}, {}};
+  error_details d;
+  d.error = sanitize_text(redact(p.error, own), 60);
+  d.error_description = sanitize_text(redact(p.error_description, own));
+  d.error_uri = sanitize_text(redact(p.error_uri, own));
   switch (match_callback(p, auth)) {
     case callback_match::code: return p.code;
     case callback_match::denied: fail(errc::authorization_denied, "the user declined the authorization", d);
@@ -2935,39 +3095,6 @@ inline nlohmann::json parse_json(std::string_view text, int max_depth = 64) {
   return nlohmann::json::parse(text, nullptr, false);
 }
 
-inline std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
-  y -= m <= 2;
-  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
-}
-
-/// Retry-After as delta-seconds or an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
-inline std::optional<std::chrono::seconds> parse_retry_after(std::string_view v,
-                                                             std::chrono::system_clock::time_point now) {
-  v = trim(v);
-  if (auto secs = parse_uint<std::uint32_t>(v)) return std::chrono::seconds(*secs);
-  static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  if (v.size() != 29 || v[3] != ',' || v.substr(25) != " GMT") return std::nullopt;
-  auto day = parse_uint<unsigned>(v.substr(5, 2));
-  auto year = parse_uint<unsigned>(v.substr(12, 4));
-  auto hh = parse_uint<unsigned>(v.substr(17, 2));
-  auto mm = parse_uint<unsigned>(v.substr(20, 2));
-  auto ss = parse_uint<unsigned>(v.substr(23, 2));
-  auto month = std::find(std::begin(months), std::end(months), v.substr(8, 3));
-  if (!day || !year || !hh || !mm || !ss || month == std::end(months) || *day < 1 || *day > 31 || *hh > 23 ||
-      *mm > 59 || *ss > 60)
-    return std::nullopt;
-  auto m = static_cast<unsigned>(month - std::begin(months)) + 1;
-  // In seconds since the epoch: a date after 2262 would overflow the clock's nanoseconds.
-  const std::int64_t when = days_from_civil(*year, m, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss;
-  const std::int64_t at = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
-  return std::chrono::seconds(when > at ? when - at : 0);
-}
-
 inline errc errc_for_oauth_error(std::string_view error, int status) noexcept {
   if (status == 429) return errc::rate_limited;
   if (error == "invalid_grant") return errc::invalid_grant;
@@ -2990,6 +3117,7 @@ inline error_details response_details(const http_response& res, std::span<const 
   d.http_status = res.status;
   if (auto w = res.headers.get("WWW-Authenticate")) d.www_authenticate = sanitize_text(detail::redact(std::string(*w), redact));
   if (auto r = res.headers.get("Retry-After")) d.retry_after = parse_retry_after(*r, std::chrono::system_clock::now());
+  d.rate_limit = res.rate_limit();
   return d;
 }
 
@@ -3899,37 +4027,43 @@ inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
-/// The wait before retry number `retry` (1-based): the server's Retry-After
-/// when it gave one, else exponential backoff with full jitter.
-inline std::chrono::milliseconds retry_delay(const session_options::retry_policy& policy, int retry,
-                                             std::optional<std::chrono::seconds> retry_after) {
-  if (retry_after) return *retry_after;
-  auto cap = std::min(policy.max_delay, policy.base_delay * (std::int64_t{1} << std::clamp(retry - 1, 0, 20)));
+/// The backoff before retry number `retry` (1-based) when the server named no
+/// wait: base_delay doubled per retry up to max_delay, times a random factor
+/// in [1 - jitter, 1 + jitter] (Atlassian's example: 5 s, 30 s, 0.7-1.3).
+inline std::chrono::milliseconds backoff_delay(const session_options::retry_policy& policy, int retry) {
+  auto nominal = policy.base_delay;
+  for (int i = 1; i < retry && nominal < policy.max_delay; ++i) nominal *= 2;
+  nominal = std::min(nominal, policy.max_delay);
   std::uint64_t r = 0;
   random_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
-  return std::chrono::milliseconds(cap.count() > 0 ? static_cast<std::int64_t>(r % (static_cast<std::uint64_t>(cap.count()) + 1)) : 0);
+  const double uniform = static_cast<double>(r >> 11) * 0x1.0p-53;  // in [0, 1)
+  const double factor = 1.0 - policy.jitter + 2.0 * policy.jitter * uniform;
+  return std::chrono::milliseconds(std::llround(static_cast<double>(nominal.count()) * factor));
 }
 
-/// The retries one operation has left under a retry policy: tries and total
-/// wait. The request loop and the refresh loop share it.
+/// `wait` in milliseconds, rounded up and saturating (a Retry-After may be seconds::max()).
+inline std::chrono::milliseconds saturating_ms(std::chrono::seconds wait) noexcept {
+  constexpr auto most = std::chrono::milliseconds::max().count() / 1000;
+  return std::chrono::milliseconds(std::min(wait.count(), most) * 1000);
+}
+
+/// The tries one operation has left under a retry policy. The request loop
+/// and the refresh loop share it.
 class retry_budget {
  public:
   explicit retry_budget(const session_options::retry_policy& policy) : policy_(policy) {}
 
-  /// The wait before the next try, or nullopt when the policy allows no more.
+  /// The wait before the next try: the server's Retry-After as sent, else the
+  /// backoff; nullopt when the policy allows no more tries.
   std::optional<std::chrono::milliseconds> next_delay(std::optional<std::chrono::seconds> retry_after) {
     if (attempt_ >= policy_.max_attempts) return std::nullopt;
-    const auto delay = retry_delay(policy_, attempt_, retry_after);
-    if (waited_ + delay > policy_.max_total_wait) return std::nullopt;
-    waited_ += delay;
-    ++attempt_;
-    return delay;
+    const int retry = attempt_++;
+    return retry_after ? saturating_ms(*retry_after) : backoff_delay(policy_, retry);
   }
 
  private:
   const session_options::retry_policy& policy_;
   int attempt_ = 1;
-  std::chrono::milliseconds waited_{0};
 };
 
 /// Waits on the current executor; a cancellation throws oauth_error(operation_aborted).
@@ -4056,10 +4190,16 @@ class session_state : public std::enable_shared_from_this<session_state> {
   session_state(oauth_client client, std::shared_ptr<token_store> store, session_options options)
       : client_(std::move(client)), store_holder_(std::move(store)), store_(checked(store_holder_)),
         options_(std::move(options)), api_(parse_url(client_.config().api_url)),
+        token_origin_(parse_url(client_.config().token_url).origin()),
         strand_(asio::make_strand(client_.get_executor())) {
     if (options_.refresh_skew.count() < 0 || options_.near_expiry.count() < 0)
       fail(errc::invalid_config, "session_options: refresh_skew and near_expiry must not be negative");
-    if (options_.retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
+    const auto& retry = options_.retry;
+    if (retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
+    for (auto wait : {retry.base_delay, retry.max_delay, retry.max_wait, retry.near_limit_pause})
+      if (wait.count() < 0 || wait > std::chrono::hours(24))
+        fail(errc::invalid_config, "retry_policy: every delay and wait must be between 0 and a day");
+    if (!(retry.jitter >= 0 && retry.jitter <= 1)) fail(errc::invalid_config, "retry_policy::jitter must be between 0 and 1");
     api_prefix_ = std::string(api_.path());
     while (!api_prefix_.empty() && api_prefix_.back() == '/') api_prefix_.pop_back();
   }
@@ -4088,6 +4228,70 @@ class session_state : public std::enable_shared_from_this<session_state> {
     if (res.status == 401) return !is_scope_mismatch(res);
     if (res.status != 403 && res.status != 404) return false;
     return used.expires_at != clock::time_point::max() && used.expires_at - clock::now() <= options_.near_expiry;
+  }
+
+  // Back-pressure shared by the session's requests, per origin: Atlassian
+  // counts per app and per site, and a request sent before its Retry-After
+  // ends "will fail and return the same or longer Retry-After period"
+  // (ATLASSIAN.md "Rate limits"). Any thread.
+
+  /// Nothing goes to `origin` before `wait` from now (the later moment wins).
+  void defer(const std::string& origin, std::chrono::milliseconds wait) {
+    using steady = std::chrono::steady_clock;
+    const auto now = steady::now();
+    const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(steady::time_point::max() - now);
+    const auto until = wait >= room ? steady::time_point::max() : now + wait;
+    std::lock_guard lock(hold_mutex_);
+    auto& moment = not_before_[origin];
+    moment = std::max(moment, until);
+  }
+
+  /// How long `origin` is still held back.
+  std::chrono::milliseconds held_for(const std::string& origin) const {
+    using steady = std::chrono::steady_clock;
+    std::lock_guard lock(hold_mutex_);
+    auto it = not_before_.find(origin);
+    const auto now = steady::now();
+    if (it == not_before_.end() || it->second <= now) return std::chrono::milliseconds(0);
+    return std::chrono::ceil<std::chrono::milliseconds>(it->second - now);
+  }
+
+  /// Waits until `origin` may be sent to; fails at once with rate_limited
+  /// when that is further away than retry_policy::max_wait.
+  asio::awaitable<void> hold_back(std::string origin, std::string what) {
+    for (auto wait = held_for(origin); wait.count() > 0; wait = held_for(origin)) {
+      if (wait > options_.retry.max_wait) {
+        error_details details;
+        details.retry_after = std::chrono::ceil<std::chrono::seconds>(wait);
+        fail(errc::rate_limited, what + ": not sent, as the server asked this session to wait " +
+                                     std::to_string(details.retry_after->count()) + " s more, longer than retry_policy::max_wait",
+             details);
+      }
+      co_await sleep_for(wait, what + ": waiting as the server asked");
+    }
+  }
+
+  /// Shares the wait a 429 or 503 asked for with the session's other
+  /// requests to `origin`; true when it is longer than retry_policy::max_wait.
+  bool beyond_wait(const std::string& origin, std::optional<std::chrono::seconds> retry_after) {
+    if (!retry_after) return false;
+    const auto wait = saturating_ms(*retry_after);
+    defer(origin, wait);
+    return wait > options_.retry.max_wait;
+  }
+
+  /// Holds `origin` back until the next try; false when the policy allows no more.
+  bool retry_later(const std::string& origin, std::optional<std::chrono::seconds> retry_after, retry_budget& budget) {
+    const auto delay = budget.next_delay(retry_after);
+    if (delay) defer(origin, *delay);
+    return delay.has_value();
+  }
+
+  /// retry_policy::near_limit_pause: after an answer that says the budget is
+  /// nearly spent, the next request to `origin` waits that long.
+  void pace(const std::string& origin, const http_response& res) {
+    if (options_.retry.near_limit_pause.count() > 0 && res.rate_limit().near_limit)
+      defer(origin, options_.retry.near_limit_pause);
   }
 
   /// The token token() would hand out, without the strand, while no refresh
@@ -4397,16 +4601,20 @@ class session_state : public std::enable_shared_from_this<session_state> {
 
   /// Refresh, retried within the policy on 429, 503 and failures in transit:
   /// Atlassian accepts the same refresh token again within its reuse window.
+  /// The token endpoint's Retry-After is honoured and shared like the API's;
+  /// a failure in transit, which names no wait, gets the policy's backoff
+  /// (an endpoint that drops connections is as likely overloaded).
   asio::awaitable<token_set> refresh_with_retries(const token_set& base) {
     retry_budget budget(options_.retry);
     for (;;) {
-      std::optional<std::chrono::milliseconds> delay;
+      co_await hold_back(token_origin_, "refreshing the access token");
       try {
         co_return co_await client_.refresh(base);
       } catch (const oauth_error& e) {
-        if (!transient(e.code()) || !(delay = budget.next_delay(e.details().retry_after))) throw;
+        const auto retry_after = e.details().retry_after;
+        if (!transient(e.code()) || beyond_wait(token_origin_, retry_after) || !retry_later(token_origin_, retry_after, budget))
+          throw;
       }
-      co_await sleep_for(*delay, "waiting to retry the token refresh");
     }
   }
 
@@ -4420,8 +4628,11 @@ class session_state : public std::enable_shared_from_this<session_state> {
   token_store& store_;
   session_options options_;
   url api_;
+  std::string token_origin_;
   std::string api_prefix_;
   asio::strand<asio::any_io_executor> strand_;
+  mutable std::mutex hold_mutex_;
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> not_before_;  // per origin
 
   std::optional<token_set> tokens_;
   clock::time_point obtained_at_ = clock::now();
@@ -4633,9 +4844,12 @@ class session {
 
   /// Sends `req` with the access token to `req.target`: a path under api_url,
   /// or an absolute URL on its origin. Refreshes once on 401 (or a 403/404
-  /// close to expiry) and sends again; retries 429 and 503 within the policy.
-  /// Completes with the final response whatever its status, except a 401 that
-  /// persists (unauthorized) or names a missing scope (scope_mismatch).
+  /// close to expiry) and sends again; retries 429 and 503 within the policy,
+  /// and waits first while the server has asked the session to (see
+  /// retry_policy). Completes with the final response whatever its status,
+  /// except a 401 that persists (unauthorized) or names a missing scope
+  /// (scope_mismatch), and a wait longer than retry_policy::max_wait
+  /// (rate_limited, or server_unavailable for a 503; details().retry_after).
   template <typename CompletionToken = detail::default_completion_token>
   auto request(http_request req, CompletionToken&& token = {}) {
     return detail::launch<http_response>(get_executor(), std::forward<CompletionToken>(token),
@@ -4783,13 +4997,19 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<nlohmann::json> session::json_op(
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_op(state_ptr state, http_request req) {
   const detail::url target = state->resolve(req.target);
+  const std::string origin = target.origin();
+  const std::string what = detail::describe(req, target);
   const auto& options = state->options();
   detail::http_limits limits;
   limits.max_body_bytes = options.max_response_bytes;
   if (!req.headers.get("User-Agent")) req.headers.add("User-Agent", state->client().config().user_agent);
+  // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
+  const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
+                          req.method == "DELETE" || req.method == "OPTIONS";
   bool refreshed = false;
   detail::retry_budget budget(options.retry);
   for (;;) {
+    co_await state->hold_back(origin, what);
     auto used = state->published_token();
     if (!used) used = co_await detail::on_strand(state->strand(), state->token());
     req.headers.set("Authorization", "Bearer " + used->access.reveal());
@@ -4798,21 +5018,22 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_o
       const secret* sent[] = {&used->access};
       detail::redact_response(res, sent);
     }
+    state->pace(origin, res);
     if (!refreshed && state->rejects(res, *used)) {
       refreshed = true;
       co_await detail::on_strand(state->strand(), state->replace_rejected(used->access));
       continue;
     }
-    if (res.status == 401) detail::fail_api(res, detail::describe(req, target));
-    // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
-    const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
-                            req.method == "DELETE" || req.method == "OPTIONS";
-    if (res.status == 429 || (res.status == 503 && idempotent)) {
-      const auto delay = budget.next_delay(detail::response_details(res).retry_after);
-      if (delay) {
-        co_await detail::sleep_for(*delay, detail::describe(req, target) + ": waiting to retry");
-        continue;
+    if (res.status == 401) detail::fail_api(res, what);
+    if (res.status == 429 || res.status == 503) {
+      auto details = detail::response_details(res);
+      if (state->beyond_wait(origin, details.retry_after)) {
+        details.error_description = detail::api_message(res);
+        detail::fail(detail::errc_for_status(res.status), what + ": the server asks to wait " +
+                                                             std::to_string(details.retry_after->count()) +
+                                                             " s, longer than retry_policy::max_wait", details);
       }
+      if ((res.status == 429 || idempotent) && state->retry_later(origin, details.retry_after, budget)) continue;
     }
     co_return res;
   }
@@ -4946,7 +5167,12 @@ class confluence {
   pager pages(std::string path) const;
 
   /// Every item of every page's "results", up to `max_items`. Completes with
-  /// (error_code, std::vector<nlohmann::json>).
+  /// (error_code, std::vector<nlohmann::json>). A failure on a page after the
+  /// first (a rate limit that outlasts retry_policy::max_wait, say) keeps what
+  /// was read: details().partial_results holds the items of the pages before
+  /// it, and get_all(details().resume_path) goes on from the failed page.
+  /// Next-page links are followed only on the gateway's origin: one to any
+  /// other host is protocol_error, and the access token is not sent there.
   template <typename CompletionToken = detail::default_completion_token>
   auto get_all(std::string path, std::size_t max_items, CompletionToken&& token = {}) {
     return detail::launch<std::vector<nlohmann::json>>(get_executor(), std::forward<CompletionToken>(token),
@@ -4999,19 +5225,29 @@ CONFLUENCE_OAUTH_DETAIL_INLINE confluence::pager confluence::pages(std::string p
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::vector<nlohmann::json>> confluence::collect(std::string path, std::size_t max_items) {
   std::vector<nlohmann::json> items;
   auto walk = pages(std::move(path));
+  std::string at;       // the page being read: where a failed walk resumes
   int empty_pages = 0;  // a server that keeps sending empty pages with new links is not followed forever
-  while (items.size() < max_items) {
-    auto page = co_await walk.next();
-    if (!page) break;
-    auto results = page->is_object() ? page->find("results") : page->end();
-    if (results == page->end() || !results->is_array())
-      detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
-    empty_pages = results->empty() ? empty_pages + 1 : 0;
-    if (empty_pages > 8) detail::fail(errc::protocol_error, "the listing keeps sending empty pages");
-    for (auto& item : *results) {
-      if (items.size() == max_items) break;
-      items.push_back(std::move(item));
+  try {
+    while (items.size() < max_items && walk.next_) {
+      at = *walk.next_;
+      auto page = co_await walk.next();
+      if (!page) break;
+      auto results = page->is_object() ? page->find("results") : page->end();
+      if (results == page->end() || !results->is_array())
+        detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
+      empty_pages = results->empty() ? empty_pages + 1 : 0;
+      if (empty_pages > 8) detail::fail(errc::protocol_error, "the listing keeps sending empty pages");
+      for (auto& item : *results) {
+        if (items.size() == max_items) break;
+        items.push_back(std::move(item));
+      }
     }
+  } catch (const oauth_error& e) {
+    // What was read is handed back with the error, and the page to go on from.
+    error_details details = e.details();
+    details.partial_results = std::move(items);
+    details.resume_path = at.starts_with(base_ + "/") ? at.substr(base_.size()) : at;
+    throw detail::error_access::with_details(e, std::move(details));
   }
   co_return items;
 }

@@ -29,6 +29,7 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>  // strstr, used by EVP_EC_gen
+#include <ctime>
 #include <deque>
 #include <fstream>
 #include <map>
@@ -569,6 +570,7 @@ struct server::impl {
   response list(const request& rq, const site& s, const std::string& kind, int total, json (*item)(int, int));
   response v1_spaces(const request& rq, const site& s);
   response protocol_error(int status, std::string_view message);
+  response rate_limited(const request& rq);
 
   // network
   template <class Stream> struct connection;
@@ -594,6 +596,12 @@ struct server::impl {
   std::map<std::string, family> families;
   std::map<std::string, refresh_token> refresh_tokens;
   std::map<std::string, access_token> access_tokens;
+  struct limiter {  // options::limits
+    int burst_used = 0;
+    std::chrono::steady_clock::time_point burst_blocked_until;
+    int quota_used = 0;
+    std::optional<sys_clock::time_point> quota_start;
+  } limiter;
 
   // network, io thread only; ssl is declared before io so it outlives every stream
   asio::ssl::context ssl{asio::ssl::context::tls_server};
@@ -659,7 +667,7 @@ outcome server::impl::dispatch(const request& rq) {
 response server::impl::answer(const request& rq) {
   std::lock_guard lock(mu);
   try {
-    return route(rq);
+    return rate_limited(rq);
   } catch (const std::exception&) {  // a bug in the fake, never the client's fault: say so
     return json_response(500, {{"code", 500}, {"message", "Internal Server Error"}});
   }
@@ -994,6 +1002,73 @@ response server::impl::v1_spaces(const request& rq, const site& s) {
                              {"limit", limit},
                              {"size", size},
                              {"_links", std::move(links)}});
+}
+
+// --- Rate limits (options::limits): the burst limit and the quota ---
+
+namespace {
+
+std::string iso8601(sys_clock::time_point t) {
+  const std::time_t secs = sys_clock::to_time_t(t);
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  std::array<char, 32> text{};
+  std::strftime(text.data(), text.size(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text.data();
+}
+
+}  // namespace
+
+// The normal answer, or the limiter's refusal; with a quota, the X-RateLimit-* headers.
+response server::impl::rate_limited(const request& rq) {
+  const auto& l = opts.limits;
+  const bool api = rq.path == "/oauth/token/accessible-resources" || rq.path.starts_with("/ex/");
+  if (!api || (l.burst <= 0 && l.quota <= 0)) return route(rq);
+  std::optional<std::chrono::seconds> wait;
+  std::string reason;
+  if (l.burst > 0) {
+    const auto t = std::chrono::steady_clock::now();
+    if (t >= limiter.burst_blocked_until && limiter.burst_used >= l.burst) {
+      limiter.burst_blocked_until = t + l.burst_reset;
+      limiter.burst_used = 0;
+    }
+    if (t < limiter.burst_blocked_until) {
+      wait = std::chrono::ceil<std::chrono::seconds>(limiter.burst_blocked_until - t);
+      reason = "burst";
+    }
+  }
+  const auto t = now();
+  if (l.quota > 0 && (!limiter.quota_start || t >= *limiter.quota_start + l.quota_period)) {
+    limiter.quota_start = t;
+    limiter.quota_used = 0;
+  }
+  if (!wait && l.quota > 0 && limiter.quota_used >= l.quota) {
+    wait = std::chrono::ceil<std::chrono::seconds>(*limiter.quota_start + l.quota_period - t);
+    reason = "quota";
+  }
+  response r;
+  if (wait) {
+    ++count.rate_limited;
+    header_list h{{"RateLimit-Reason", reason}};
+    const std::string retry_after = l.retry_after.empty() ? std::to_string(wait->count()) : l.retry_after;
+    if (l.send_retry_after) {
+      h.emplace_back("Retry-After", retry_after);
+      h.emplace_back("Beta-Retry-After", retry_after);
+    }
+    r = json_response(l.status, {{"code", l.status}, {"message", "Rate limit exceeded."}}, std::move(h));
+  } else {
+    if (l.burst > 0) ++limiter.burst_used;
+    if (l.quota > 0) ++limiter.quota_used;
+    r = route(rq);
+  }
+  if (l.quota > 0) {
+    const int left = std::max(l.quota - limiter.quota_used, 0);
+    r.headers.emplace_back("X-RateLimit-Limit", std::to_string(l.quota));
+    r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(left));
+    r.headers.emplace_back("X-RateLimit-Reset", iso8601(*limiter.quota_start + l.quota_period));
+    r.headers.emplace_back("X-RateLimit-NearLimit", left * 5 < l.quota ? "true" : "false");
+  }
+  return r;
 }
 
 // ---------------------------------------------------------------------------

@@ -60,6 +60,28 @@ struct options {
   std::chrono::seconds near_expiry_window{0};
   int near_expiry_status = 403;
   std::string token_prefix;  // prepended to every access and refresh token issued (e.g. a marker tests look for)
+
+  // Rate limits as ATLASSIAN.md "Rate limits" describes them, on the API (accessible-resources
+  // and /ex/...); off by default. A limited request gets `status` with Retry-After and
+  // Beta-Retry-After (the wait left, in whole seconds rounded up) and RateLimit-Reason
+  // ("burst" or "quota"), and is not counted against either limit.
+  struct rate_limits {
+    // Burst: `burst` requests, then every request gets a 429 for `burst_reset` (one sent
+    // before it ends gets the wait left), then `burst` more. Requests are counted, not
+    // timed, so that a slow machine cannot change which request is refused. 0 = off.
+    int burst = 0;
+    std::chrono::seconds burst_reset{1};
+    // Quota: `quota` requests per `quota_period` of the server's clock (advance_clock moves
+    // it), the period starting with its first request; past it, 429 until the period ends.
+    // With a quota every API answer carries X-RateLimit-Limit, -Remaining, -Reset (ISO 8601)
+    // and X-RateLimit-NearLimit ("true" when under 20% of the quota is left). 0 = off.
+    int quota = 0;
+    std::chrono::seconds quota_period{3600};
+    int status = 429;          // or 503, which Atlassian also sends with Retry-After
+    std::string retry_after;   // sent verbatim instead of the wait left: "9223372036854775807", an HTTP date
+    bool send_retry_after = true;  // false: no Retry-After nor Beta-Retry-After (the client backs off)
+  };
+  rate_limits limits;
 };
 
 // Cumulative since start. A request answered by an injected fault still counts in
@@ -79,6 +101,7 @@ struct counters {
   std::uint64_t api_near_expiry = 0;            // near_expiry_status answers from /ex/...
   std::uint64_t injected_retry_statuses = 0;    // push_status faults served with status 429 or 503
   std::uint64_t families_revoked = 0;           // by refresh-token reuse after the window, or revoke_all()
+  std::uint64_t rate_limited = 0;               // answers of the rate limits (options::limits)
 };
 
 // ---------------------------------------------------------------------------
