@@ -401,7 +401,6 @@ class oauth_error : public std::system_error {
   friend struct detail::error_access;
 
   static std::string compose(const std::string& context, const error_details& d) {
-
     std::string text = context;
     if (d.http_status == 0 && d.error.empty()) return text;
     text += " (";
@@ -4236,11 +4235,10 @@ class session_state : public std::enable_shared_from_this<session_state> {
   // (ATLASSIAN.md "Rate limits"). Any thread.
 
   /// Nothing goes to `origin` before `wait` from now (the later moment wins).
+  /// A hold lasts an hour at most, Atlassian's longest (quota) period: a
+  /// Retry-After of 2^63-1 s does not stop the session for good.
   void defer(const std::string& origin, std::chrono::milliseconds wait) {
-    using steady = std::chrono::steady_clock;
-    const auto now = steady::now();
-    const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(steady::time_point::max() - now);
-    const auto until = wait >= room ? steady::time_point::max() : now + wait;
+    const auto until = std::chrono::steady_clock::now() + std::min<std::chrono::milliseconds>(wait, std::chrono::hours(1));
     std::lock_guard lock(hold_mutex_);
     auto& moment = not_before_[origin];
     moment = std::max(moment, until);
@@ -5183,7 +5181,7 @@ class confluence {
 
   /// get_all with at most 10,000 items.
   template <typename CompletionToken = detail::default_completion_token>
-    requires asio::completion_token_for<CompletionToken, void(std::error_code, std::vector<nlohmann::json>)>
+    requires(!std::is_convertible_v<CompletionToken, std::size_t>)
   auto get_all(std::string path, CompletionToken&& token = {}) {
     return get_all(std::move(path), 10000, std::forward<CompletionToken>(token));
   }

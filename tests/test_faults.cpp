@@ -110,7 +110,7 @@ cfo::session_options quick_options() {
   o.retry.max_attempts = 3;
   o.retry.base_delay = 10ms;
   o.retry.max_delay = 50ms;
-  o.retry.max_total_wait = 4s;
+  o.retry.max_wait = 4s;
   o.max_response_bytes = 64 * 1024;
   return o;
 }
@@ -412,7 +412,7 @@ std::string raw_response(const std::string& status_line, const std::string& type
 std::vector<fault_row> token_rows() {
   const auto quick = quick_options();
   // A refresh may take every attempt to its deadline plus every wait between them.
-  const std::chrono::milliseconds retries = quick.retry.max_total_wait + 3s * quick.retry.max_attempts;
+  const std::chrono::milliseconds retries = (quick.retry.max_wait + 3s) * quick.retry.max_attempts;
   const int attempts = quick.retry.max_attempts;
   const auto retry = cfo::remedy::retry_later;
   const std::optional<cfo::remedy> none;

@@ -117,7 +117,8 @@ TEST_CASE("Retry-After of 2^63-1 saturates, and the call fails at once with the 
   CHECK(std::string(e->what()).find("retry_policy::max_wait") != std::string::npos);
   REQUIRE(again);
   REQUIRE(again->details().retry_after);
-  CHECK(*again->details().retry_after > std::chrono::hours(24 * 365 * 100));
+  CHECK(*again->details().retry_after > 3000s);  // the session holds the host back for an hour at most
+  CHECK(*again->details().retry_after <= 3600s);
   CHECK(std::string(again->what()).find("not sent") != std::string::npos);
   CHECK(f.srv.stats().api_requests == 2);  // the third request never left
   CHECK(f.srv.stats().rate_limited == 1);

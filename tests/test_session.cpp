@@ -602,8 +602,11 @@ TEST_CASE("retries stop at the attempt bound, and a Retry-After beyond the budge
     out.push_back(recovered.status);
     f.srv.push_status("/ex/", 429, "{}", {{"Retry-After", "3600"}});
     auto start = std::chrono::steady_clock::now();
-    auto limited = co_await s.request(req);  // 429 for an hour: not waited for
-    out.push_back(limited.status);
+    std::optional<cfo::oauth_error> limited;  // 429 for an hour: not waited for
+    auto [ec, res] = co_await s.request(req, cfo::with_error_details(cfo::detail::use_tuple, limited));
+    CHECK(ec == cfo::errc::rate_limited);
+    if (limited) out.push_back(limited->details().http_status);
+    CHECK((limited && limited->details().retry_after == 3600s));
     CHECK(std::chrono::steady_clock::now() - start < 2s);
     co_return out;
   });

@@ -10,7 +10,7 @@
 // listens on loopback over real TLS with a CA generated in memory at construction (or
 // plain HTTP), serves on its own thread, and has switches for the faults a client must
 // survive: raw bytes, stalls, injected statuses (429/503 with Retry-After) and delayed
-// answers.
+// answers; and, when asked, Atlassian's rate limits (a burst limit and a quota).
 //
 // This header is deliberately light (no Asio, OpenSSL or JSON): the implementation
 // lives behind a pimpl in fake_atlassian.cpp.
