@@ -616,7 +616,8 @@ class pasted_redirect {
       while (!pasted.empty() && std::isspace(static_cast<unsigned char>(pasted.back()))) pasted.remove_suffix(1);
       while (!pasted.empty() && std::isspace(static_cast<unsigned char>(pasted.front()))) pasted.remove_prefix(1);
       if (!pasted.empty()) {
-        const std::string target = listener_target(pasted);
+        std::string target = listener_target(pasted);
+        wipe_on_exit wipe_target{target};
         co_await hand_over(target);
         break;
       }
