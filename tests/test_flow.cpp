@@ -703,6 +703,19 @@ TEST_CASE("confluence-cli login --no-browser takes the address pasted on standar
   CHECK(f.cli({"status"}).exit_code == 0);
 }
 
+TEST_CASE("confluence-cli login --no-browser: a pasted denial ends the login as the browser's would") {
+  cli_fixture f;
+  no_browser_login login(f);
+  const auto state = cfo::detail::parse_callback(login.url).state;
+  REQUIRE(state);
+  login.cli.type(f.redirect + "?error=access_denied&error_description=No&state=" + state->reveal() + "\n");
+  auto r = login.cli.wait();
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("denied") != std::string::npos);
+  CHECK(f.srv.stats().token_requests == 0);
+  CHECK_FALSE(std::filesystem::exists(f.token_file));
+}
+
 TEST_CASE("confluence-cli login --no-browser: the browser's redirect wins when it comes first") {
   cli_fixture f;
   no_browser_login login(f);
