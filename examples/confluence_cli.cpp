@@ -1,12 +1,14 @@
 // confluence-cli — sign in to Confluence Cloud with OAuth 2.0 (3LO), hand
 // access tokens to scripts, and read from the Confluence REST API:
 //
-//   confluence-cli login                          authorize in the browser, save the grant
+//   confluence-cli login [--no-browser]           authorize in the browser, save the grant
+//   confluence-cli status                         the stored grant: usable or not, and why
 //   confluence-cli token [--refresh]              print a valid access token
 //   confluence-cli sites                          list the sites the grant reaches
 //   confluence-cli pages [--site SITE] [--limit N]  list a site's pages
 //   confluence-cli get [--site SITE] PATH         GET an API path, print its JSON
 //   confluence-cli logout                         forget the grant
+//   confluence-cli help [COMMAND]                 the options, or one command's help
 //
 // Each command works through a confluence_oauth::session over the token file,
 // which refreshes the access token when needed and saves the rotated tokens
@@ -14,13 +16,22 @@
 //
 // The whole program is one coroutine on one asio::io_context: no threads.
 // SIGINT and SIGTERM emit a terminal cancellation to that coroutine, which ends
-// whatever it waits for (redirect, HTTP request) with operation_aborted; the
-// program then exits 130. A second signal exits at once.
+// whatever it waits for (redirect, pasted URL, HTTP request) with
+// operation_aborted; the program then exits 130. A second signal exits at once.
 //
-// New commands are one function and one line in `commands` below.
+// New commands are one function and one entry in `commands` below.
 
 #include "confluence_oauth.hpp"
 
+#include <asio/experimental/parallel_group.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/read_until.hpp>
+#include <asio/redirect_error.hpp>
+#if ASIO_VERSION >= 102300
+#include <asio/deferred.hpp>
+#else
+#include <asio/experimental/deferred.hpp>
+#endif
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <sys/stat.h>
@@ -34,6 +45,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -49,11 +61,17 @@ using namespace std::chrono_literals;
 
 namespace {
 
+#if ASIO_VERSION >= 102300
+constexpr auto deferred = asio::deferred;
+#else
+constexpr auto deferred = asio::experimental::deferred;
+#endif
+
 enum exit_code : int {
   exit_ok = 0,
   exit_failure = 1,        // unexpected failure
   exit_usage = 2,          // usage or configuration error
-  exit_authorization = 3,  // authorization denied, failed or timed out
+  exit_authorization = 3,  // authorization denied, failed or timed out; status: log in again
   exit_reconsent = 4,      // not logged in, or the grant is gone
   exit_retry = 5,          // network or server trouble: retry later
   exit_interrupted = 130,  // SIGINT or SIGTERM
@@ -195,89 +213,6 @@ void create_private_folders(const std::filesystem::path& dir) {
   }
 }
 
-std::string help_text() {
-  const cfo::client_config d;  // the library's defaults are Atlassian's
-  std::string scopes;
-  for (const auto& s : d.scopes) scopes += (scopes.empty() ? "" : " ") + s;
-  return "usage: confluence-cli [options] <command>\n"
-         "\n"
-         "Sign in to Confluence Cloud with OAuth 2.0 (3LO), hand out access tokens, and\n"
-         "read from the Confluence REST API.\n"
-         "\n"
-         "Commands:\n"
-         "  login                   open the browser to authorize this app, wait for the\n"
-         "                          redirect, and save the granted tokens to the token file\n"
-         "  token [--refresh]       print a valid access token on stdout, refreshing it first\n"
-         "                          when it expires within 60 s (always with --refresh)\n"
-         "  sites                   list the sites the grant reaches, one per line:\n"
-         "                          cloud id, name and URL, separated by two spaces\n"
-         "  pages [--site SITE] [--limit N]\n"
-         "                          list the site's pages, one per line: id, a tab, title\n"
-         "  get [--site SITE] PATH\n"
-         "                          GET PATH and print the JSON answer; a PATH under /wiki/\n"
-         "                          is on the site (e.g. /wiki/api/v2/spaces), any other on\n"
-         "                          the API base (e.g. /oauth/token/accessible-resources)\n"
-         "  logout                  forget the grant: remove the token file\n"
-         "\n"
-         "Command options:\n"
-         "  --refresh               token: refresh even when the token is still valid\n"
-         "  --site SITE             pages, get: the site's URL, name or cloud id (default:\n"
-         "                          the only site the grant reaches)\n"
-         "  --limit N               pages: list at most N pages, 1 to " + std::to_string(max_page_limit) +
-         " (default " + std::to_string(default_page_limit) + ")\n"
-         "\n"
-         "Options (--opt VALUE or --opt=VALUE):\n"
-         "  --client-id ID          OAuth client id (default: $ATLASSIAN_CLIENT_ID)\n"
-         "  --client-secret SECRET  OAuth client secret (default: $ATLASSIAN_CLIENT_SECRET;\n"
-         "                          prefer the variable: command lines are visible to others)\n"
-         "  --redirect-uri URI      callback URL registered for the app; login listens on it\n"
-         "                          (default " + d.redirect_uri + ")\n"
-         "  --scope SCOPE           scope to request; repeatable, a value may hold several\n"
-         "                          separated by spaces (default: " + scopes + ")\n"
-         "  --token-file PATH       where the tokens are kept (default:\n"
-         "                          $XDG_CONFIG_HOME/confluence-oauth/tokens.json, else\n"
-         "                          $HOME/.config/confluence-oauth/tokens.json); folders it\n"
-         "                          creates are mode 0700, the file is mode 0600\n"
-         "  --key-file PATH         encrypt the token file (AES-256-GCM) with the key in\n"
-         "                          PATH: 32 raw bytes or 64 hex digits, e.g. from\n"
-         "                          'openssl rand -hex 32'; PATH must be a file of yours,\n"
-         "                          not a link, and not accessible to group or others;\n"
-         "                          every command then needs the same key\n"
-         "  --authorize-url URL     authorization endpoint (default " + d.authorize_url + ")\n"
-         "  --token-url URL         token endpoint (default " + d.token_url + ")\n"
-         "  --api-url URL           API base URL (default " + d.api_url + ")\n"
-         "  --ca-file PEM           also trust the CA certificates in this PEM file\n"
-         "  --token-encoding ENC    token request body: json (Atlassian; default) or form\n"
-         "  --no-pkce               send no PKCE S256 challenge (it is sent by default; off\n"
-         "                          only for a server that rejects it). With PKCE, a\n"
-         "                          server other than Atlassian's may go without the secret\n"
-         "  --audience VALUE        audience parameter (default " + d.audience + "; '' omits it)\n"
-         "  --prompt VALUE          prompt parameter (default " + d.prompt + "; '' omits it)\n"
-         "  --browser CMD           open the URL with CMD, split on spaces, URL appended\n"
-         "                          (default: $BROWSER, else the system opener)\n"
-         "  --no-browser            do not open a browser, only print the URL\n"
-         "  --no-redirect-page      give the browser the URL itself, not a private local page\n"
-         "                          that leads to it (for browsers that cannot read local\n"
-         "                          files, such as snap-confined ones; the URL is then on\n"
-         "                          the browser's command line, which other users can read)\n"
-         "  --timeout SECONDS       how long login waits for the redirect (default 300)\n"
-         "  --request-timeout SECONDS  limit for each HTTP request (default 30)\n"
-         "  -h, --help              show this help\n"
-         "\n"
-         "Exit status:\n"
-         "  0    success\n"
-         "  1    unexpected failure (including a token file that cannot be read or written,\n"
-         "       and an API answer with no other meaning here, such as 403 or 404)\n"
-         "  2    usage or configuration error (bad option, missing client id or secret,\n"
-         "       client rejected, untrusted certificate, redirect port in use, wrong key,\n"
-         "       no site matching --site, a scope the grant lacks, a retired API)\n"
-         "  3    authorization denied, failed or timed out\n"
-         "  4    not logged in, the grant was revoked or expired, or the token file is\n"
-         "       corrupt: run login again\n"
-         "  5    network or server trouble (unreachable, timeout, 5xx, 429): retry later\n"
-         "  130  interrupted (SIGINT or SIGTERM)\n";
-}
-
 // ---------------------------------------------------------------------------
 // Settings, from the command line and the environment
 // ---------------------------------------------------------------------------
@@ -290,7 +225,8 @@ struct settings {
   bool no_browser = false;
   bool redirect_page = true;         // the browser opens a private page that leads to the URL
   std::chrono::seconds wait_timeout = 300s;
-  std::string command;
+  std::string command;                       // with help: the command to explain, or empty
+  bool help = false;                         // --help, or the help command
   std::vector<std::string> args;             // the command's positional arguments (get's PATH)
   std::vector<std::string> command_options;  // the command options given, checked against the command's
   bool refresh = false;                      // token --refresh
@@ -372,6 +308,10 @@ cfo::secret read_key_file(const std::string& path) {
   usage_error(what + ": expected 32 raw bytes or 64 hex digits (e.g. from 'openssl rand -hex 32')");
 }
 
+struct command;
+const command& command_named(std::string_view name);
+const command& find_command(const settings& s);
+
 settings parse_arguments(int argc, char** argv) {
   settings s;
   std::optional<std::string> client_id, client_secret, key_file;
@@ -402,8 +342,8 @@ settings parse_arguments(int argc, char** argv) {
     };
 
     if (name == "--help" || name == "-h") {
-      std::cout << help_text();
-      std::exit(exit_ok);
+      flag();
+      s.help = true;
     } else if (name == "--client-id") {
       client_id = value();
     } else if (name == "--client-secret") {
@@ -477,7 +417,18 @@ settings parse_arguments(int argc, char** argv) {
     }
   }
 
+  if (s.command == "help") {
+    if (s.args.size() > 1) usage_error("help: unexpected argument " + terminal_text(s.args[1], 60));
+    s.command = s.args.empty() ? "" : s.args.front();
+    s.args.clear();
+    s.help = true;
+  }
+  if (s.help) {
+    if (!s.command.empty()) command_named(s.command);
+    return s;  // help needs no client id
+  }
   if (s.command.empty()) usage_error("missing command");
+  find_command(s);  // a mistyped command is said before a missing client id
   s.config.client_id = client_id ? *client_id : env("ATLASSIAN_CLIENT_ID");
   s.config.client_secret = cfo::secret(client_secret ? *client_secret : env("ATLASSIAN_CLIENT_SECRET"));
   if (s.config.client_id.empty()) usage_error("missing client id: pass --client-id or set ATLASSIAN_CLIENT_ID");
@@ -487,6 +438,40 @@ settings parse_arguments(int argc, char** argv) {
   if (s.token_file.empty()) s.token_file = default_token_file();
   if (key_file) s.key = read_key_file(*key_file);
   return s;
+}
+
+// ---------------------------------------------------------------------------
+// Errors: one message and an exit code
+// ---------------------------------------------------------------------------
+
+int exit_code_for(const std::error_code& ec) {
+  using cfo::errc;
+  if (ec == errc::authorization_denied || ec == errc::authorization_failed || ec == errc::listener_timeout ||
+      ec == errc::state_mismatch)
+    return exit_authorization;
+  if (ec == errc::store_error) return exit_failure;  // the token file cannot be read or written
+  if (ec == cfo::remedy::reauthenticate) return exit_reconsent;
+  if (ec == cfo::remedy::fix_configuration) return exit_usage;  // scope_mismatch, api_gone, site_not_found, ...
+  if (ec == cfo::remedy::retry_later) return exit_retry;
+  return exit_failure;
+}
+
+/// The one message for a failure: what went wrong, then what to do about it
+/// where the error does not say so itself.
+std::string failure_message(const std::system_error& e, const settings& s) {
+  const auto ec = e.code();
+  if (ec == cfo::errc::listener_timeout)
+    return "no authorization redirect reached " + terminal_text(s.config.redirect_uri, 200) + " within " +
+           std::to_string(s.wait_timeout.count()) +
+           " s. The usual cause: the redirect URI registered for the app in the developer console differs from "
+           "--redirect-uri, so the sign-in failed at Atlassian or the browser went to the registered address";
+  std::string text = e.what();
+  if (ec == cfo::errc::scope_mismatch) text += "; name the scope with --scope when you run confluence-cli login again";
+  else if (ec == cfo::remedy::reauthenticate) text += "; run confluence-cli login";
+  auto* oauth = dynamic_cast<const cfo::oauth_error*>(&e);
+  if (oauth && oauth->details().retry_after)
+    text += "; the server asks to retry after " + std::to_string(oauth->details().retry_after->count()) + " s";
+  return text;
 }
 
 // ---------------------------------------------------------------------------
@@ -542,6 +527,158 @@ asio::awaitable<cfo::site> choose_site(const settings& s, cfo::session& session)
   co_return cfo::site::find(sites, s.site);  // with no sites, a site_not_found that says so
 }
 
+// ---------------------------------------------------------------------------
+// login --no-browser: the address the browser ended on, pasted
+// ---------------------------------------------------------------------------
+
+constexpr std::size_t max_pasted_line = 8192;  // a redirect with a code is well under 2 KiB
+
+/// The raw value of the first `name` in `url`'s query, empty when absent. Not
+/// decoded: it is compared with what the same server wrote.
+std::string_view query_value(std::string_view url, std::string_view name) {
+  const auto q = url.find('?');
+  if (q == std::string_view::npos) return {};
+  auto query = url.substr(q + 1);
+  query = query.substr(0, query.find('#'));
+  while (!query.empty()) {
+    const auto end = query.find('&');
+    const auto pair = query.substr(0, end);
+    const auto eq = pair.find('=');
+    if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+    query = end == std::string_view::npos ? std::string_view() : query.substr(end + 1);
+  }
+  return {};
+}
+
+/// Waits for the first of two operations to end, cancels the other, and ends
+/// as the first did.
+asio::awaitable<void> first_of(asio::awaitable<void> a, asio::awaitable<void> b) {
+  auto ex = co_await asio::this_coro::executor;
+  auto [order, a_failure, b_failure] =
+      co_await asio::experimental::make_parallel_group(asio::co_spawn(ex, std::move(a), deferred),
+                                                       asio::co_spawn(ex, std::move(b), deferred))
+          .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+  const std::exception_ptr failure = order[0] == 0 ? a_failure : b_failure;
+  if (failure) std::rethrow_exception(failure);
+}
+
+/// Puts standard input's flags back (Asio makes it non-blocking, and the
+/// shell shares it).
+struct restore_input_flags {
+  int flags = ::fcntl(STDIN_FILENO, F_GETFL);
+  ~restore_input_flags() {
+    if (flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, flags);
+  }
+};
+
+/// For a browser on another machine: the address it ended on, pasted by the
+/// user on standard input, goes to the sign-in's own listener as the browser
+/// would have brought it, so that it is checked exactly as a redirect is
+/// (host, path, state) and ends the same wait. It must first be on the
+/// redirect URI and carry this sign-in's state: a wrong paste ends the login
+/// at once, with no token request, instead of waiting out the deadline.
+/// Standard input is read on the executor; when it cannot be (a file,
+/// /dev/null) or ends, the listener alone is waited for.
+class pasted_redirect {
+ public:
+  pasted_redirect(const asio::any_io_executor& ex, std::string redirect_uri)
+      : redirect_uri_(std::move(redirect_uri)), timer_(ex) {
+    timer_.expires_at(asio::steady_timer::time_point::max());
+  }
+
+  /// The sign-in's authorization URL is on the screen: a paste may answer it.
+  void expect(const std::string& authorization_url) {
+    state_ = query_value(authorization_url, "state");
+    timer_.cancel();
+  }
+
+  /// Ends only with an error: a paste that cannot answer the sign-in
+  /// (cli_error), or cancellation once the sign-in has ended.
+  asio::awaitable<void> watch() {
+    std::error_code ec;
+    if (state_.empty()) co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (state_.empty()) throw std::system_error(asio::error::operation_aborted);  // cancelled before expect()
+    restore_input_flags restore;
+    asio::posix::stream_descriptor input(timer_.get_executor());
+    const int fd = ::fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 0);
+    if (fd >= 0) input.assign(fd, ec);  // EPERM for a file or /dev/null: nothing to wait for
+    if (fd >= 0 && ec) ::close(fd);
+    std::string line;
+    wipe_on_exit wipe{line};
+    while (fd >= 0 && !ec) {
+      const std::size_t n = co_await asio::async_read_until(input, asio::dynamic_buffer(line, max_pasted_line), '\n',
+                                                            asio::redirect_error(asio::use_awaitable, ec));
+      if (ec == asio::error::operation_aborted) throw std::system_error(ec);
+      if (ec == asio::error::not_found)
+        throw cli_error(exit_authorization, "the pasted line is longer than " + std::to_string(max_pasted_line) +
+                                                " bytes: it is not the address the browser ended on");
+      std::string_view pasted(line.data(), ec ? line.size() : n);  // at the end of input, the last line
+      while (!pasted.empty() && std::isspace(static_cast<unsigned char>(pasted.back()))) pasted.remove_suffix(1);
+      while (!pasted.empty() && std::isspace(static_cast<unsigned char>(pasted.front()))) pasted.remove_prefix(1);
+      if (!pasted.empty()) {
+        std::string target = listener_target(pasted);
+        wipe_on_exit wipe_target{target};
+        co_await hand_over(target);
+        break;
+      }
+      line.erase(0, n);
+    }
+    timer_.expires_at(asio::steady_timer::time_point::max());
+    co_await timer_.async_wait(asio::use_awaitable);  // until the sign-in ends and cancels this
+  }
+
+ private:
+  [[noreturn]] static void refuse(const std::string& why) {
+    throw cli_error(exit_authorization, "the pasted address " + why);  // never the address: it holds the code
+  }
+
+  /// The redirect URI's authority: "localhost:8080".
+  std::string authority() const {
+    const auto start = redirect_uri_.find("://") + 3;
+    return redirect_uri_.substr(start, redirect_uri_.find('/', start) - start);
+  }
+
+  /// The path and query the listener is to get, once `pasted` is on the
+  /// redirect URI and answers this sign-in.
+  std::string listener_target(std::string_view pasted) const {
+    if (!std::all_of(pasted.begin(), pasted.end(), [](char c) { return c > ' ' && c < 0x7F; }))
+      refuse("holds spaces, control characters or non-ASCII bytes: paste it as the browser shows it");
+    if (!pasted.starts_with(redirect_uri_ + "?"))
+      refuse("is not on the redirect URI " + terminal_text(redirect_uri_, 200) +
+             ": paste the address the browser ended on, which starts with it");
+    const auto state = query_value(pasted, "state");
+    if (state.size() != state_.size() || CRYPTO_memcmp(state.data(), state_.data(), state.size()) != 0)
+      refuse("does not answer this sign-in (its state differs): paste the address this login's URL led to");
+    if (query_value(pasted, "code").empty() && query_value(pasted, "error").empty())
+      refuse("carries neither a code nor an error");
+    pasted.remove_prefix(redirect_uri_.find("://") + 3 + authority().size());
+    return std::string(pasted.substr(0, pasted.find('#')));
+  }
+
+  /// Brings `target` to the listener on the redirect URI, as a browser would.
+  asio::awaitable<void> hand_over(const std::string& target) const {
+    const std::string host = host_of(redirect_uri_), where = authority();
+    const auto colon = where.rfind(':');
+    const auto port = colon == std::string::npos || where.back() == ']'
+                          ? std::optional<unsigned short>(80)
+                          : parse_number<unsigned short>(std::string_view(where).substr(colon + 1));
+    const asio::ip::tcp::endpoint listener(asio::ip::make_address(host == "localhost" ? "127.0.0.1" : host),
+                                           port.value_or(80));
+    asio::ip::tcp::socket socket(co_await asio::this_coro::executor);
+    co_await socket.async_connect(listener, asio::use_awaitable);
+    std::string request = "GET " + target + " HTTP/1.1\r\nHost: " + where + "\r\nConnection: close\r\n\r\n";
+    wipe_on_exit wipe{request};
+    co_await asio::async_write(socket, asio::buffer(request), asio::use_awaitable);
+    std::string page;  // the listener's page, read to its end: then the wait has ended
+    std::error_code ec;
+    co_await asio::async_read(socket, asio::dynamic_buffer(page, 64 * 1024), asio::redirect_error(asio::use_awaitable, ec));
+  }
+
+  std::string redirect_uri_;
+  std::string state_;
+  asio::steady_timer timer_;
+};
+
 asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
@@ -554,8 +691,15 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
   // line is every local user's: the browser gets a private page that leads
   // to the URL, kept until the sign-in ends.
   std::optional<cfo::redirect_page> page;
+  std::optional<pasted_redirect> paste;
+  if (s.no_browser) paste.emplace(ex, s.config.redirect_uri);
   cfo::browser_opener show_and_launch = [&](const std::string& url) -> asio::awaitable<void> {
     std::cerr << "Open this URL to authorize:\n  " << url << '\n' << std::flush;
+    if (paste) {
+      paste->expect(url);
+      std::cerr << "If the browser runs on another machine and cannot reach this one, paste here the\n"
+                   "address it ends on (" << s.config.redirect_uri << "?code=...) and press Enter.\n";
+    }
     if (launch) {
       try {
         if (s.redirect_page) page.emplace(url);
@@ -569,7 +713,8 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
     std::cerr << "Waiting up to " << s.wait_timeout.count() << " s for the authorization (Ctrl-C to cancel)...\n";
   };
 
-  co_await session.authorize(show_and_launch);  // holds the store's lock only to save
+  if (paste) co_await first_of(session.authorize(show_and_launch), paste->watch());
+  else co_await session.authorize(show_and_launch);  // holds the store's lock only to save
   page.reset();
   const auto held = co_await session.grant();
   const auto& tokens = *held;
@@ -583,6 +728,73 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
             << ", scopes: " << (tokens.scope.empty() ? "unknown" : tokens.scope)
             << ", refresh token: " << (tokens.has_refresh_token() ? "yes" : "no") << ")" << std::endl;
   co_return exit_ok;
+}
+
+/// A moment for people: "2026-12-03 14:10:43 UTC".
+std::string utc_time(std::chrono::system_clock::time_point when) {
+  const std::time_t t = std::chrono::system_clock::to_time_t(when);
+  std::tm tm{};
+  char text[32] = "unknown";
+  if (::gmtime_r(&t, &tm)) std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return text;
+}
+
+/// A span of time for people, rounded down: "45 s", "12 min", "5 h", "40 days".
+std::string span(std::chrono::system_clock::duration d) {
+  using namespace std::chrono;
+  const auto s = duration_cast<seconds>(d).count();
+  if (s < 120) return std::to_string(s) + " s";
+  if (s < 2 * 3600) return std::to_string(s / 60) + " min";
+  if (s < 2 * 86400) return std::to_string(s / 3600) + " h";
+  return std::to_string(s / 86400) + " days";
+}
+
+std::string access_token_expiry(const cfo::token_set& tokens) {
+  if (tokens.expires_at == cfo::token_set::clock::time_point::max()) return "no expiry given by the server";
+  const auto now = cfo::token_set::clock::now();
+  if (tokens.expires_at <= now) return "expired " + span(now - tokens.expires_at) + " ago (" + utc_time(tokens.expires_at) + ")";
+  return "valid for " + span(tokens.expires_at - now) + " (until " + utc_time(tokens.expires_at) + ")";
+}
+
+/// What is known of the grant's age. The token file keeps no dates of its own:
+/// its last write is the last login or refresh. When the library records when
+/// the grant was first obtained and last rotated, this is where they go.
+std::string grant_age(const cfo::file_token_store& store) {
+  std::error_code ec;
+  const auto written = std::filesystem::last_write_time(store.path(), ec);
+  if (ec) return "unknown";
+  const auto when = std::chrono::file_clock::to_sys(written);
+  return "last saved " + span(std::chrono::system_clock::now() - when) + " ago (" + utc_time(when) +
+         "; a login or a refresh saves it)";
+}
+
+asio::awaitable<int> status(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  std::cout << "Token file:    " << printable(store->path().string()) << '\n';
+  auto ex = co_await asio::this_coro::executor;
+  cfo::session session(ex, s.config, store, options_for(s));
+  std::vector<cfo::site> reached;
+  try {
+    if (!co_await session.load()) {
+      std::cout << "Grant:         none stored\n" << std::flush;
+      throw cli_error(exit_authorization, "not logged in: run confluence-cli login");
+    }
+    reached = co_await session.accessible_resources();  // one API call: the grant works, or says why not
+  } catch (const std::system_error& e) {
+    if (e.code() != cfo::remedy::reauthenticate) throw;
+    std::cout << "Grant:         needs a new login\n" << std::flush;
+    throw cli_error(exit_authorization, failure_message(e, s));
+  }
+  const auto held = co_await session.grant();
+  std::cout << "Grant:         usable\n"
+            << "Access token:  " << access_token_expiry(*held) << '\n'
+            << "Refresh token: " << (held->has_refresh_token() ? "yes" : "no (log in again when the access token expires)")
+            << '\n'
+            << "Grant age:     " << grant_age(*store) << '\n'
+            << "Scopes:        " << (held->scope.empty() ? "unknown" : printable(held->scope)) << '\n'
+            << "Sites:" << (reached.empty() ? "         none" : "") << '\n';
+  for (const auto& site : reached)
+    std::cout << "  " << printable(site.id) << "  " << printable(site.name) << "  " << printable(site.url) << '\n';
+  co_return flushed();
 }
 
 asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
@@ -656,48 +868,197 @@ asio::awaitable<int> logout(const settings& s, const std::shared_ptr<cfo::file_t
 
 struct command {
   std::string_view name;
+  std::string_view synopsis;  // how it is called, after "confluence-cli [options] "
+  std::string_view summary;   // what it does, for the list of commands
+  std::string_view details;   // the rest of its own help: its options, its exit status
   std::string_view options;   // the command options it takes, separated by spaces
   std::string_view argument;  // its one positional argument, or empty for none
   asio::awaitable<int> (*run)(const settings&, const std::shared_ptr<cfo::file_token_store>&);
 };
 
 constexpr command commands[] = {
-    {"login", "", "", login},
-    {"token", "--refresh", "", token},
-    {"sites", "", "", sites},
-    {"pages", "--site --limit", "", pages},
-    {"get", "--site", "PATH", get_path},
-    {"logout", "", "", logout},
+    {"login", "login [--no-browser]",
+     "open the browser to authorize this app, wait for the\n"
+     "redirect, and save the granted tokens to the token file",
+     "With --no-browser, for a browser on another machine (an SSH session): print the\n"
+     "URL and take whichever comes first: the browser's redirect to the listener on\n"
+     "--redirect-uri, or the address the browser ends on (the redirect URI followed\n"
+     "by ?code=...&state=...) pasted on standard input and ended with Enter. A pasted\n"
+     "address must be on the redirect URI and answer this sign-in (its state);\n"
+     "anything else ends the login with exit status 3 before any token request.\n"
+     "\n"
+     "Options that matter here: --no-browser, --browser CMD, --no-redirect-page,\n"
+     "--timeout SECONDS, --redirect-uri URI, --scope SCOPE, --key-file PATH.\n"
+     "Exit status: 0 logged in, 3 authorization denied, failed or timed out.\n",
+     "", "", login},
+    {"status", "status",
+     "show the stored grant: the token file, the access token's\n"
+     "expiry, when the grant was last saved, its scopes and sites",
+     "Checks the grant with one API call (the sites it reaches), which refreshes the\n"
+     "access token first when it has expired. Prints no token.\n"
+     "Exit status: 0 the grant is usable; 3 it needs a new login (none stored, a\n"
+     "refresh token rejected or expired, an unreadable token file); 5 the server\n"
+     "could not be reached: retry later.\n",
+     "", "", status},
+    {"token", "token [--refresh]",
+     "print a valid access token on stdout, refreshing it first\n"
+     "when it expires within 60 s (always with --refresh)",
+     "  --refresh               refresh even when the token is still valid\n", "--refresh", "", token},
+    {"sites", "sites",
+     "list the sites the grant reaches, one per line:\n"
+     "cloud id, name and URL, separated by two spaces",
+     "", "", "", sites},
+    {"pages", "pages [--site SITE] [--limit N]", "list the site's pages, one per line: id, a tab, title",
+     "  --site SITE             the site's URL, name or cloud id (default: the only\n"
+     "                          site the grant reaches)\n"
+     "  --limit N               list at most N pages (default 25)\n",
+     "--site --limit", "", pages},
+    {"get", "get [--site SITE] PATH",
+     "GET PATH and print the JSON answer; a PATH under /wiki/\n"
+     "is on the site (e.g. /wiki/api/v2/spaces), any other on\n"
+     "the API base (e.g. /oauth/token/accessible-resources)",
+     "  --site SITE             the site's URL, name or cloud id (default: the only\n"
+     "                          site the grant reaches)\n",
+     "--site", "PATH", get_path},
+    {"logout", "logout", "forget the grant: remove the token file", "", "", "", logout},
 };
 
-/// The command `s` names, once its options and arguments are checked.
-const command& find_command(const settings& s) {
-  auto cmd = std::find_if(std::begin(commands), std::end(commands), [&](const command& c) { return c.name == s.command; });
-  if (cmd == std::end(commands)) usage_error("unknown command " + terminal_text(s.command, 60));
-  const auto takes = split_spaces(cmd->options);
-  for (const auto& option : s.command_options)
-    if (std::find(takes.begin(), takes.end(), option) == takes.end()) usage_error(s.command + " takes no " + option + " option");
-  const std::size_t wanted = cmd->argument.empty() ? 0 : 1;
-  if (s.args.size() < wanted) usage_error(s.command + ": missing " + std::string(cmd->argument));
-  if (s.args.size() > wanted)
-    usage_error(s.command + ": unexpected argument " + terminal_text(s.args[wanted], 60));
+/// The names of the commands, for a message: "login, status, ..., help".
+std::string command_names() {
+  std::string out;
+  for (const auto& c : commands) out += std::string(c.name) + ", ";
+  return out + "help";
+}
+
+/// The command called `name`; a usage error that lists them when there is none.
+const command& command_named(std::string_view name) {
+  auto cmd = std::find_if(std::begin(commands), std::end(commands), [&](const command& c) { return c.name == name; });
+  if (cmd == std::end(commands))
+    usage_error("unknown command \"" + terminal_text(name, 60) + "\"; the commands are " + command_names());
   return *cmd;
 }
 
+/// The command `s` names, once its options and arguments are checked.
+const command& find_command(const settings& s) {
+  const command& cmd = command_named(s.command);
+  const auto takes = split_spaces(cmd.options);
+  for (const auto& option : s.command_options)
+    if (std::find(takes.begin(), takes.end(), option) == takes.end()) usage_error(s.command + " takes no " + option + " option");
+  const std::size_t wanted = cmd.argument.empty() ? 0 : 1;
+  if (s.args.size() < wanted) usage_error(s.command + ": missing " + std::string(cmd.argument));
+  if (s.args.size() > wanted)
+    usage_error(s.command + ": unexpected argument " + terminal_text(s.args[wanted], 60));
+  return cmd;
+}
+
 // ---------------------------------------------------------------------------
-// Errors to exit codes
+// Help
 // ---------------------------------------------------------------------------
 
-int exit_code_for(const std::error_code& ec) {
-  using cfo::errc;
-  if (ec == errc::authorization_denied || ec == errc::authorization_failed || ec == errc::listener_timeout ||
-      ec == errc::state_mismatch)
-    return exit_authorization;
-  if (ec == errc::store_error) return exit_failure;  // the token file cannot be read or written
-  if (ec == cfo::remedy::reauthenticate) return exit_reconsent;
-  if (ec == cfo::remedy::fix_configuration) return exit_usage;  // scope_mismatch, api_gone, site_not_found, ...
-  if (ec == cfo::remedy::retry_later) return exit_retry;
-  return exit_failure;
+/// `text`'s lines, each after `indent`.
+std::string indented(std::string_view text, std::string_view indent) {
+  std::string out;
+  while (!text.empty()) {
+    const auto end = text.find('\n');
+    out.append(indent).append(text.substr(0, end)) += '\n';
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end + 1);
+  }
+  return out;
+}
+
+/// The commands, two columns: synopsis, then summary from column 26.
+std::string command_list() {
+  constexpr std::size_t column = 26;
+  const std::string margin(column, ' ');
+  std::string out;
+  for (const auto& c : commands) {
+    out += "  " + std::string(c.synopsis);
+    out += c.synopsis.size() + 4 < column ? std::string(column - 2 - c.synopsis.size(), ' ') : "\n" + margin;
+    out += indented(c.summary, margin).substr(column);
+  }
+  out += "  help [COMMAND]          this help, or COMMAND's own (also: COMMAND --help)\n";
+  return out;
+}
+
+/// One command's own help.
+std::string command_help(const command& c) {
+  return "usage: confluence-cli [options] " + std::string(c.synopsis) + "\n\n" + indented(c.summary, "") +
+         (c.details.empty() ? "" : "\n") + std::string(c.details) +
+         "\nThe options all commands take: confluence-cli --help\n";
+}
+
+/// The whole help: every command and option.
+std::string help_text() {
+  const cfo::client_config d;  // the library's defaults are Atlassian's
+  std::string scopes;
+  for (const auto& s : d.scopes) scopes += (scopes.empty() ? "" : " ") + s;
+  return "usage: confluence-cli [options] <command>\n"
+         "\n"
+         "Sign in to Confluence Cloud with OAuth 2.0 (3LO), hand out access tokens, and\n"
+         "read from the Confluence REST API.\n"
+         "\n"
+         "Commands:\n" + command_list() +
+         "\n"
+         "Command options:\n"
+         "  --refresh               token: refresh even when the token is still valid\n"
+         "  --site SITE             pages, get: the site's URL, name or cloud id (default:\n"
+         "                          the only site the grant reaches)\n"
+         "  --limit N               pages: list at most N pages, 1 to " + std::to_string(max_page_limit) +
+         " (default " + std::to_string(default_page_limit) + ")\n"
+         "\n"
+         "Options (--opt VALUE or --opt=VALUE):\n"
+         "  --client-id ID          OAuth client id (default: $ATLASSIAN_CLIENT_ID)\n"
+         "  --client-secret SECRET  OAuth client secret (default: $ATLASSIAN_CLIENT_SECRET;\n"
+         "                          prefer the variable: command lines are visible to others)\n"
+         "  --redirect-uri URI      callback URL registered for the app; login listens on it\n"
+         "                          (default " + d.redirect_uri + ")\n"
+         "  --scope SCOPE           scope to request; repeatable, a value may hold several\n"
+         "                          separated by spaces (default: " + scopes + ")\n"
+         "  --token-file PATH       where the tokens are kept (default:\n"
+         "                          $XDG_CONFIG_HOME/confluence-oauth/tokens.json, else\n"
+         "                          $HOME/.config/confluence-oauth/tokens.json); folders it\n"
+         "                          creates are mode 0700, the file is mode 0600\n"
+         "  --key-file PATH         encrypt the token file (AES-256-GCM) with the key in\n"
+         "                          PATH: 32 raw bytes or 64 hex digits, e.g. from\n"
+         "                          'openssl rand -hex 32'; PATH must be a file of yours,\n"
+         "                          not a link, and not accessible to group or others;\n"
+         "                          every command then needs the same key\n"
+         "  --authorize-url URL     authorization endpoint (default " + d.authorize_url + ")\n"
+         "  --token-url URL         token endpoint (default " + d.token_url + ")\n"
+         "  --api-url URL           API base URL (default " + d.api_url + ")\n"
+         "  --ca-file PEM           also trust the CA certificates in this PEM file\n"
+         "  --token-encoding ENC    token request body: json (Atlassian; default) or form\n"
+         "  --no-pkce               send no PKCE S256 challenge (it is sent by default; off\n"
+         "                          only for a server that rejects it). With PKCE, a\n"
+         "                          server other than Atlassian's may go without the secret\n"
+         "  --audience VALUE        audience parameter (default " + d.audience + "; '' omits it)\n"
+         "  --prompt VALUE          prompt parameter (default " + d.prompt + "; '' omits it)\n"
+         "  --browser CMD           open the URL with CMD, split on spaces, URL appended\n"
+         "                          (default: $BROWSER, else the system opener)\n"
+         "  --no-browser            login: open no browser, print the URL, and take the\n"
+         "                          redirect on the listener or the address the browser\n"
+         "                          ends on, pasted on standard input\n"
+         "  --no-redirect-page      give the browser the URL itself, not a private local page\n"
+         "                          that leads to it (for browsers that cannot read local\n"
+         "                          files, such as snap-confined ones; the URL is then on\n"
+         "                          the browser's command line, which other users can read)\n"
+         "  --timeout SECONDS       how long login waits for the redirect (default 300)\n"
+         "  --request-timeout SECONDS  limit for each HTTP request (default 30)\n"
+         "  -h, --help              show this help\n"
+         "\n"
+         "Exit status:\n"
+         "  0    success\n"
+         "  1    unexpected failure (including a token file that cannot be read or written,\n"
+         "       and an API answer with no other meaning here, such as 403 or 404)\n"
+         "  2    usage or configuration error (bad option, missing client id or secret,\n"
+         "       client rejected, untrusted certificate, redirect port in use, wrong key,\n"
+         "       no site matching --site, a scope the grant lacks, a retired API)\n"
+         "  3    authorization denied, failed or timed out; status: the grant needs a new\n"
+         "       login\n"
+         "  4    not logged in, the grant was revoked or expired, or the token file is\n"
+         "       corrupt: run login again\n"
+         "  5    network or server trouble (unreachable, timeout, 5xx, 429): retry later\n"
+         "  130  interrupted (SIGINT or SIGTERM)\n";
 }
 
 /// Runs one command and turns every failure into a message and an exit code.
@@ -713,18 +1074,8 @@ asio::awaitable<int> run(const command& cmd, const settings& s, const std::share
       std::cerr << "confluence-cli: interrupted\n";
       co_return exit_interrupted;
     }
-    std::cerr << "confluence-cli: " << e.what() << '\n';
-    int code = exit_code_for(e.code());
-    if (e.code() == cfo::errc::invalid_grant)
-      std::cerr << "confluence-cli: the grant was revoked or expired: run confluence-cli login again\n";
-    else if (code == exit_reconsent)
-      std::cerr << "confluence-cli: run confluence-cli login again\n";
-    else if (e.code() == cfo::errc::scope_mismatch)
-      std::cerr << "confluence-cli: name the scope with --scope when you run confluence-cli login again\n";
-    auto* oauth = dynamic_cast<const cfo::oauth_error*>(&e);
-    if (oauth && oauth->details().retry_after)
-      std::cerr << "confluence-cli: the server asks to retry after " << oauth->details().retry_after->count() << " s\n";
-    co_return code;
+    std::cerr << "confluence-cli: " << failure_message(e, s) << '\n';
+    co_return exit_code_for(e.code());
   } catch (const std::exception& e) {
     std::cerr << "confluence-cli: " << (interrupted ? "interrupted" : e.what()) << '\n';
     co_return interrupted ? exit_interrupted : exit_failure;
@@ -738,6 +1089,10 @@ int main(int argc, char** argv) {
   const command* cmd = nullptr;
   try {
     s = parse_arguments(argc, argv);
+    if (s.help) {
+      std::cout << (s.command.empty() ? help_text() : command_help(command_named(s.command))) << std::flush;
+      return std::cout ? exit_ok : exit_failure;
+    }
     cmd = &find_command(s);
   } catch (const cli_error& e) {
     std::cerr << "confluence-cli: " << e.what() << "\nTry 'confluence-cli --help'.\n";

@@ -285,6 +285,54 @@ void check_no_secrets(const test_util::process_result& r, const cfo::token_set& 
   CHECK(r.err.find("test-client-secret") == std::string::npos);
 }
 
+/// The output of a run holds none of the grant's tokens, nor the client secret.
+void check_nothing_secret(const test_util::process_result& r, const cfo::token_set& t) {
+  check_no_secrets(r, t);
+  for (const auto* s : {&t.access_token, &t.refresh_token})
+    if (!s->empty()) CHECK(r.out.find(s->reveal()) == std::string::npos);
+  CHECK(r.out.find("test-client-secret") == std::string::npos);
+}
+
+/// `login --no-browser` started with a standard input the test types on; the
+/// authorization URL it shows, once shown.
+struct no_browser_login {
+  test_util::child_process cli;
+  std::string url;
+
+  explicit no_browser_login(const cli_fixture& f)
+      : cli(with(f.base_args(), {"--no-browser", "--timeout", "120", "login"}), {}, true) {
+    const auto err = cli.stderr_once("press Enter");
+    const auto at = err.find("\n  ");
+    REQUIRE_MESSAGE(at != std::string::npos, "no URL shown: " << err);
+    url = err.substr(at + 3, err.find('\n', at + 3) - at - 3);
+  }
+
+  static std::vector<std::string> with(std::vector<std::string> args, std::initializer_list<std::string> more) {
+    args.insert(args.end(), more);
+    return args;
+  }
+};
+
+/// The address a browser ends on after consent (the fake server set to
+/// approve at once), without going there: what a user pastes.
+std::string final_address(const cli_fixture& f, const std::string& url) {
+  return test_util::run([&](auto ex) -> asio::awaitable<std::string> {
+    cfo::detail::http_client http(ex, f.config().tls, f.config().timeouts);
+    const auto target = cfo::detail::parse_url(url);
+    const cfo::http_request get;
+    auto res = co_await http.send(target, get);
+    std::string location;  // no ?: in a coroutine: GCC 12 frees its temporary twice
+    if (auto header = res.headers.get("Location")) location = *header;
+    co_return location;
+  });
+}
+
+fake_atlassian::options approving() {
+  fake_atlassian::options o;
+  o.auto_approve = true;
+  return o;
+}
+
 }  // namespace
 
 TEST_SUITE("cli") {
@@ -593,6 +641,176 @@ TEST_CASE("confluence-cli --key-file encrypts the token file") {
   CHECK(exposed.exit_code == 2);
   CHECK(exposed.err.find("chmod 600") != std::string::npos);
   CHECK(f.cli({"--key-file", f.write_key("short.hex", hex.substr(2)), "token"}).exit_code == 2);
+}
+
+
+TEST_CASE("confluence-cli status: exit 0 with a usable grant, 3 when a new login is needed, never a secret") {
+  cli_fixture f;
+  auto none = f.cli({"status"});
+  CHECK(none.exit_code == 3);
+  CHECK(none.out.find("Token file:    " + f.token_file) != std::string::npos);
+  CHECK(none.out.find("none stored") != std::string::npos);
+  CHECK(none.err == "confluence-cli: not logged in: run confluence-cli login\n");
+
+  f.sign_in();
+  const auto granted = f.saved();
+  auto usable = f.cli({"status"});
+  CAPTURE(usable.err);
+  CHECK(usable.exit_code == 0);
+  for (const char* line : {"Grant:         usable\n", "Access token:  valid for ", "Refresh token: yes\n",
+                           "Grant age:     last saved ", "Scopes:        read:page:confluence read:space:confluence offline_access\n",
+                           "Sites:\n  a1b2c3d4-0000-4000-8000-000000000001  example  https://example.atlassian.net\n"}) {
+    CAPTURE(line);
+    CHECK(usable.out.find(line) != std::string::npos);
+  }
+  check_nothing_secret(usable, granted);
+
+  // An expired access token is refreshed by the check; a rejected refresh token needs a new login.
+  auto expired = granted;
+  expired.expires_at = std::chrono::system_clock::now() - 10s;
+  { std::ofstream(f.token_file) << expired.to_json().dump(); }
+  auto renewed = f.cli({"status"});
+  CHECK(renewed.exit_code == 0);
+  CHECK(f.srv.stats().refresh_grants == 1);
+  check_nothing_secret(renewed, f.saved());
+
+  f.srv.revoke_all();
+  const auto revoked = f.saved();
+  auto rejected = f.cli({"status"});
+  CHECK(rejected.exit_code == 3);
+  CHECK(rejected.out.find("needs a new login") != std::string::npos);
+  CHECK(rejected.err.find("run confluence-cli login") != std::string::npos);
+  CHECK(std::count(rejected.err.begin(), rejected.err.end(), '\n') == 1);  // said once
+  check_nothing_secret(rejected, revoked);
+
+  { std::ofstream(f.token_file) << "{not json"; }
+  CHECK(f.cli({"status"}).exit_code == 3);
+}
+
+TEST_CASE("confluence-cli login --no-browser takes the address pasted on standard input") {
+  cli_fixture f(approving());
+  no_browser_login login(f);
+  const auto address = final_address(f, login.url);
+  REQUIRE(address.rfind(f.redirect + "?code=", 0) == 0);
+  login.cli.type("  " + address + "\r\n");
+  auto r = login.cli.wait();
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("Logged in") != std::string::npos);
+  CHECK(f.srv.stats().authorization_code_grants == 1);
+  CHECK(r.err.find(cfo::detail::parse_callback(address).code.reveal()) == std::string::npos);
+  check_nothing_secret(r, f.saved());
+  CHECK(f.cli({"status"}).exit_code == 0);
+}
+
+TEST_CASE("confluence-cli login --no-browser: a pasted denial ends the login as the browser's would") {
+  cli_fixture f;
+  no_browser_login login(f);
+  const auto state = cfo::detail::parse_callback(login.url).state;
+  REQUIRE(state);
+  login.cli.type(f.redirect + "?error=access_denied&error_description=No&state=" + state->reveal() + "\n");
+  auto r = login.cli.wait();
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("denied") != std::string::npos);
+  CHECK(f.srv.stats().token_requests == 0);
+  CHECK_FALSE(std::filesystem::exists(f.token_file));
+}
+
+TEST_CASE("confluence-cli login --no-browser: the browser's redirect wins when it comes first") {
+  cli_fixture f;
+  no_browser_login login(f);
+  auto seen = test_util::run([&](auto ex) -> asio::awaitable<test_browser::visit> {
+    cfo::detail::http_client http(ex, f.config().tls, f.config().timeouts);
+    co_return co_await test_browser::browse(http, login.url);
+  });
+  CHECK(seen.status == 200);
+  auto r = login.cli.wait();  // standard input still open, nothing typed
+  CAPTURE(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(f.srv.stats().authorization_code_grants == 1);
+}
+
+TEST_CASE("confluence-cli login --no-browser refuses a hostile paste before any token request") {
+  cli_fixture f(approving());
+  no_browser_login login(f);
+  const auto address = final_address(f, login.url);
+  REQUIRE(address.rfind(f.redirect + "?code=", 0) == 0);
+  std::string paste, why;
+  SUBCASE("another sign-in's state") {
+    paste = address;
+    paste.insert(paste.find("state=") + 6, "x");
+    why = "does not answer this sign-in";
+  }
+  SUBCASE("another host") {
+    paste = "https://attacker.example/callback" + address.substr(address.find('?'));
+    why = "is not on the redirect URI " + f.redirect;
+  }
+  SUBCASE("no state") {
+    REQUIRE(address.find("&state=") != std::string::npos);
+    paste = address.substr(0, address.find("&state="));
+    why = "does not answer this sign-in";
+  }
+  SUBCASE("a huge line") {
+    paste = address + "&pad=" + std::string(20000, 'a');
+    why = "longer than 8192 bytes";
+  }
+  SUBCASE("a control character") {
+    paste = address;
+    paste.insert(paste.find('?'), "\x1b[2J");
+    why = "control characters";
+  }
+  login.cli.type(paste + "\n");
+  auto r = login.cli.wait();
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("confluence-cli: the pasted ") != std::string::npos);
+  CHECK(r.err.find(why) != std::string::npos);
+  CHECK(r.err.find(cfo::detail::parse_callback(address).code.reveal()) == std::string::npos);  // not echoed
+  CHECK(f.srv.stats().token_requests == 0);
+  CHECK_FALSE(std::filesystem::exists(f.token_file));
+}
+
+TEST_CASE("confluence-cli help COMMAND and COMMAND --help show that command's help, without a client id") {
+  const std::vector<std::string> no_client = {"ATLASSIAN_CLIENT_ID=", "ATLASSIAN_CLIENT_SECRET="};
+  for (const auto& args : {std::vector<std::string>{CFO_CLI_PATH, "help", "login"},
+                           std::vector<std::string>{CFO_CLI_PATH, "login", "--help"},
+                           std::vector<std::string>{CFO_CLI_PATH, "--no-browser", "login", "-h"}}) {
+    CAPTURE(args[1]);
+    auto r = test_util::run_process(args, 60s, no_client);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.rfind("usage: confluence-cli [options] login [--no-browser]\n", 0) == 0);
+    CHECK(r.out.find("pasted on standard input") != std::string::npos);
+    CHECK(r.out.find("--client-secret") == std::string::npos);  // its own help, not all of it
+    CHECK(r.err.empty());
+  }
+  auto status = test_util::run_process({CFO_CLI_PATH, "status", "--help"}, 60s, no_client);
+  CHECK(status.exit_code == 0);
+  CHECK(status.out.rfind("usage: confluence-cli [options] status\n", 0) == 0);
+  auto all = test_util::run_process({CFO_CLI_PATH, "help"}, 60s, no_client);
+  CHECK(all.exit_code == 0);
+  CHECK(all.out.find("--client-secret") != std::string::npos);
+
+  for (const auto& args : {std::vector<std::string>{CFO_CLI_PATH, "frobnicate"},
+                           std::vector<std::string>{CFO_CLI_PATH, "help", "frobnicate"}}) {
+    CAPTURE(args.back());
+    auto unknown = test_util::run_process(args, 60s, no_client);
+    CHECK(unknown.exit_code == 2);
+    CHECK(unknown.err.rfind("confluence-cli: unknown command \"frobnicate\"; the commands are login, status, token, "
+                            "sites, pages, get, logout, help\n", 0) == 0);
+    CHECK(unknown.err.find("client id") == std::string::npos);
+  }
+}
+
+TEST_CASE("confluence-cli login that times out names the usual cause, once") {
+  cli_fixture f;
+  auto r = f.cli({"--no-browser", "--timeout", "1", "login"});
+  CHECK(r.exit_code == 3);
+  const std::string said = "confluence-cli: no authorization redirect reached " + f.redirect + " within 1 s. The usual cause: "
+                           "the redirect URI registered for the app in the developer console differs from --redirect-uri";
+  CHECK(r.err.find(said) != std::string::npos);
+  CHECK(r.err.find("timed out waiting") == std::string::npos);  // not said a second time
+  std::size_t errors = 0;
+  for (auto at = r.err.find("confluence-cli: "); at != std::string::npos; at = r.err.find("confluence-cli: ", at + 1)) ++errors;
+  CHECK(errors == 1);
 }
 
 }  // TEST_SUITE

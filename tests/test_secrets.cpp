@@ -877,11 +877,16 @@ TEST_CASE("secrets: confluence-cli prints no secret on its failure paths") {
   examples_fixture f;
   const auto echo = echo_of({client_secret, refresh_token, access_token});
 
-  f.save_tokens(sentinel_tokens(-10s));
-  f.srv.push_raw_response("/oauth/token", raw_response(400, "Bad Request " + echo,
-                                                       {{"Content-Type", "application/json"}, {"WWW-Authenticate", "Basic realm=\"" + echo + "\""}},
-                                                       json_error("invalid_grant", echo)));
+  const auto expired_and_revoked_reflecting = [&] {
+    f.save_tokens(sentinel_tokens(-10s));
+    f.srv.push_raw_response("/oauth/token", raw_response(400, "Bad Request " + echo,
+                                                         {{"Content-Type", "application/json"}, {"WWW-Authenticate", "Basic realm=\"" + echo + "\""}},
+                                                         json_error("invalid_grant", echo)));
+  };
+  expired_and_revoked_reflecting();
   check_process("confluence-cli token: refresh revoked, reflected", f.cli({"token"}), 4);
+  expired_and_revoked_reflecting();
+  check_process("confluence-cli status: refresh revoked, reflected", f.cli({"status"}), 3);
 
   f.save_tokens(sentinel_tokens());
   const auto new_echo = bearer_echo_of(new_access_token);

@@ -4,7 +4,9 @@
 
 #include "confluence_oauth.hpp"
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -14,8 +16,10 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -136,49 +140,116 @@ struct process_result {
   std::string out, err;
 };
 
+/// A program running beside the test, its output going to files. Its
+/// standard input is /dev/null, or with `typed_input` a socket the test
+/// writes to as a user types at a terminal. Test-only: waiting blocks the
+/// calling thread, which no io_context shares.
+class child_process {
+ public:
+  explicit child_process(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env = {},
+                         bool typed_input = false) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    int pair[2] = {-1, -1};
+    if (typed_input && ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+      input_ = pair[0];
+      posix_spawn_file_actions_adddup2(&actions, pair[1], 0);
+    } else {
+      posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    }
+    posix_spawn_file_actions_addopen(&actions, 1, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_addopen(&actions, 2, err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    std::vector<std::string> args = argv;
+    std::vector<char*> cargs;
+    for (auto& a : args) cargs.push_back(a.data());
+    cargs.push_back(nullptr);
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
+    env_strings.insert(env_strings.end(), extra_env.begin(), extra_env.end());
+    std::vector<char*> cenv;
+    for (auto& e : env_strings) cenv.push_back(e.data());
+    cenv.push_back(nullptr);
+    int err = ::posix_spawn(&pid_, cargs[0], &actions, nullptr, cargs.data(), cenv.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (pair[1] >= 0) ::close(pair[1]);
+    if (typed_input && input_ < 0) throw std::runtime_error("cannot create the input socket");
+    if (err != 0) throw std::runtime_error("cannot start " + argv.at(0) + ": " + std::strerror(err));
+  }
+  child_process(const child_process&) = delete;
+  child_process& operator=(const child_process&) = delete;
+  ~child_process() {
+    close_input();
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  /// Types `text` on its standard input (no SIGPIPE when it has gone).
+  void type(std::string_view text) {
+    while (input_ >= 0 && !text.empty()) {
+      const auto n = ::send(input_, text.data(), text.size(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      text.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+
+  /// Ends its standard input, as Ctrl-D does.
+  void close_input() {
+    if (input_ >= 0) ::close(input_);
+    input_ = -1;
+  }
+
+  /// Its standard error so far, once it holds `marker` (empty when the
+  /// program ends or `limit` passes first).
+  std::string stderr_once(std::string_view marker, std::chrono::seconds limit = std::chrono::seconds(60)) const {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto text = read_text(err_path_);
+      if (text.find(marker) != std::string::npos) return text;
+      siginfo_t ended{};
+      if (pid_ <= 0 || (::waitid(P_PID, static_cast<id_t>(pid_), &ended, WEXITED | WNOHANG | WNOWAIT) == 0 && ended.si_pid == pid_))
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return {};
+  }
+
+  /// Waits for it to end (killed after `limit`) and returns its exit code and output.
+  process_result wait(std::chrono::seconds limit = std::chrono::seconds(60)) {
+    process_result r;
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    int status = 0;
+    for (;;) {
+      pid_t w = ::waitpid(pid_, &status, WNOHANG);
+      if (w == pid_) break;
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        r.err = "killed by the test watchdog\n";
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    pid_ = -1;
+    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+    r.out = read_text(out_path_);
+    r.err += read_text(err_path_);
+    return r;
+  }
+
+ private:
+  temp_dir io_dir_;
+  std::string out_path_ = io_dir_ / "out", err_path_ = io_dir_ / "err";
+  pid_t pid_ = -1;
+  int input_ = -1;
+};
+
 /// Runs a program to completion (killed after `limit`), capturing its output.
-/// Test-only: it blocks the calling thread, which no io_context shares.
 inline process_result run_process(const std::vector<std::string>& argv, std::chrono::seconds limit = std::chrono::seconds(60),
                                   const std::vector<std::string>& extra_env = {}) {
-  temp_dir io_dir;
-  auto out_path = io_dir / "out", err_path = io_dir / "err";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  std::vector<std::string> args = argv;
-  std::vector<char*> cargs;
-  for (auto& a : args) cargs.push_back(a.data());
-  cargs.push_back(nullptr);
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
-  env_strings.insert(env_strings.end(), extra_env.begin(), extra_env.end());
-  std::vector<char*> cenv;
-  for (auto& e : env_strings) cenv.push_back(e.data());
-  cenv.push_back(nullptr);
-  pid_t pid = 0;
-  int err = ::posix_spawn(&pid, cargs[0], &actions, nullptr, cargs.data(), cenv.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) throw std::runtime_error("cannot start " + argv.at(0) + ": " + std::strerror(err));
-  process_result r;
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  int status = 0;
-  for (;;) {
-    pid_t w = ::waitpid(pid, &status, WNOHANG);
-    if (w == pid) break;
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      r.err = "killed by the test watchdog\n";
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  r.out = read_text(out_path);
-  r.err += read_text(err_path);
-  return r;
+  return child_process(argv, extra_env).wait(limit);
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
