@@ -4119,8 +4119,9 @@ inline std::vector<std::string> grant_warnings(const token_set& t, const client_
   }
   if (!t.scope.empty() && !config.service_account) {  // a service account's scopes are the admin's choice
     std::string missing;
-    for (const auto& s : config.scopes)
-      if (!lists_word(t.scope, s)) missing += (missing.empty() ? "" : " ") + s;
+    for (const auto& s : config.scopes)  // a refresh token is offline_access granted, listed or not
+      if (!lists_word(t.scope, s) && !(s == "offline_access" && t.has_refresh_token()))
+        missing += (missing.empty() ? "" : " ") + s;
     if (!missing.empty())
       out.push_back("the grant lacks scopes asked for: " + sanitize_text(missing, 200) + " (granted: " +
                     sanitize_text(t.scope, 400) + "); add them to the app in the developer console, or an admin "
