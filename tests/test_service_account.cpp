@@ -63,7 +63,13 @@ TEST_CASE("client_credentials: a 60-minute token without a refresh token; a wron
   f.cfg.client_secret = cfo::secret("wrong-service-secret");
   auto failed = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
     cfo::oauth_client client(ex, f.cfg);
-    co_await client.client_credentials();
+    try {
+      co_await client.client_credentials();
+    } catch (const cfo::oauth_error& e) {  // Atlassian's answer: 401 invalid_client
+      CHECK(e.details().http_status == 401);
+      CHECK(e.details().error == "invalid_client");
+      throw;
+    }
   });
   CHECK(failed.code == cfo::errc::invalid_client);
   CHECK(failed.code == cfo::remedy::fix_configuration);
