@@ -497,7 +497,7 @@ settings parse_arguments(int argc, char** argv) {
   // A service account's tokens never overwrite a user's grant.
   if (s.token_file.empty())
     s.token_file = s.config.service_account ? default_token_file().replace_filename("service-account-tokens.json")
-                                     : default_token_file();
+                                            : default_token_file();
   if (key_file) s.key = read_key_file(*key_file);
   return s;
 }
@@ -577,9 +577,17 @@ asio::awaitable<cfo::site> choose_site(const settings& s, cfo::session& session)
   }
 }
 
-/// After login: the sites the user just authorized, Confluence or not.
+/// After login: the sites the user just authorized, Confluence or not. The
+/// grant is saved already: a failure here only says so.
 asio::awaitable<void> say_authorized_sites(cfo::session& session) {
-  auto sites = co_await session.accessible_resources();
+  std::vector<cfo::site> sites;
+  try {
+    sites = co_await session.accessible_resources();
+  } catch (const cfo::oauth_error& e) {
+    if (e.code() == asio::error::operation_aborted) throw;
+    std::cerr << "confluence-cli: the authorized sites could not be listed: " << e.what() << '\n';
+    co_return;
+  }
   std::cout << (sites.empty() ? "No site authorized: log in again and choose a site on the consent page\n"
                               : "Authorized sites:\n");
   for (const auto& site : sites) std::cout << "  " << printable(site.url) << "  " << printable(site.name) << '\n';
