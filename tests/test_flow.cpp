@@ -643,6 +643,9 @@ TEST_CASE("confluence-cli --client-credentials: token, sites, pages and get with
   CHECK(f.srv.stats().authorization_code_grants == 0);
 
   CHECK(service({"login"}).exit_code == 2);
+  auto plain = service({"pages", "--site", "http://example.atlassian.net"});  // https only, but to loopback
+  CHECK(plain.exit_code == 2);
+  CHECK(plain.err.find("http") != std::string::npos);
   auto wrong = f.cli({"--client-id", "test-service-account", "--client-secret", "wrong-service-secret",
                       "--client-credentials", "token", "--refresh"});
   CHECK(wrong.exit_code == 2);
