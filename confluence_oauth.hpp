@@ -1898,6 +1898,11 @@ struct client_config {
   http_timeouts timeouts;  ///< HTTP deadlines
   std::size_t max_token_response_bytes = 1024 * 1024;  ///< largest token endpoint answer
   std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;  ///< sent with every request
+  /// The client id and secret are an Atlassian service account's: a session
+  /// gets its tokens with the client credentials grant (no browser, no refresh
+  /// token; a new 60-minute token before the old one expires), and
+  /// redirect_uri and scopes go unused (the admin chose the scopes).
+  bool service_account = false;
 
   /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
   void validate() const;
@@ -1916,7 +1921,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE void client_config::validate() const {
   if (!printable(client_id)) bad("client_id contains spaces or control characters");
   // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
   const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
-  if (client_secret.empty() && (!use_pkce || atlassian))
+  if (client_secret.empty() && (!use_pkce || atlassian || service_account))
     bad("client_secret is empty (Atlassian apps are confidential clients)");
   if (scopes.empty()) bad("no scopes requested");
   for (const auto& s : scopes)
@@ -1976,6 +1981,13 @@ struct session_options {
   retry_policy retry;                     ///< retries of 429, 503 and refreshes that failed in transit
   std::size_t max_response_bytes = 16 * 1024 * 1024;  ///< largest API answer
   listener_options listener;              ///< for authorize()
+  /// Told, once a day at most per session and kind, in a sentence that names
+  /// no secret, when the grant held ages or lacks a scope asked for: the
+  /// refresh token expires within 14 days (Atlassian's 90-day inactivity or
+  /// 365-day absolute limit), or the server granted fewer scopes than
+  /// client_config::scopes (an admin removed one: a configuration problem).
+  /// Runs on the session's strand: it must not block; what it throws is ignored.
+  std::function<void(const std::string& warning)> grant_warning;
 };
 
 // ============================================================================
@@ -2387,6 +2399,10 @@ struct token_set {
   clock::time_point expires_at = clock::time_point::max();  ///< max(): the server gave no lifetime
   std::string scope;                                 ///< space separated, as granted
   std::string token_type = "Bearer";                 ///< as the server named it
+  /// When the user consented (the grant's 365-day limit counts from here); epoch: unknown.
+  clock::time_point first_obtained{};
+  /// When the refresh token was last used (the 90-day inactivity limit counts from here); epoch: unknown.
+  clock::time_point last_rotated{};
 
   /// Whether there is a refresh token (the grant asked for offline_access).
   bool has_refresh_token() const noexcept { return !refresh_token.empty(); }
@@ -2506,8 +2522,12 @@ CONFLUENCE_OAUTH_DETAIL_INLINE nlohmann::json token_set::to_json() const {
                       {"token_type", token_type},
                       {"scope", scope}};
   if (has_refresh_token()) j["refresh_token"] = refresh_token.reveal();
-  if (expires_at != clock::time_point::max())
-    j["expires_at"] = std::chrono::duration_cast<std::chrono::seconds>(expires_at.time_since_epoch()).count();
+  auto seconds = [](clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+  };
+  if (expires_at != clock::time_point::max()) j["expires_at"] = seconds(expires_at);
+  if (first_obtained != clock::time_point{}) j["first_obtained"] = seconds(first_obtained);
+  if (last_rotated != clock::time_point{}) j["last_rotated"] = seconds(last_rotated);
   return j;
 }
 
@@ -2523,13 +2543,19 @@ CONFLUENCE_OAUTH_DETAIL_INLINE token_set token_set::from_json(const nlohmann::js
     if (!r->is_string()) return bad("refresh_token is not a string");
     t.refresh_token = secret(r->get<std::string>());
   }
-  if (auto e = j.find("expires_at"); e != j.end()) {
-    // Up to what the clock holds (the year 2262 with nanoseconds): more would overflow it.
+  // Each time optional (files from before 2.0.0 lack the grant's age), and up to
+  // what the clock holds (the year 2262 with nanoseconds): more would overflow it.
+  auto time = [&](const char* key, clock::time_point& out) {
     constexpr auto latest = std::chrono::duration_cast<std::chrono::seconds>(clock::duration::max()).count();
+    auto e = j.find(key);
+    if (e == j.end()) return;
     if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > latest)
-      return bad("expires_at is not a time");
-    t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
-  }
+      bad((std::string(key) + " is not a time").c_str());
+    out = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
+  };
+  time("expires_at", t.expires_at);
+  time("first_obtained", t.first_obtained);
+  time("last_rotated", t.last_rotated);
   if (auto s = detail::json_string(j, "scope")) t.scope = *s;
   if (auto s = detail::json_string(j, "token_type")) t.token_type = *s;
   return t;
@@ -3214,10 +3240,21 @@ class oauth_client {
                                      [self = *this, current = std::move(current)] { return self.refresh_op(current); });
   }
 
+  /// A service account's token (grant_type=client_credentials with the
+  /// configured id and secret): Atlassian's live 60 minutes and come without
+  /// a refresh token. Completes with (error_code, token_set).
+  template <typename CompletionToken = detail::default_completion_token>
+  auto client_credentials(CompletionToken&& token = {}) const {
+    return detail::launch<token_set>(get_executor(), std::forward<CompletionToken>(token),
+                                     [self = *this] { return self.client_credentials_op(); });
+  }
+
  private:
   asio::awaitable<token_set> exchange_code_op(const secret& code, const authorization& auth) const;
 
   asio::awaitable<token_set> refresh_op(const token_set& current) const;
+
+  asio::awaitable<token_set> client_credentials_op() const;
 
   /// The secrets a token request carries (and, for a refresh, the access token
   /// the server knows), so that an echo of one is redacted.
@@ -3282,7 +3319,9 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::exchange
   fields.emplace_back("redirect_uri", auth.redirect_uri);
   if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
   if (!auth.code_verifier.empty()) fields.emplace_back("code_verifier", auth.code_verifier.reveal());
-  co_return co_await token_request(fields, redact_list(&code, &auth.code_verifier));
+  auto granted = co_await token_request(fields, redact_list(&code, &auth.code_verifier));
+  granted.first_obtained = granted.last_rotated = token_set::clock::now();
+  co_return granted;
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::refresh_op(const token_set& current) const {
@@ -3296,14 +3335,27 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::refresh_
   auto next = co_await token_request(fields, redact_list(&current.refresh_token, &current.access_token));
   if (!next.has_refresh_token()) next.refresh_token = current.refresh_token;
   if (next.scope.empty()) next.scope = current.scope;
+  next.first_obtained = current.first_obtained;
+  next.last_rotated = token_set::clock::now();  // a use, rotating or not, restarts the inactivity limit
   co_return next;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::client_credentials_op() const {
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  fields.emplace_back("grant_type", "client_credentials");
+  fields.emplace_back("client_id", config_->client_id);
+  fields.emplace_back("client_secret", config_->client_secret.reveal());
+  auto granted = co_await token_request(fields, redact_list(nullptr, nullptr));
+  granted.refresh_token = secret();  // nothing to refresh: a new grant replaces this one
+  granted.first_obtained = granted.last_rotated = token_set::clock::now();
+  co_return granted;
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE std::vector<const secret*> oauth_client::redact_list(const secret* a, const secret* b) const {
   std::vector<const secret*> out;
   out.push_back(&config_->client_secret);
-  out.push_back(a);
-  out.push_back(b);
+  for (const secret* s : {a, b})
+    if (s) out.push_back(s);
   return out;
 }
 
@@ -4162,6 +4214,55 @@ inline std::string describe(const http_request& req, const url& u) {
   return req.method + " " + u.origin() + sanitize_text(u.path(), 200);
 }
 
+// Atlassian's refresh tokens expire after 90 days unused and 365 days after
+// consent (ATLASSIAN.md, "Refresh tokens rotate"); grant_warning speaks up 14 days before.
+inline constexpr std::chrono::hours refresh_inactivity_limit{24 * 90};
+inline constexpr std::chrono::hours refresh_absolute_limit{24 * 365};
+inline constexpr std::chrono::hours grant_warning_window{24 * 14};
+
+/// Whether the space-separated `list` (a granted scope) holds `word`.
+inline bool lists_word(std::string_view list, std::string_view word) {
+  for (std::size_t at = 0; at <= list.size();) {
+    const auto end = std::min(list.find(' ', at), list.size());
+    if (list.substr(at, end - at) == word) return true;
+    at = end + 1;
+  }
+  return false;
+}
+
+/// What grant_warning says about `t`: its age, and scopes asked for that the
+/// server did not grant. Whole days, so a message repeats only once a day.
+inline std::vector<std::string> grant_warnings(const token_set& t, const client_config& config,
+                                               token_set::clock::time_point now) {
+  using days = std::chrono::duration<std::int64_t, std::ratio<86400>>;
+  auto in_days = [](token_set::clock::duration d) { return std::to_string(std::chrono::floor<days>(d).count()); };
+  std::vector<std::string> out;
+  const token_set::clock::time_point unknown{};
+  if (t.has_refresh_token() && t.first_obtained != unknown) {
+    const auto end = t.first_obtained + refresh_absolute_limit;
+    if (end - now <= grant_warning_window)
+      out.push_back("the grant ends in " + in_days(std::max(end - now, token_set::clock::duration::zero())) +
+                    " days: Atlassian's refresh tokens expire 365 days after consent; sign in again before then");
+  }
+  if (t.has_refresh_token() && t.last_rotated != unknown) {
+    const auto end = t.last_rotated + refresh_inactivity_limit;
+    if (end - now <= grant_warning_window)
+      out.push_back("the refresh token was last used " + in_days(now - t.last_rotated) +
+                    " days ago: Atlassian expires it after 90 days unused; a refresh restarts that count");
+  }
+  if (!t.scope.empty() && !config.service_account) {  // a service account's scopes are the admin's choice
+    std::string missing;
+    for (const auto& s : config.scopes)  // a refresh token is offline_access granted, listed or not
+      if (!lists_word(t.scope, s) && !(s == "offline_access" && t.has_refresh_token()))
+        missing += (missing.empty() ? "" : " ") + s;
+    if (!missing.empty())
+      out.push_back("the grant lacks scopes asked for: " + sanitize_text(missing, 200) + " (granted: " +
+                    sanitize_text(t.scope, 400) + "); add them to the app in the developer console, or an admin "
+                    "removed them");
+  }
+  return out;
+}
+
 /// A token the session hands out, with the expiry it was granted with.
 struct usable_token {
   secret access;
@@ -4356,7 +4457,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   /// A token fit to send now. A token inside the refresh skew is still handed
   /// out while a round refreshes it in the background.
   asio::awaitable<usable_token> token() {
-    if (usable() && !round_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+    if (usable() && !round_ && renewable() && tokens_->expires_within(skew()) &&
         std::chrono::steady_clock::now() >= next_proactive_)
       start_round();  // may finish at once and change tokens_: checked again below
     if (!usable()) co_await settle();
@@ -4379,7 +4480,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     // refresh window may expire on the way as well: wait for the refresh it
     // is due: the round in flight, or a new one unless proactive refreshes
     // are backing off after a failure. If that fails, the current token still goes.
-    if (!grant_error_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+    if (!grant_error_ && renewable() && tokens_->expires_within(skew()) &&
         (round_ || std::chrono::steady_clock::now() >= next_proactive_)) {
       try {
         co_await join_round();
@@ -4399,7 +4500,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     auto short_of = [&](const std::string& why) {
       fail(errc::invalid_config, "asked for an access token valid for " + std::to_string(span.count()) + " s; " + why);
     };
-    if (!tokens_->has_refresh_token()) short_of("this one expires sooner and the grant has no refresh token");
+    if (!renewable()) short_of("this one expires sooner and the grant has no refresh token");
     if (granted_lifetime_ && *granted_lifetime_ < span) short_of("the server grants shorter ones");
     co_await replace_rejected(t.access);  // unless someone has refreshed already
     t = co_await token();
@@ -4411,9 +4512,16 @@ class session_state : public std::enable_shared_from_this<session_state> {
   }
 
   asio::awaitable<token_set> refresh_now() {
-    if (!tokens_) fail(errc::not_signed_in, "no grant to refresh: authorize first");
-    const secret current = tokens_->access_token;
-    co_await replace_rejected(current);
+    const bool service_account = client_.config().service_account;
+    if (!tokens_ && service_account) co_await load();  // the cached token, to replace
+    if (!tokens_ && service_account) {
+      co_await join_round();  // the first token: new already
+    } else {
+      if (!tokens_) fail(errc::not_signed_in, "no grant to refresh: authorize first");
+      const secret current = tokens_->access_token;
+      co_await replace_rejected(current);
+    }
+    if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
     co_return *tokens_;
   }
 
@@ -4432,6 +4540,16 @@ class session_state : public std::enable_shared_from_this<session_state> {
   bool needs_refresh() const {
     return tokens_->expires_within(skew()) || (!rejected_.empty() && tokens_->access_token == rejected_);
   }
+
+  /// Whether a new access token can be had without the user: by refresh, or
+  /// a service account's client credentials.
+  bool renewable() const {
+    return client_.config().service_account || (tokens_ && tokens_->has_refresh_token());
+  }
+
+  /// Whether a round must get a new token: a service account without one
+  /// asks for its first.
+  bool wants_new_token() const { return tokens_ ? needs_refresh() : client_.config().service_account; }
 
   void publish(const usable_token& t) {
     std::lock_guard lock(published_mutex_);
@@ -4462,8 +4580,9 @@ class session_state : public std::enable_shared_from_this<session_state> {
       if (!stored || same_grant(stored, tokens_)) std::rethrow_exception(grant_error_);
       install(std::move(stored));
     }
-    if (!tokens_) fail(errc::not_signed_in, "no grant: authorize first, or load() a saved one");
-    if (!unsaved_ && !tokens_->has_refresh_token())
+    if (!tokens_ && !client_.config().service_account)
+      fail(errc::not_signed_in, "no grant: authorize first, or load() a saved one");
+    if (!unsaved_ && !renewable())
       fail(errc::invalid_grant, "the access token has expired and the grant has no refresh token (ask for the "
                                 "offline_access scope)");
     co_await join_round();
@@ -4531,17 +4650,17 @@ class session_state : public std::enable_shared_from_this<session_state> {
     }
     if (!same_grant(stored, tokens_)) {
       hold(stored);  // another process refreshed, signed in again, or signed out
-      if (!tokens_ || !needs_refresh()) co_return;
-    } else if (!needs_refresh()) {
+      if (!wants_new_token()) co_return;
+    } else if (!wants_new_token()) {
       co_return;
     }
-    if (!tokens_->has_refresh_token())
+    if (!renewable())
       fail(errc::invalid_grant, "the grant has no refresh token to renew the access token with (ask for the "
                                 "offline_access scope)");
-    const token_set base = *tokens_;
+    const std::optional<token_set> base = tokens_;
     token_set next;
     try {
-      next = co_await refresh_with_retries(base);
+      next = co_await renew_with_retries(base);
     } catch (const oauth_error& e) {
       if (e.code() == errc::invalid_grant && !superseded()) grant_error_ = std::current_exception();  // never retried
       throw;
@@ -4578,6 +4697,20 @@ class session_state : public std::enable_shared_from_this<session_state> {
     tokens_ = std::move(tokens);
     remember(tokens_);
     obtained_at_ = clock::now();
+    warn_about_grant();
+  }
+
+  /// Tells grant_warning what it has not been told today.
+  void warn_about_grant() {
+    if (!options_.grant_warning || !tokens_) return;
+    for (auto& warning : grant_warnings(*tokens_, client_.config(), clock::now())) {
+      if (std::find(warned_.begin(), warned_.end(), warning) != warned_.end()) continue;
+      warned_.push_back(warning);
+      try {
+        options_.grant_warning(warning);
+      } catch (...) {  // a warning must not undo the grant change it reports
+      }
+    }
   }
 
   // The tokens the session has held lately, for redact(): a server may echo
@@ -4597,17 +4730,19 @@ class session_state : public std::enable_shared_from_this<session_state> {
            ec == errc::connection_closed || ec == errc::network_error || ec == errc::connect_failed;
   }
 
-  /// Refresh, retried within the policy on 429, 503 and failures in transit:
-  /// Atlassian accepts the same refresh token again within its reuse window.
-  /// The token endpoint's Retry-After is honoured and shared like the API's;
-  /// a failure in transit, which names no wait, gets the policy's backoff
-  /// (an endpoint that drops connections is as likely overloaded).
-  asio::awaitable<token_set> refresh_with_retries(const token_set& base) {
+  /// Refresh (or a service account's new token), retried within the policy
+  /// on 429, 503 and failures in transit: Atlassian accepts the same refresh
+  /// token again within its reuse window. The token endpoint's Retry-After is
+  /// honoured and shared like the API's; a failure in transit, which names no
+  /// wait, gets the policy's backoff (an endpoint that drops connections is as
+  /// likely overloaded).
+  asio::awaitable<token_set> renew_with_retries(const std::optional<token_set>& base) {
     retry_budget budget(options_.retry);
     for (;;) {
       co_await hold_back(token_origin_, "refreshing the access token");
       try {
-        co_return co_await client_.refresh(base);
+        if (client_.config().service_account) co_return co_await client_.client_credentials();
+        co_return co_await client_.refresh(*base);
       } catch (const oauth_error& e) {
         const auto retry_after = e.details().retry_after;
         if (!transient(e.code()) || beyond_wait(token_origin_, retry_after) || !retry_later(token_origin_, retry_after, budget))
@@ -4651,6 +4786,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   bool unsaved_overwrites_ = false;       // ...and is a new grant, which replaces whatever is stored
   std::optional<token_set> unsaved_base_; // what the store held when that refresh began
   std::exception_ptr grant_error_;        // invalid_grant: no more refreshing until a new grant
+  std::vector<std::string> warned_;       // what grant_warning has been told
   std::chrono::steady_clock::time_point next_proactive_{};
 };
 
@@ -4670,9 +4806,11 @@ struct site {
   std::string avatar_url;           ///< the site's avatar
 
   /// The site in `sites` whose cloud id, URL ("https://example.atlassian.net",
-  /// scheme and trailing slash optional) or name (any case) is `key`; throws
-  /// site_not_found naming the sites there are.
-  static site find(const std::vector<site>& sites, std::string_view key);
+  /// scheme and trailing slash optional) or name (any case) is `key`; with no
+  /// key, the only Confluence site (one with a scope naming "confluence": the
+  /// list has no order and holds Jira sites too). Throws site_not_found naming
+  /// the sites there are.
+  static site find(const std::vector<site>& sites, std::string_view key = {});
 };
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
@@ -4712,15 +4850,34 @@ inline std::string site_key(std::string_view url) {
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 CONFLUENCE_OAUTH_DETAIL_INLINE site site::find(const std::vector<site>& sites, std::string_view key) {
+  auto is_confluence = [](const site& s) {
+    return std::any_of(s.scopes.begin(), s.scopes.end(),
+                       [](const std::string& scope) { return scope.find("confluence") != std::string::npos; });
+  };
+  std::vector<const site*> matches;
   for (const auto& s : sites)
-    if (s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) || detail::iequals(s.name, key))
-      return s;
+    if (key.empty() ? is_confluence(s)
+                    : s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) ||
+                          detail::iequals(s.name, key))
+      matches.push_back(&s);
+  if (key.empty() ? matches.size() == 1 : !matches.empty()) return *matches.front();
   if (sites.empty())
     detail::fail(errc::site_not_found, "the grant reaches no site: sign in again and pick a site on the consent page");
-  std::string known;
-  for (const auto& s : sites) known += (known.empty() ? "" : ", ") + s.name + " (" + s.url + ")";
-  detail::fail(errc::site_not_found, "no site matches \"" + detail::sanitize_text(key, 100) + "\"; the grant reaches " +
-                                         detail::sanitize_text(known, 600));
+  auto list = [](const std::vector<const site*>& of) {
+    std::string text;
+    for (const site* s : of) text += (text.empty() ? "" : ", ") + s->name + " (" + s->url + ")";
+    return detail::sanitize_text(text, 600);
+  };
+  std::vector<const site*> all;
+  for (const auto& s : sites) all.push_back(&s);
+  if (!key.empty())
+    detail::fail(errc::site_not_found, "no site matches \"" + detail::sanitize_text(key, 100) + "\"; the grant reaches " +
+                                           list(all));
+  if (matches.empty())
+    detail::fail(errc::site_not_found, "none of the sites the grant reaches is a Confluence site (" + list(all) +
+                                           "): consent again and pick a Confluence site");
+  detail::fail(errc::site_not_found, "the grant reaches several Confluence sites: choose one by URL, name or cloud id: " +
+                                         list(matches));
 }
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
@@ -4863,6 +5020,18 @@ class session {
                                              [state = state_] { return accessible_resources_op(state); });
   }
 
+  /// The cloud id of the site at `site_url` ("https://example.atlassian.net",
+  /// scheme optional) from its public `/_edge/tenant_info`, asked without a
+  /// token: for a service account, which may reach no accessible-resources.
+  /// https only, except to loopback; site_not_found when the site has none.
+  template <typename CompletionToken = detail::default_completion_token>
+  auto cloud_id(std::string site_url, CompletionToken&& token = {}) {
+    return detail::launch<std::string>(get_executor(), std::forward<CompletionToken>(token),
+                                       [state = state_, site_url = std::move(site_url)]() mutable {
+                                         return cloud_id_op(state, std::move(site_url));
+                                       });
+  }
+
   /// GET `target` and its JSON body; any status but 2xx fails with the typed error.
   template <typename CompletionToken = detail::default_completion_token>
   auto get_json(std::string target, CompletionToken&& token = {}) {
@@ -4904,6 +5073,7 @@ class session {
   static asio::awaitable<std::optional<token_set>> grant_op(state_ptr state);
   static asio::awaitable<http_response> request_op(state_ptr state, http_request req);
   static asio::awaitable<std::vector<site>> accessible_resources_op(state_ptr state);
+  static asio::awaitable<std::string> cloud_id_op(state_ptr state, std::string site_url);
   static asio::awaitable<nlohmann::json> json_op(state_ptr state, http_request req, std::optional<nlohmann::json> body);
 
   state_ptr state_;
@@ -4982,6 +5152,24 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::vector<site>> session::acces
   http_request req;
   req.target = "/oauth/token/accessible-resources";
   co_return detail::parse_sites(co_await json_op(std::move(state), std::move(req), std::nullopt));
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::string> session::cloud_id_op(state_ptr state, std::string site_url) {
+  if (!detail::is_absolute_url(site_url)) site_url.insert(0, "https://");
+  detail::url u = detail::parse_url(site_url);
+  u.target = "/_edge/tenant_info";
+  http_request req;
+  req.headers.add("Accept", "application/json");
+  req.headers.add("User-Agent", state->client().config().user_agent);
+  detail::http_limits limits;
+  limits.max_body_bytes = 64 * 1024;
+  const std::string what = detail::describe(req, u);
+  auto res = co_await detail::http_of(state->client()).send(u, req, limits);
+  if (res.status == 404) detail::fail(errc::site_not_found, what + ": no Atlassian site there", detail::response_details(res));
+  const auto body = detail::parse_api_json(res, what);
+  const std::string* id = detail::json_string(body, "cloudId");
+  if (!id || id->empty()) detail::fail(errc::protocol_error, what + ": the answer holds no cloudId", detail::response_details(res));
+  co_return detail::sanitize_text(*id, 100);
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<nlohmann::json> session::json_op(state_ptr state, http_request req,

@@ -9,6 +9,8 @@
 //   confluence-cli get [--site SITE] PATH         GET an API path, print its JSON
 //   confluence-cli logout                         forget the grant
 //   confluence-cli help [COMMAND]                 the options, or one command's help
+//   confluence-cli --client-credentials token|sites|pages|get
+//                                                 the same as an Atlassian service account
 //
 // Each command works through a confluence_oauth::session over the token file,
 // which refreshes the access token when needed and saves the rotated tokens
@@ -346,6 +348,9 @@ settings parse_arguments(int argc, char** argv) {
       s.help = true;
     } else if (name == "--client-id") {
       client_id = value();
+    } else if (name == "--client-credentials") {
+      flag();
+      s.config.service_account = true;
     } else if (name == "--client-secret") {
       client_secret = value();
       std::memset(raw, 'x', std::strlen(raw));  // hide it from ps (best effort: it was visible until now)
@@ -435,7 +440,10 @@ settings parse_arguments(int argc, char** argv) {
   const bool atlassian = host_of(s.config.token_url) == "auth.atlassian.com";
   if (s.config.client_secret.empty() && (!s.config.use_pkce || atlassian))
     usage_error("missing client secret: set ATLASSIAN_CLIENT_SECRET or pass --client-secret");
-  if (s.token_file.empty()) s.token_file = default_token_file();
+  // A service account's tokens never overwrite a user's grant.
+  if (s.token_file.empty())
+    s.token_file = s.config.service_account ? default_token_file().replace_filename("service-account-tokens.json")
+                                            : default_token_file();
   if (key_file) s.key = read_key_file(*key_file);
   return s;
 }
@@ -492,11 +500,19 @@ cfo::session_options options_for(const settings& s) {
   return o;
 }
 
-/// A session over the token file, holding the saved grant.
+/// A session over the token file, holding the saved grant (a service
+/// account's cached token, if any).
 asio::awaitable<cfo::session> signed_in(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
-  if (!co_await session.load()) throw cli_error(exit_reconsent, "not logged in: run confluence-cli login");
+  const bool loaded = co_await session.load();
+  if (s.config.service_account) {
+    auto held = co_await session.grant();
+    if (held && held->has_refresh_token())  // its renewal would replace a user's grant for good
+      usage_error("--client-credentials: " + s.token_file.string() + " holds a user's grant; name another --token-file");
+  } else if (!loaded) {
+    throw cli_error(exit_reconsent, "not logged in: run confluence-cli login");
+  }
   co_return session;
 }
 
@@ -515,16 +531,46 @@ int flushed() {
   return std::cout ? exit_ok : exit_failure;
 }
 
-/// The site --site names, else the only one the grant reaches.
-asio::awaitable<cfo::site> choose_site(const settings& s, cfo::session& session) {
-  auto sites = co_await session.accessible_resources();
-  if (s.site.empty() && sites.size() == 1) co_return sites.front();
-  if (s.site.empty() && sites.size() > 1) {
-    std::string known;
-    for (const auto& site : sites) known += "\n  " + printable(site.url) + "  " + printable(site.name);
-    usage_error("the grant reaches several sites: choose one with --site URL, name or cloud id:" + known);
+/// A service account's --site: a cloud id, or a site URL whose public
+/// tenant_info gives it (its grant may list no sites).
+asio::awaitable<cfo::site> service_account_site(const settings& s, cfo::session& session) {
+  cfo::site site;
+  if (s.site.find_first_of(".:") == std::string::npos) {
+    site.id = s.site;
+  } else {
+    site.url = s.site;
+    site.id = co_await session.cloud_id(s.site);
   }
-  co_return cfo::site::find(sites, s.site);  // with no sites, a site_not_found that says so
+  co_return site;
+}
+
+/// The site --site names, else the only Confluence site the grant reaches.
+asio::awaitable<cfo::site> choose_site(const settings& s, cfo::session& session) {
+  if (s.config.service_account && !s.site.empty()) co_return co_await service_account_site(s, session);
+  auto sites = co_await session.accessible_resources();
+  if (!s.site.empty()) co_return cfo::site::find(sites, s.site);
+  try {
+    co_return cfo::site::find(sites);
+  } catch (const cfo::oauth_error& e) {
+    if (e.code() != cfo::errc::site_not_found || sites.empty()) throw;
+    usage_error(std::string(e.what()) + "; choose one with --site URL, name or cloud id");
+  }
+}
+
+/// After login: the sites the user just authorized, Confluence or not. The
+/// grant is saved already: a failure here only says so.
+asio::awaitable<void> say_authorized_sites(cfo::session& session) {
+  std::vector<cfo::site> sites;
+  try {
+    sites = co_await session.accessible_resources();
+  } catch (const cfo::oauth_error& e) {
+    if (e.code() == asio::error::operation_aborted) throw;
+    std::cerr << "confluence-cli: the authorized sites could not be listed: " << e.what() << '\n';
+    co_return;
+  }
+  std::cout << (sites.empty() ? "No site authorized: log in again and choose a site on the consent page\n"
+                              : "Authorized sites:\n");
+  for (const auto& site : sites) std::cout << "  " << printable(site.url) << "  " << printable(site.name) << '\n';
 }
 
 // ---------------------------------------------------------------------------
@@ -680,6 +726,7 @@ class pasted_redirect {
 };
 
 asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+  if (s.config.service_account) usage_error("login: a service account (--client-credentials) needs none");
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   // Fail before the user consents, not after (a failure is a store_error: exit 1).
@@ -727,7 +774,8 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
   std::cout << "Logged in: token saved to " << store->path().string() << " (" << expiry
             << ", scopes: " << (tokens.scope.empty() ? "unknown" : tokens.scope)
             << ", refresh token: " << (tokens.has_refresh_token() ? "yes" : "no") << ")" << std::endl;
-  co_return exit_ok;
+  co_await say_authorized_sites(session);
+  co_return flushed();
 }
 
 /// A moment for people: "2026-12-03 14:10:43 UTC".
@@ -800,13 +848,14 @@ asio::awaitable<int> status(const settings& s, const std::shared_ptr<cfo::file_t
 asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
   auto session = co_await signed_in(s, store);
   auto held = co_await session.grant();
-  if (s.refresh && !held->has_refresh_token())
+  const bool renewable = s.config.service_account || held->has_refresh_token();
+  if (s.refresh && !renewable)
     throw cli_error(exit_reconsent, "the grant has no refresh token: log in again with the offline_access scope");
   // session.token() hands out a token until it expires (refreshing it in the
   // background within the skew); a script needs one that lasts a while, so an
   // expiring one is refreshed first.
   cfo::secret access;
-  if (s.refresh || (held->has_refresh_token() && held->expires_within(session.options().refresh_skew))) {
+  if (s.refresh || (renewable && (!held || held->expires_within(session.options().refresh_skew)))) {
     auto next = co_await session.refresh();
     access = std::move(next.access_token);
   } else {
@@ -910,7 +959,7 @@ constexpr command commands[] = {
      "", "", "", sites},
     {"pages", "pages [--site SITE] [--limit N]", "list the site's pages, one per line: id, a tab, title",
      "  --site SITE             the site's URL, name or cloud id (default: the only\n"
-     "                          site the grant reaches)\n"
+     "                          Confluence site the grant reaches)\n"
      "  --limit N               list at most N pages (default 25)\n",
      "--site --limit", "", pages},
     {"get", "get [--site SITE] PATH",
@@ -918,7 +967,7 @@ constexpr command commands[] = {
      "is on the site (e.g. /wiki/api/v2/spaces), any other on\n"
      "the API base (e.g. /oauth/token/accessible-resources)",
      "  --site SITE             the site's URL, name or cloud id (default: the only\n"
-     "                          site the grant reaches)\n",
+     "                          Confluence site the grant reaches)\n",
      "--site", "PATH", get_path},
     {"logout", "logout", "forget the grant: remove the token file", "", "", "", logout},
 };
@@ -1002,7 +1051,7 @@ std::string help_text() {
          "Command options:\n"
          "  --refresh               token: refresh even when the token is still valid\n"
          "  --site SITE             pages, get: the site's URL, name or cloud id (default:\n"
-         "                          the only site the grant reaches)\n"
+         "                          the only Confluence site the grant reaches)\n"
          "  --limit N               pages: list at most N pages, 1 to " + std::to_string(max_page_limit) +
          " (default " + std::to_string(default_page_limit) + ")\n"
          "\n"
@@ -1010,6 +1059,11 @@ std::string help_text() {
          "  --client-id ID          OAuth client id (default: $ATLASSIAN_CLIENT_ID)\n"
          "  --client-secret SECRET  OAuth client secret (default: $ATLASSIAN_CLIENT_SECRET;\n"
          "                          prefer the variable: command lines are visible to others)\n"
+         "  --client-credentials    the id and secret are an Atlassian service account's:\n"
+         "                          token, sites, pages and get work without login, with\n"
+         "                          tokens cached in the token file (default\n"
+         "                          .../service-account-tokens.json); --site takes a cloud\n"
+         "                          id or a site URL (its cloud id is public)\n"
          "  --redirect-uri URI      callback URL registered for the app; login listens on it\n"
          "                          (default " + d.redirect_uri + ")\n"
          "  --scope SCOPE           scope to request; repeatable, a value may hold several\n"

@@ -19,8 +19,9 @@ asio::awaitable<void> run(cfo::client_config config) {
   if (!co_await session.load())                     // no saved grant yet:
     co_await session.authorize();                   // the user consents in the browser
 
+  // Sites come in no order, Jira ones too: the only Confluence site, or find(sites, url).
   auto sites = co_await session.accessible_resources();
-  cfo::confluence wiki(session, sites.at(0));
+  cfo::confluence wiki(session, cfo::site::find(sites));
   auto pages = co_await wiki.get_all("/wiki/api/v2/pages?limit=50", 200);  // at most 200
   for (const auto& page : pages)
     std::cout << page["id"].get<std::string>() << '\t' << page["title"].get<std::string>() << '\n';

@@ -4,6 +4,8 @@
 // on the first line, header lines up to a blank line, then the body.
 #include "fuzz_common.hpp"
 
+#include <algorithm>
+
 namespace d = cfo::detail;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -43,6 +45,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       for (std::size_t a = 0; a < scopes.size(); ++a)
         for (std::size_t b = a + 1; b < scopes.size(); ++b) FUZZ_CHECK(scopes[a] != scopes[b]);
       (void)cfo::site::find(sites, sites[i].id);
+    }
+    try {
+      (void)cfo::site::find(sites);  // no key: the only Confluence site, or a list of them
+      FUZZ_CHECK(std::count_if(sites.begin(), sites.end(), [](const cfo::site& s) {
+                   return std::any_of(s.scopes.begin(), s.scopes.end(),
+                                      [](const std::string& scope) { return scope.find("confluence") != std::string::npos; });
+                 }) == 1);
+    } catch (const cfo::oauth_error& e) {
+      FUZZ_CHECK(fuzz::errc_of(e) == cfo::errc::site_not_found);
     }
     if (!sites.empty()) (void)cfo::site::find(sites, sites.front().url);
     (void)cfo::site::find(sites, "example.atlassian.net");

@@ -18,7 +18,8 @@ void check_tokens(const cfo::token_set& t) {
   // What a store reads, it writes back and reads again unchanged.
   auto again = cfo::token_set::from_json(t.to_json());
   FUZZ_CHECK(again.access_token == t.access_token && again.refresh_token == t.refresh_token &&
-             again.expires_at == t.expires_at && again.scope == t.scope && again.token_type == t.token_type);
+             again.expires_at == t.expires_at && again.scope == t.scope && again.token_type == t.token_type &&
+             again.first_obtained == t.first_obtained && again.last_rotated == t.last_rotated);
   (void)t.expires_within(std::chrono::minutes(5));
 }
 

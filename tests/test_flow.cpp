@@ -389,6 +389,9 @@ TEST_CASE("confluence-cli login, token and token --refresh") {
   check_no_secrets(login, first);
   CHECK(login.out.find(first.access_token.reveal()) == std::string::npos);
   CHECK(login.out.find("Logged in") != std::string::npos);
+  // Which sites the user just authorized, Jira ones included.
+  CHECK(login.out.find("Authorized sites:\n  https://example-jira.atlassian.net  example-jira\n"
+                       "  https://example.atlassian.net  example\n") != std::string::npos);
   struct stat st {};
   REQUIRE(::stat(f.token_file.c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0600);
@@ -485,7 +488,8 @@ TEST_CASE("confluence-cli sites lists the sites the grant reaches") {
   auto r = f.cli({"sites"});
   CAPTURE(r.err);
   CHECK(r.exit_code == 0);
-  CHECK(r.out == "a1b2c3d4-0000-4000-8000-000000000001  example  https://example.atlassian.net\n");
+  CHECK(r.out == "b2c3d4e5-0000-4000-8000-000000000002  example-jira  https://example-jira.atlassian.net\n"
+                 "a1b2c3d4-0000-4000-8000-000000000001  example  https://example.atlassian.net\n");
 }
 
 TEST_CASE("confluence-cli pages --limit 30 lists 30 pages in order, in one listing request") {
@@ -567,8 +571,8 @@ TEST_CASE("confluence-cli get prints the JSON answer, on the site or on the API 
   REQUIRE(resources.exit_code == 0);
   auto sites = nlohmann::json::parse(resources.out, nullptr, false);
   REQUIRE(sites.is_array());
-  REQUIRE(sites.size() == 1);
-  CHECK(sites[0]["id"] == "a1b2c3d4-0000-4000-8000-000000000001");
+  REQUIRE(sites.size() == 2);  // Jira first: no order is promised
+  CHECK(sites[1]["id"] == "a1b2c3d4-0000-4000-8000-000000000001");
 }
 
 TEST_CASE("confluence-cli get of a retired v1 endpoint exits 2 and points to v2") {
@@ -811,6 +815,68 @@ TEST_CASE("confluence-cli login that times out names the usual cause, once") {
   std::size_t errors = 0;
   for (auto at = r.err.find("confluence-cli: "); at != std::string::npos; at = r.err.find("confluence-cli: ", at + 1)) ++errors;
   CHECK(errors == 1);
+}
+
+// A service account: no login, its token cached in the token file, the site
+// from --site (cloud id, or URL through the public tenant_info) or from
+// accessible-resources, where the Jira site listed first changes nothing.
+TEST_CASE("confluence-cli --client-credentials: token, sites, pages and get without login") {
+  cli_fixture f;
+  auto service = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args{"--client-id", "test-service-account", "--client-secret", "test-service-secret",
+                                  "--client-credentials"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return f.cli(args);
+  };
+  auto token = service({"token"});
+  CAPTURE(token.err);
+  REQUIRE(token.exit_code == 0);
+  auto cached = f.saved();
+  CHECK(token.out == cached.access_token.reveal() + "\n");
+  CHECK_FALSE(cached.has_refresh_token());
+  CHECK(service({"token"}).out == token.out);  // the cached token
+  CHECK(f.srv.stats().client_credentials_grants == 1);
+  auto renewed = service({"token", "--refresh"});
+  CHECK(renewed.exit_code == 0);
+  CHECK(renewed.out != token.out);
+  CHECK(f.srv.stats().client_credentials_grants == 2);
+
+  auto sites = service({"sites"});
+  CHECK(sites.exit_code == 0);
+  CHECK(sites.out.find("a1b2c3d4-0000-4000-8000-000000000001  example") != std::string::npos);
+  auto pages = service({"pages", "--limit", "3"});
+  CAPTURE(pages.err);
+  CHECK(pages.exit_code == 0);
+  CHECK(pages.out == "1\tPage 1\n2\tPage 2\n3\tPage 3\n");
+  const auto before = f.srv.stats().api_requests;
+  for (const std::string& site : {f.srv.base_url(), std::string("a1b2c3d4-0000-4000-8000-000000000001")}) {
+    CAPTURE(site);
+    auto r = service({"get", "--site", site, "/wiki/api/v2/spaces"});
+    CAPTURE(r.err);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find("\"SP1\"") != std::string::npos);
+  }
+  CHECK(f.srv.stats().api_requests - before == 2);  // no accessible-resources: the spaces, twice
+  CHECK(f.srv.stats().client_credentials_grants == 2);
+  CHECK(f.srv.stats().authorization_code_grants == 0);
+
+  CHECK(service({"login"}).exit_code == 2);
+  auto plain = service({"pages", "--site", "http://example.atlassian.net"});  // https only, but to loopback
+  CHECK(plain.exit_code == 2);
+  CHECK(plain.err.find("http") != std::string::npos);
+  auto wrong = f.cli({"--client-id", "test-service-account", "--client-secret", "wrong-service-secret",
+                      "--client-credentials", "token", "--refresh"});
+  CHECK(wrong.exit_code == 2);
+  CHECK(wrong.err.find("wrong-service-secret") == std::string::npos);
+  CHECK(wrong.err.find("client authentication failed") != std::string::npos);
+
+  // A user's grant in the token file is never replaced by a service account's token.
+  f.sign_in();
+  const auto user = f.saved();
+  auto refused = service({"token"});
+  CHECK(refused.exit_code == 2);
+  CHECK(refused.err.find("another --token-file") != std::string::npos);
+  CHECK(f.saved().refresh_token == user.refresh_token);
 }
 
 }  // TEST_SUITE

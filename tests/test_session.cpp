@@ -102,8 +102,8 @@ TEST_CASE("load() reads the grant and requests carry it") {
     CHECK(co_await s.load());
     co_return co_await s.accessible_resources();
   });
-  REQUIRE(sites.size() == 1);
-  CHECK(sites[0].id == "a1b2c3d4-0000-4000-8000-000000000001");
+  REQUIRE(sites.size() == 2);  // a Jira site, then the Confluence one
+  CHECK(cfo::site::find(sites).id == "a1b2c3d4-0000-4000-8000-000000000001");
   CHECK(f.srv.stats().token_requests == 1);  // the grant itself; no refresh
 }
 

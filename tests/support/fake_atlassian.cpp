@@ -563,7 +563,10 @@ struct server::impl {
   response token_error(int status, std::string_view error, std::optional<std::string_view> description);
   response code_grant_answer(const fields& f);
   response refresh_grant_answer(const fields& f);
-  response token_success(const std::string& family_id, bool with_refresh);
+  response client_credentials_answer(const fields& f);
+  response token_success(const std::string& family_id, bool with_refresh,
+                         std::chrono::seconds lifetime);
+  response tenant_info() const;
   const access_token* bearer(const request& rq) const;
   response accessible_resources(const request& rq);
   response confluence(const request& rq);
@@ -615,9 +618,13 @@ struct server::impl {
 namespace {
 
 options normalize(options o) {
-  if (o.sites.empty())
+  if (o.sites.empty()) {
+    o.sites.push_back({"b2c3d4e5-0000-4000-8000-000000000002", "example-jira", "https://example-jira.atlassian.net",
+                       {"read:jira-work", "read:jira-user"},
+                       "https://site-admin-avatar-cdn.prod.public.atl-paas.net/avatars/240/rocket.png"});
     o.sites.push_back({"a1b2c3d4-0000-4000-8000-000000000001", "example", "https://example.atlassian.net", {},
                        "https://site-admin-avatar-cdn.prod.public.atl-paas.net/avatars/240/site.png"});
+  }
   o.page_count = std::max(o.page_count, 0);
   o.space_count = std::max(o.space_count, 0);
   return o;
@@ -681,6 +688,7 @@ response server::impl::route(const request& rq) {
   if (p == "/oauth/token/accessible-resources")
     return rq.method == "GET" ? accessible_resources(rq) : method_not_allowed("GET");
   if (p.starts_with("/ex/confluence/")) return confluence(rq);
+  if (p == "/_edge/tenant_info") return rq.method == "GET" ? tenant_info() : method_not_allowed("GET");
   return not_found();
 }
 
@@ -773,6 +781,7 @@ response server::impl::token(const request& rq) {
     f = parse_form(rq.body);
   }
   if (!f) return token_error(400, "invalid_request", "The request body must be a JSON object or a form.");
+  if (get(*f, "grant_type") == "client_credentials") return client_credentials_answer(*f);
   if (get(*f, "client_id") != opts.client_id || get(*f, "client_secret") != opts.client_secret)
     return token_error(401, "access_denied", "Unauthorized");
   auto grant = get(*f, "grant_type");
@@ -801,7 +810,7 @@ response server::impl::code_grant_answer(const fields& f) {
   ++count.authorization_code_grants;
   std::string id = random_token();
   families[id] = {c.scope, now()};
-  return token_success(id, true);
+  return token_success(id, true, opts.access_token_lifetime);
 }
 
 // Rotation: the token used is superseded; within the reuse window it still works,
@@ -822,15 +831,27 @@ response server::impl::refresh_grant_answer(const fields& f) {
   bool rotate = !opts.omit_refresh_token_on_refresh;
   if (rotate && !rt.superseded) rt.superseded = t;
   ++count.refresh_grants;
-  return token_success(rt.family, rotate);
+  return token_success(rt.family, rotate, opts.access_token_lifetime);
 }
 
-response server::impl::token_success(const std::string& family_id, bool with_refresh) {
+// A service account: its own id and secret, a token of its own family, never a refresh token.
+response server::impl::client_credentials_answer(const fields& f) {
+  if (opts.service_account_id.empty() || get(f, "client_id") != opts.service_account_id ||
+      get(f, "client_secret") != opts.service_account_secret)
+    return token_error(401, "invalid_client", "Unauthorized");
+  ++count.client_credentials_grants;
+  std::string id = random_token();
+  families[id] = {opts.service_account_scope, now()};
+  return token_success(id, false, opts.service_token_lifetime);
+}
+
+response server::impl::token_success(const std::string& family_id, bool with_refresh,
+                                     std::chrono::seconds lifetime) {
   const family& fam = families.at(family_id);
   std::string access = opts.token_prefix + random_token();
-  access_tokens[access] = {family_id, now() + opts.access_token_lifetime};
+  access_tokens[access] = {family_id, now() + lifetime};
   json body{{"access_token", access},
-            {"expires_in", opts.access_token_lifetime.count()},
+            {"expires_in", lifetime.count()},
             {"token_type", "Bearer"},
             {"scope", fam.scope}};
   if (with_refresh && has_scope(fam.scope, "offline_access")) {
@@ -871,6 +892,28 @@ response server::impl::accessible_resources(const request& rq) {
 
 namespace {
 
+// A site listed only for Jira: its own scopes, none of them Confluence's.
+bool jira_only(const site& s) {
+  return !s.scopes.empty() && std::none_of(s.scopes.begin(), s.scopes.end(), [](const std::string& scope) {
+    return scope.find("confluence") != std::string::npos;
+  });
+}
+
+}  // namespace
+
+// GET /_edge/tenant_info, on the site's own host: public, no token.
+response server::impl::tenant_info() const {
+  std::string id = opts.tenant_cloud_id;
+  if (id.empty()) {
+    auto s = std::find_if(opts.sites.begin(), opts.sites.end(), [](const site& x) { return !jira_only(x); });
+    if (s == opts.sites.end()) return not_found();
+    id = s->id;
+  }
+  return json_response(200, {{"cloudId", id}});
+}
+
+namespace {
+
 json page_item(int n, int spaces) {
   return {{"id", std::to_string(n)},
           {"status", "current"},
@@ -905,7 +948,8 @@ response server::impl::confluence(const request& rq) {
   auto slash = rest.find('/');
   auto cloud_id = rest.substr(0, slash);
   auto sub = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash);
-  auto s = std::find_if(opts.sites.begin(), opts.sites.end(), [&](const site& x) { return x.id == cloud_id; });
+  auto s = std::find_if(opts.sites.begin(), opts.sites.end(),
+                        [&](const site& x) { return x.id == cloud_id && !jira_only(x); });
   if (s == opts.sites.end())
     return json_response(404, {{"code", 404}, {"message", "No site found for this cloud id"}});
   if (sub == "/wiki/rest/api/space") {

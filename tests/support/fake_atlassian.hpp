@@ -2,7 +2,9 @@
 //
 // It behaves as /work/shared/ATLASSIAN.md describes Atlassian: exact redirect_uri match,
 // single-use expiring codes, JSON or form token requests, rotating refresh tokens with
-// a reuse window and family revocation, accessible-resources, paginated Confluence v2
+// a reuse window and family revocation, a service account's client credentials grant,
+// accessible-resources (a Jira-only site listed before the Confluence one), the public
+// /_edge/tenant_info, paginated Confluence v2
 // `pages` and `spaces` behind granular scopes (cursor, `Link` header and `_links.next`),
 // Confluence v1 `space` behind the classic or the granular scope (`start`/`limit`,
 // `_links.next` relative to `/wiki`, no `Link` header) while every other v1 path answers
@@ -51,7 +53,10 @@ struct options {
   bool auto_approve = false;         // GET /authorize redirects at once instead of showing the consent page
   bool echo_state_on_deny = true;    // the access_denied redirect carries `state`
   bool omit_refresh_token_on_refresh = false;  // refresh responses lack refresh_token; no rotation then
-  std::vector<site> sites;  // empty = one default site (id a1b2c3d4-0000-4000-8000-000000000001)
+  // Empty = two default sites, in this order (Atlassian's has none): a Jira-only site
+  // (id b2c3d4e5-0000-4000-8000-000000000002, jira scopes, no Confluence behind it) and
+  // the Confluence site (id a1b2c3d4-0000-4000-8000-000000000001, the token's scopes).
+  std::vector<site> sites;
   int page_count = 12;      // Confluence pages per site
   int space_count = 3;      // Confluence spaces per site; page n lives in space ((n-1) % space_count) + 1
   // The gateway's answer to a still-valid access token that expires within the window
@@ -82,6 +87,16 @@ struct options {
     bool send_retry_after = true;  // false: no Retry-After nor Beta-Retry-After (the client backs off)
   };
   rate_limits limits;
+  // An Atlassian service account: grant_type=client_credentials with this id and secret
+  // gives an access token with service_account_scope and no refresh token; a wrong
+  // secret gets 401 invalid_client. Empty id: none.
+  std::string service_account_id = "test-service-account";
+  std::string service_account_secret = "test-service-secret";
+  std::string service_account_scope = "read:page:confluence read:space:confluence";
+  std::chrono::seconds service_token_lifetime{3600};  // Atlassian's: 60 minutes
+  // GET /_edge/tenant_info answers {"cloudId": ...} without authentication: this id,
+  // or when empty the first site that is not Jira-only.
+  std::string tenant_cloud_id;
 };
 
 // Cumulative since start. A request answered by an injected fault still counts in
@@ -95,6 +110,7 @@ struct counters {
   std::uint64_t token_requests = 0;             // requests to /oauth/token
   std::uint64_t authorization_code_grants = 0;  // successful code exchanges
   std::uint64_t refresh_grants = 0;             // successful refreshes (reuse-window ones included)
+  std::uint64_t client_credentials_grants = 0;  // service account tokens issued
   std::uint64_t token_errors = 0;               // error answers from /oauth/token
   std::uint64_t api_requests = 0;               // accessible-resources and /ex/... requests
   std::uint64_t api_unauthorized = 0;           // 401s from those (bad token or scope mismatch)
