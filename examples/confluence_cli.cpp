@@ -804,22 +804,25 @@ std::string access_token_expiry(const cfo::token_set& tokens) {
   return "valid for " + span(tokens.expires_at - now) + " (until " + utc_time(tokens.expires_at) + ")";
 }
 
-/// What is known of the grant's age. The token file keeps no dates of its own:
-/// its last write is the last login or refresh. When the library records when
-/// the grant was first obtained and last rotated, this is where they go.
-std::string grant_age(const cfo::file_token_store& store) {
-  std::error_code ec;
-  const auto written = std::filesystem::last_write_time(store.path(), ec);
-  if (ec) return "unknown";
-  const auto when = std::chrono::file_clock::to_sys(written);
-  return "last saved " + span(std::chrono::system_clock::now() - when) + " ago (" + utc_time(when) +
-         "; a login or a refresh saves it)";
+/// The grant's age: when it was consented to and last rotated, which
+/// Atlassian's 365-day and 90-day limits count from. A grant saved before the
+/// library recorded them says so.
+std::string grant_age(const cfo::token_set& tokens) {
+  const cfo::token_set::clock::time_point unknown{};
+  const auto now = cfo::token_set::clock::now();
+  auto ago = [&](cfo::token_set::clock::time_point t) {
+    return t == unknown ? std::string("unknown") : span(now - t) + " ago (" + utc_time(t) + ")";
+  };
+  return "obtained " + ago(tokens.first_obtained) + ", last rotated " + ago(tokens.last_rotated);
 }
 
 asio::awaitable<int> status(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
   std::cout << "Token file:    " << printable(store->path().string()) << '\n';
   auto ex = co_await asio::this_coro::executor;
-  cfo::session session(ex, s.config, store, options_for(s));
+  auto options = options_for(s);
+  std::vector<std::string> warnings;  // the grant's age and missing scopes, said by the session
+  options.grant_warning = [&warnings](const std::string& warning) { warnings.push_back(warning); };
+  cfo::session session(ex, s.config, store, options);
   std::vector<cfo::site> reached;
   try {
     if (!co_await session.load()) {
@@ -837,11 +840,12 @@ asio::awaitable<int> status(const settings& s, const std::shared_ptr<cfo::file_t
             << "Access token:  " << access_token_expiry(*held) << '\n'
             << "Refresh token: " << (held->has_refresh_token() ? "yes" : "no (log in again when the access token expires)")
             << '\n'
-            << "Grant age:     " << grant_age(*store) << '\n'
+            << "Grant age:     " << grant_age(*held) << '\n'
             << "Scopes:        " << (held->scope.empty() ? "unknown" : printable(held->scope)) << '\n'
             << "Sites:" << (reached.empty() ? "         none" : "") << '\n';
   for (const auto& site : reached)
     std::cout << "  " << printable(site.id) << "  " << printable(site.name) << "  " << printable(site.url) << '\n';
+  for (const auto& warning : warnings) std::cout << "Warning:       " << printable(warning) << '\n';
   co_return flushed();
 }
 
@@ -942,7 +946,7 @@ constexpr command commands[] = {
      "", "", login},
     {"status", "status",
      "show the stored grant: the token file, the access token's\n"
-     "expiry, when the grant was last saved, its scopes and sites",
+     "expiry, the grant's age, its scopes and sites, and warnings",
      "Checks the grant with one API call (the sites it reaches), which refreshes the\n"
      "access token first when it has expired. Prints no token.\n"
      "Exit status: 0 the grant is usable; 3 it needs a new login (none stored, a\n"

@@ -662,7 +662,7 @@ TEST_CASE("confluence-cli status: exit 0 with a usable grant, 3 when a new login
   CAPTURE(usable.err);
   CHECK(usable.exit_code == 0);
   for (const char* line : {"Grant:         usable\n", "Access token:  valid for ", "Refresh token: yes\n",
-                           "Grant age:     last saved ", "Scopes:        read:page:confluence read:space:confluence offline_access\n",
+                           "Grant age:     obtained ", "Scopes:        read:page:confluence read:space:confluence offline_access\n",
                            "Sites:\n  a1b2c3d4-0000-4000-8000-000000000001  example  https://example.atlassian.net\n"}) {
     CAPTURE(line);
     CHECK(usable.out.find(line) != std::string::npos);
@@ -677,6 +677,19 @@ TEST_CASE("confluence-cli status: exit 0 with a usable grant, 3 when a new login
   CHECK(renewed.exit_code == 0);
   CHECK(f.srv.stats().refresh_grants == 1);
   check_nothing_secret(renewed, f.saved());
+
+  // A grant near Atlassian's 365-day and 90-day limits is usable, with a warning for each.
+  auto aged = f.saved();
+  aged.first_obtained = std::chrono::system_clock::now() - std::chrono::hours(24 * 360);
+  aged.last_rotated = std::chrono::system_clock::now() - std::chrono::hours(24 * 80);
+  { std::ofstream(f.token_file) << aged.to_json().dump(); }
+  auto aging = f.cli({"status"});
+  CAPTURE(aging.err);
+  CHECK(aging.exit_code == 0);
+  CHECK(aging.out.find("Grant age:     obtained 360 days ago") != std::string::npos);
+  CHECK(aging.out.find("Warning:       the grant ends in ") != std::string::npos);  // 4 or 5 days, rounded down
+  CHECK(aging.out.find("Warning:       the refresh token was last used 80 days ago") != std::string::npos);
+  check_nothing_secret(aging, aged);
 
   f.srv.revoke_all();
   const auto revoked = f.saved();
