@@ -663,7 +663,7 @@ TEST_CASE("confluence-cli status: exit 0 with a usable grant, 3 when a new login
   CHECK(usable.exit_code == 0);
   for (const char* line : {"Grant:         usable\n", "Access token:  valid for ", "Refresh token: yes\n",
                            "Grant age:     obtained ", "Scopes:        read:page:confluence read:space:confluence offline_access\n",
-                           "Sites:\n  a1b2c3d4-0000-4000-8000-000000000001  example  https://example.atlassian.net\n"}) {
+                           "Sites:\n", "\n  a1b2c3d4-0000-4000-8000-000000000001  example  https://example.atlassian.net\n"}) {
     CAPTURE(line);
     CHECK(usable.out.find(line) != std::string::npos);
   }
