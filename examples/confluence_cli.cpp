@@ -20,6 +20,9 @@
 // New commands are one function and one line in `commands` below.
 
 #include "confluence_oauth.hpp"
+#ifdef CONFLUENCE_OAUTH_EXAMPLE_POSTGRES
+#include "confluence_oauth_postgres.hpp"
+#endif
 
 #include <fcntl.h>
 #include <openssl/crypto.h>
@@ -243,6 +246,11 @@ std::string help_text() {
          "                          'openssl rand -hex 32'; PATH must be a file of yours,\n"
          "                          not a link, and not accessible to group or others;\n"
          "                          every command then needs the same key\n"
+         "  --token-db CONNINFO     keep the grant in PostgreSQL instead of the token file:\n"
+         "                          a libpq connection string or URI; needs --key-file\n"
+         "                          (rows are sealed with it: the same key on every host)\n"
+         "  --grant-key NAME        the grant's row there (default: confluence-cli: and\n"
+         "                          the client id)\n"
          "  --authorize-url URL     authorization endpoint (default " + d.authorize_url + ")\n"
          "  --token-url URL         token endpoint (default " + d.token_url + ")\n"
          "  --api-url URL           API base URL (default " + d.api_url + ")\n"
@@ -286,6 +294,8 @@ struct settings {
   cfo::client_config config;
   std::filesystem::path token_file;
   cfo::secret key;                   // the token file's encryption key; empty: not encrypted
+  std::string token_db;              // --token-db: the grant is in PostgreSQL
+  std::string grant_key;             // --grant-key: its row there
   std::vector<std::string> browser;  // empty: the system opener
   bool no_browser = false;
   bool redirect_page = true;         // the browser opens a private page that leads to the URL
@@ -420,6 +430,11 @@ settings parse_arguments(int argc, char** argv) {
       if (s.token_file.empty()) usage_error("--token-file: empty path");
     } else if (name == "--key-file") {
       key_file = value();
+    } else if (name == "--token-db") {
+      s.token_db = value();
+      std::memset(raw, 'x', std::strlen(raw));  // it may hold a password: as --client-secret
+    } else if (name == "--grant-key") {
+      s.grant_key = value();
     } else if (name == "--authorize-url") {
       s.config.authorize_url = value();
     } else if (name == "--token-url") {
@@ -486,7 +501,28 @@ settings parse_arguments(int argc, char** argv) {
     usage_error("missing client secret: set ATLASSIAN_CLIENT_SECRET or pass --client-secret");
   if (s.token_file.empty()) s.token_file = default_token_file();
   if (key_file) s.key = read_key_file(*key_file);
+  if (s.grant_key.empty()) s.grant_key = "confluence-cli:" + s.config.client_id;
+  if (!s.token_db.empty() && s.key.empty()) usage_error("--token-db needs --key-file: the rows are sealed with it");
   return s;
+}
+
+/// Where the grant is kept: the token file, or a row in PostgreSQL (--token-db).
+std::shared_ptr<cfo::token_store> make_store(const settings& s, asio::any_io_executor ex) {
+  if (s.token_db.empty())
+    return s.key.empty() ? std::make_shared<cfo::file_token_store>(s.token_file)
+                         : std::make_shared<cfo::file_token_store>(s.token_file, s.key);
+#ifdef CONFLUENCE_OAUTH_EXAMPLE_POSTGRES
+  auto db = std::make_shared<cfo::postgres_token_store::database>(ex, s.token_db, s.key);
+  return std::make_shared<cfo::postgres_token_store>(db, s.grant_key);
+#else
+  (void)ex;
+  usage_error("--token-db: this confluence-cli was built without PostgreSQL (libpq)");
+#endif
+}
+
+/// The store, for messages.
+std::string store_name(const settings& s) {
+  return s.token_db.empty() ? s.token_file.string() : "PostgreSQL (grant " + terminal_text(s.grant_key, 200) + ")";
 }
 
 // ---------------------------------------------------------------------------
@@ -508,7 +544,7 @@ cfo::session_options options_for(const settings& s) {
 }
 
 /// A session over the token file, holding the saved grant.
-asio::awaitable<cfo::session> signed_in(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<cfo::session> signed_in(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   if (!co_await session.load()) throw cli_error(exit_reconsent, "not logged in: run confluence-cli login");
@@ -542,11 +578,12 @@ asio::awaitable<cfo::site> choose_site(const settings& s, cfo::session& session)
   co_return cfo::site::find(sites, s.site);  // with no sites, a site_not_found that says so
 }
 
-asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   // Fail before the user consents, not after (a failure is a store_error: exit 1).
-  create_private_folders(s.token_file.parent_path());
+  if (s.token_db.empty()) create_private_folders(s.token_file.parent_path());
+  else co_await store->load();
 
   cfo::browser_opener launch;
   if (!s.no_browser) launch = s.browser.empty() ? cfo::browser_opener(cfo::browser_command{}) : cfo::browser_command(s.browser);
@@ -579,13 +616,13 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
     expiry = "expires in " +
              std::to_string(std::chrono::round<std::chrono::seconds>(tokens.expires_at - cfo::token_set::clock::now()).count()) +
              " s";
-  std::cout << "Logged in: token saved to " << store->path().string() << " (" << expiry
+  std::cout << "Logged in: token saved to " << store_name(s) << " (" << expiry
             << ", scopes: " << (tokens.scope.empty() ? "unknown" : tokens.scope)
             << ", refresh token: " << (tokens.has_refresh_token() ? "yes" : "no") << ")" << std::endl;
   co_return exit_ok;
 }
 
-asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto session = co_await signed_in(s, store);
   auto held = co_await session.grant();
   if (s.refresh && !held->has_refresh_token())
@@ -604,7 +641,7 @@ asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_to
   co_return flushed();
 }
 
-asio::awaitable<int> sites(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> sites(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto session = co_await signed_in(s, store);
   auto list = co_await session.accessible_resources();
   for (const auto& site : list)
@@ -612,7 +649,7 @@ asio::awaitable<int> sites(const settings& s, const std::shared_ptr<cfo::file_to
   co_return flushed();
 }
 
-asio::awaitable<int> pages(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> pages(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto session = co_await signed_in(s, store);
   auto site = co_await choose_site(s, session);
   cfo::confluence wiki(session, site);
@@ -622,7 +659,7 @@ asio::awaitable<int> pages(const settings& s, const std::shared_ptr<cfo::file_to
   co_return flushed();
 }
 
-asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   const std::string& path = s.args.front();
   if (!path.starts_with('/')) usage_error("get: PATH must start with / (e.g. /wiki/api/v2/spaces)");
   const bool on_site = path.starts_with("/wiki/");
@@ -641,16 +678,16 @@ asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::file
   co_return flushed();
 }
 
-asio::awaitable<int> logout(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> logout(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   std::error_code ec;
-  if (!std::filesystem::exists(store->path(), ec) && !ec) {  // nothing to forget: create no folder or lock file
+  if (s.token_db.empty() && !std::filesystem::exists(s.token_file, ec) && !ec) {  // nothing to forget: create no folder or lock file
     std::cerr << "Not logged in: nothing to forget\n";
     co_return exit_ok;
   }
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   co_await session.logout();
-  std::cerr << "Logged out: removed " << store->path().string() << '\n';
+  std::cerr << "Logged out: removed " << store_name(s) << '\n';
   co_return exit_ok;
 }
 
@@ -658,7 +695,7 @@ struct command {
   std::string_view name;
   std::string_view options;   // the command options it takes, separated by spaces
   std::string_view argument;  // its one positional argument, or empty for none
-  asio::awaitable<int> (*run)(const settings&, const std::shared_ptr<cfo::file_token_store>&);
+  asio::awaitable<int> (*run)(const settings&, const std::shared_ptr<cfo::token_store>&);
 };
 
 constexpr command commands[] = {
@@ -701,7 +738,7 @@ int exit_code_for(const std::error_code& ec) {
 }
 
 /// Runs one command and turns every failure into a message and an exit code.
-asio::awaitable<int> run(const command& cmd, const settings& s, const std::shared_ptr<cfo::file_token_store>& store,
+asio::awaitable<int> run(const command& cmd, const settings& s, const std::shared_ptr<cfo::token_store>& store,
                         const bool& interrupted) {
   try {
     co_return co_await cmd.run(s, store);
@@ -744,10 +781,14 @@ int main(int argc, char** argv) {
     return e.code;
   }
 
-  auto store = s.key.empty() ? std::make_shared<cfo::file_token_store>(s.token_file)
-                             : std::make_shared<cfo::file_token_store>(s.token_file, s.key);
-
   asio::io_context io(1);
+  std::shared_ptr<cfo::token_store> store;
+  try {
+    store = make_store(s, io.get_executor());
+  } catch (const std::exception& e) {
+    std::cerr << "confluence-cli: " << e.what() << '\n';
+    return exit_usage;
+  }
   asio::cancellation_signal cancel;
   bool interrupted = false;
   asio::signal_set signals(io, SIGINT, SIGTERM);

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <stdexcept>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -443,6 +445,58 @@ TEST_CASE("a refresh whose save fails keeps the new tokens in memory and saves t
   });
   CHECK(srv.stats().token_errors == 0);
   CHECK(srv.stats().refresh_grants == 1);
+}
+
+TEST_CASE("confluence-cli --token-db: login, token, logout on a grant in PostgreSQL") {
+  pg_cluster pg;
+  const auto port = test_util::free_port();
+  const std::string callback = "http://127.0.0.1:" + std::to_string(port) + "/callback";
+  fake_atlassian::options o;
+  o.redirect_uris = {callback};
+  fake_atlassian::server srv(o);
+  test_util::temp_dir dir;
+  const auto ca = dir / "ca.pem";
+  srv.write_ca_pem(ca);
+  const auto key_file = dir / "key";
+  std::ofstream(key_file) << std::string(64, '6');
+  REQUIRE(::chmod(key_file.c_str(), 0600) == 0);
+  auto cli = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {CFO_CLI_PATH, "--client-id", "test-client-id", "--client-secret",
+                                     "test-client-secret", "--redirect-uri", callback, "--authorize-url",
+                                     srv.base_url() + "/authorize", "--token-url", srv.base_url() + "/oauth/token",
+                                     "--api-url", srv.base_url(), "--ca-file", ca, "--token-file", dir / "unused.json",
+                                     "--token-db", pg.conninfo(), "--key-file", key_file};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return test_util::run_process(args, 60s);
+  };
+  const std::string browser = std::string(CFO_FAKE_BROWSER_PATH) + " --ca-file " + ca;
+  auto login = cli({"--browser", browser, "--timeout", "30", "login"});
+  INFO("login: " << login.out << login.err);
+  REQUIRE(login.exit_code == 0);
+  CHECK(login.out.find("PostgreSQL (grant confluence-cli:test-client-id)") != std::string::npos);
+  CHECK(!std::filesystem::exists(dir / "unused.json"));
+  CHECK(pg.sql("SELECT grant_key FROM confluence_oauth_grants") == "confluence-cli:test-client-id");
+
+  auto token = cli({"token"});
+  CHECK(token.exit_code == 0);
+  auto refreshed = cli({"token", "--refresh"});  // another process, another connection: the same row
+  CHECK(refreshed.exit_code == 0);
+  CHECK(refreshed.out != token.out);
+  CHECK(cli({"token"}).out == refreshed.out);
+  CHECK(cli({"--grant-key", "someone-else", "token"}).exit_code == 4);  // not logged in there
+
+  auto logout = cli({"logout"});
+  CHECK(logout.exit_code == 0);
+  CHECK(pg.sql("SELECT count(*) FROM confluence_oauth_grants") == "0");
+  CHECK(cli({"token"}).exit_code == 4);
+
+  auto no_key = test_util::run_process({CFO_CLI_PATH, "--client-id", "x", "--client-secret", "y", "--token-db",
+                                        pg.conninfo(), "token"});
+  CHECK(no_key.exit_code == 2);
+  auto down = cli({"--token-db", "host=/nonexistent/cfo dbname=postgres password=hunter2", "token"});
+  CHECK(down.exit_code == 1);  // store_error: the database, not the grant
+  CHECK(down.err.find("hunter2") == std::string::npos);
+  CHECK(srv.stats().token_errors == 0);
 }
 
 }  // TEST_SUITE
