@@ -441,6 +441,8 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_pool::held_result> pg_pool::
       failed = std::current_exception();
     }
     if (!failed) {
+      if (PQresultStatus(r.get()) != PGRES_COMMAND_OK && PQresultStatus(r.get()) != PGRES_TUPLES_OK)
+        give_back(c);  // the statement failed, not the connection
       check_pg_result(r, what);
       co_return held_result{std::move(c), std::move(r)};
     }
@@ -613,9 +615,11 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<token_store::store_lock> postgr
   asio::steady_timer wait(co_await asio::this_coro::executor);
   for (std::chrono::milliseconds delay{1}; std::string_view(PQgetvalue(held.result.get(), 0, 0)) != "t";
        delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
-    if (std::chrono::steady_clock::now() >= deadline)
+    if (std::chrono::steady_clock::now() >= deadline) {
+      pool->give_back(std::move(c));
       detail::fail(errc::store_error, "another host has held the lock on the grant \"" + grant_key_ +
                                           "\" for more than " + std::to_string(db_->lock_timeout_.count()) + " ms");
+    }
     wait.expires_after(delay);
     auto [ec] = co_await wait.async_wait(detail::use_tuple);
     if (ec) throw oauth_error(ec, "waiting for the lock on the grant \"" + grant_key_ + "\": cancelled");

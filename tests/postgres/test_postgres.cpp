@@ -376,7 +376,7 @@ TEST_CASE("lock: one holder across hosts, a wait that ends at its deadline, rele
   });
 }
 
-TEST_CASE("a server that is unreachable is a store_error within the deadline; a restarted one is reconnected to") {
+TEST_CASE("a server that is unreachable is a store_error within the deadline, and a restarted one is reconnected to") {
   pg_cluster pg;
   const auto nowhere = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
     co_await store(ex, "host=/nonexistent/cfo port=5432 dbname=postgres user=postgres password=hunter2", "alice")
