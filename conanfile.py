@@ -13,6 +13,12 @@ CONFLUENCE_OAUTH_SEPARATE_COMPILATION defined (declarations only). Either way
 asio, openssl and nlohmann_json come as requirements (transitive headers and
 libraries), so a consumer only needs find_package(confluence_oauth CONFIG) and
 confluence_oauth::confluence_oauth.
+
+With -o "confluence_oauth/*:postgres=True" the package also holds the
+PostgreSQL token store (confluence_oauth_postgres.hpp, and in a compiled
+package lib/libconfluence_oauth_postgres.a) as the component postgres:
+target confluence_oauth::postgres, pkg-config confluence_oauth_postgres,
+with libpq as a requirement.
 """
 import os
 import re
@@ -35,11 +41,12 @@ class ConfluenceOAuthConan(ConanFile):
     topics = ("oauth2", "atlassian", "confluence", "asio", "coroutines", "header-only")
     package_type = "header-library"   # configure(): static-library when compiled
     settings = "os", "arch", "compiler", "build_type"
-    options = {"separate_compilation": [True, False]}
-    default_options = {"separate_compilation": False}
+    options = {"separate_compilation": [True, False], "postgres": [True, False]}
+    default_options = {"separate_compilation": False, "postgres": False}
     # What the compiled build needs besides the header: the CMake project (its
     # tests and examples stay off) and the implementation file.
-    exports_sources = ("confluence_oauth.hpp", "LICENSE", "CMakeLists.txt",
+    exports_sources = ("confluence_oauth.hpp", "confluence_oauth_postgres.hpp",
+                       "confluence_oauth_postgres.sql", "LICENSE", "CMakeLists.txt",
                        "cmake/*", "src/*")
     no_copy_source = True
 
@@ -71,6 +78,8 @@ class ConfluenceOAuthConan(ConanFile):
         self.requires("asio/[>=1.22 <2]", transitive_headers=True)
         self.requires("openssl/[>=3 <4]", transitive_headers=True, transitive_libs=True)
         self.requires("nlohmann_json/[>=3.11 <4]", transitive_headers=True)
+        if self.options.postgres:
+            self.requires("libpq/[>=15 <18]", transitive_headers=True, transitive_libs=True)
 
     def package_id(self):
         # Header-only: one package for every configuration.
@@ -88,6 +97,7 @@ class ConfluenceOAuthConan(ConanFile):
         tc.cache_variables["CONFLUENCE_OAUTH_BUILD_TESTS"] = False
         tc.cache_variables["CONFLUENCE_OAUTH_BUILD_EXAMPLES"] = False
         tc.cache_variables["CONFLUENCE_OAUTH_INSTALL"] = True
+        tc.cache_variables["CONFLUENCE_OAUTH_POSTGRES"] = "ON" if self.options.postgres else "OFF"
         tc.generate()
         deps = CMakeDeps(self)
         # CMakeLists.txt asks for find_package(Asio) and Asio::Asio (its own
@@ -108,6 +118,9 @@ class ConfluenceOAuthConan(ConanFile):
         if not self._compiled:
             copy(self, "confluence_oauth.hpp", self.source_folder,
                  os.path.join(self.package_folder, "include"))
+            if self.options.postgres:
+                for name in ("confluence_oauth_postgres.hpp", "confluence_oauth_postgres.sql"):
+                    copy(self, name, self.source_folder, os.path.join(self.package_folder, "include"))
             return
         CMake(self).install()
         # Conan generates its own CMake and pkg-config files from package_info().
@@ -116,6 +129,9 @@ class ConfluenceOAuthConan(ConanFile):
         rmdir(self, os.path.join(self.package_folder, "share"))
 
     def package_info(self):
+        if self.options.postgres:
+            self._package_info_with_postgres()
+            return
         self.cpp_info.bindirs = []
         if self._compiled:
             self.cpp_info.libs = ["confluence_oauth"]
@@ -134,3 +150,29 @@ class ConfluenceOAuthConan(ConanFile):
         if self.settings.os in ("Linux", "FreeBSD"):
             self.cpp_info.system_libs = ["pthread"]
             self.cpp_info.cxxflags = ["-pthread"]
+
+    def _package_info_with_postgres(self):
+        # Two components: the library as without the option, and postgres.
+        self.cpp_info.set_property("cmake_file_name", "confluence_oauth")
+        core = self.cpp_info.components["core"]
+        core.bindirs = []
+        if self._compiled:
+            core.libs = ["confluence_oauth"]
+            core.defines = ["CONFLUENCE_OAUTH_SEPARATE_COMPILATION"]
+        else:
+            core.libdirs = []
+        core.set_property("cmake_target_name", "confluence_oauth::confluence_oauth")
+        core.set_property("pkg_config_name", "confluence_oauth")
+        core.requires = ["asio::asio", "openssl::ssl", "openssl::crypto", "nlohmann_json::nlohmann_json"]
+        if self.settings.os in ("Linux", "FreeBSD"):
+            core.system_libs = ["pthread"]
+            core.cxxflags = ["-pthread"]
+        postgres = self.cpp_info.components["postgres"]
+        postgres.bindirs = []
+        if self._compiled:
+            postgres.libs = ["confluence_oauth_postgres"]
+        else:
+            postgres.libdirs = []
+        postgres.set_property("cmake_target_name", "confluence_oauth::postgres")
+        postgres.set_property("pkg_config_name", "confluence_oauth_postgres")
+        postgres.requires = ["core", "libpq::libpq"]

@@ -2448,7 +2448,7 @@ inline bool same_grant(const std::optional<token_set>& a, const std::optional<to
 /// under the lock: it re-reads the store, uses tokens another sharer has just
 /// saved instead of refreshing again, and writes its own with `replace`. A
 /// database store maps these onto a row lock (SELECT ... FOR UPDATE, or an
-/// advisory lock) and a conditional UPDATE; examples/database_token_store.hpp shows one.
+/// advisory lock) and a conditional UPDATE; confluence_oauth_postgres.hpp is one.
 class token_store {
  public:
   /// Holds a token store's exclusive section (see lock()) until it

@@ -16,6 +16,9 @@
 #include "fake_client.hpp"
 #include "program_args.hpp"
 #include "clients/load_client.hpp"
+#ifdef CFO_WITH_POSTGRES
+#include "confluence_oauth_postgres.hpp"
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -40,12 +43,17 @@ constexpr std::string_view usage_text =
     "usage: bench-ours load --url URL --token TOKEN --ca CA_PEM --requests N --concurrency C [--threads T]\n"
     "       bench-ours storm --grant GRANT_JSON --ca CA_PEM --requests R\n"
     "       bench-ours storm-server --ca-out F --grant-out F --stats-out F\n"
+#ifdef CFO_WITH_POSTGRES
+    "       bench-ours pg-seed --grant GRANT_JSON --token-db CONNINFO --grant-key NAME --key-file F\n"
+    "       bench-ours storm ... --token-db CONNINFO --grant-key NAME --key-file F\n"
+    "       bench-ours pg-cost --grant GRANT_JSON --ca CA_PEM --requests N --token-db CONNINFO --grant-key NAME --key-file F\n"
+#endif
     "See bench/README.md.\n";
 
 [[noreturn]] void usage_error(const std::string& why) { program_args::usage_error("bench-ours", why, usage_text); }
 
 struct arguments {
-  std::string mode, url, token, ca, grant, ca_out, grant_out, stats_out;
+  std::string mode, url, token, ca, grant, ca_out, grant_out, stats_out, token_db, grant_key, key_file;
   long requests = 0;
   int concurrency = 0;
   int threads = 1;
@@ -69,6 +77,11 @@ arguments parse(int argc, char** argv) {
     else if (flag == "--requests") a.requests = number(flag, value);
     else if (flag == "--concurrency") a.concurrency = static_cast<int>(number(flag, value));
     else if (flag == "--threads") a.threads = static_cast<int>(number(flag, value));
+#ifdef CFO_WITH_POSTGRES
+    else if (flag == "--token-db") a.token_db = value;
+    else if (flag == "--grant-key") a.grant_key = value;
+    else if (flag == "--key-file") a.key_file = value;
+#endif
     else usage_error("unknown argument " + flag);
   }
   auto need = [](bool present, const char* what) {
@@ -81,6 +94,12 @@ arguments parse(int argc, char** argv) {
     need(!a.grant.empty() && !a.ca.empty() && a.requests > 0, "--grant, --ca or --requests");
   } else if (a.mode == "storm-server") {
     need(!a.ca_out.empty() && !a.grant_out.empty() && !a.stats_out.empty(), "--ca-out, --grant-out or --stats-out");
+#ifdef CFO_WITH_POSTGRES
+  } else if (a.mode == "pg-seed" || a.mode == "pg-cost") {
+    need(!a.grant.empty() && !a.token_db.empty() && !a.grant_key.empty() && !a.key_file.empty(),
+         "--grant, --token-db, --grant-key or --key-file");
+    need(a.mode == "pg-seed" || (!a.ca.empty() && a.requests > 0), "--ca or --requests");
+#endif
   } else {
     usage_error("unknown mode " + a.mode);
   }
@@ -156,13 +175,13 @@ int run_requests(asio::io_context& io, const cfo::session& s, const std::string&
   return t.failed == 0 && t.ok == total ? 0 : 1;
 }
 
-/// Runs `op` to completion on `io`, rethrowing what it throws.
+/// Runs `op` to completion on `io`; its result, or what it throws.
 template <typename Awaitable>
-void run_to_end(asio::io_context& io, Awaitable op) {
+auto run_to_end(asio::io_context& io, Awaitable op) {
   auto done = asio::co_spawn(io, std::move(op), asio::use_future);
   io.run();
   io.restart();
-  done.get();
+  return done.get();
 }
 
 int load(const arguments& a) {
@@ -186,27 +205,96 @@ int load(const arguments& a) {
   return run_requests(io, s, target.target, a.requests, a.concurrency, a.threads, true);
 }
 
-int storm(const arguments& a) {
+/// The storm server's grant file: the client and the expired grant.
+struct storm_grant {
+  cfo::client_config config;
+  std::string target;
+  cfo::token_set tokens;
+};
+
+storm_grant read_grant(const arguments& a) {
   std::ifstream in(a.grant);
   const auto grant = nlohmann::json::parse(in);
   const auto api = cfo::detail::parse_url(grant.at("api_url").get<std::string>());
-  cfo::client_config cfg;
-  cfg.client_id = grant.at("client_id").get<std::string>();
-  cfg.client_secret = cfo::secret(grant.at("client_secret").get<std::string>());
-  cfg.token_url = grant.at("token_url").get<std::string>();
-  cfg.api_url = api.origin();
-  cfg.tls.ca_file = a.ca;
-  cfg.tls.use_system_trust = false;
+  storm_grant g;
+  g.config.client_id = grant.at("client_id").get<std::string>();
+  g.config.client_secret = cfo::secret(grant.at("client_secret").get<std::string>());
+  g.config.token_url = grant.at("token_url").get<std::string>();
+  g.config.api_url = api.origin();
+  g.config.tls.ca_file = a.ca;
+  g.config.tls.use_system_trust = false;
+  g.target = api.target;
+  g.tokens.access_token = cfo::secret(grant.at("access_token").get<std::string>());
+  g.tokens.refresh_token = cfo::secret(grant.at("refresh_token").get<std::string>());
+  g.tokens.expires_at = cfo::token_set::clock::now() - std::chrono::minutes(1);
+  return g;
+}
 
-  cfo::token_set tokens;
-  tokens.access_token = cfo::secret(grant.at("access_token").get<std::string>());
-  tokens.refresh_token = cfo::secret(grant.at("refresh_token").get<std::string>());
-  tokens.expires_at = cfo::token_set::clock::now() - std::chrono::minutes(1);
+#ifdef CFO_WITH_POSTGRES
+std::shared_ptr<cfo::postgres_token_store> postgres_store(const arguments& a, asio::io_context& io) {
+  std::ifstream in(a.key_file, std::ios::binary);
+  cfo::secret key{std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>())};
+  auto db = std::make_shared<cfo::postgres_token_store::database>(io.get_executor(), a.token_db, std::move(key));
+  return std::make_shared<cfo::postgres_token_store>(db, a.grant_key);
+}
 
+int pg_seed(const arguments& a) {
+  const auto g = read_grant(a);
   asio::io_context io;
-  cfo::session s(io.get_executor(), cfg, std::make_shared<cfo::memory_token_store>());
-  run_to_end(io, s.adopt(tokens));
-  return run_requests(io, s, api.target, a.requests, static_cast<int>(a.requests), 1, false);
+  auto store = postgres_store(a, io);
+  run_to_end(io, store->save(g.tokens));
+  return 0;
+}
+
+/// Milliseconds per refresh and nanoseconds per token() of `s`, which holds a grant.
+std::pair<double, double> costs(asio::io_context& io, cfo::session& s, long refreshes) {
+  auto began = steady::now();
+  for (long i = 0; i < refreshes; ++i) run_to_end(io, s.refresh());
+  const double refresh_ms = std::chrono::duration<double, std::milli>(steady::now() - began).count() / refreshes;
+  const long calls = 1000 * refreshes;
+  auto many_tokens = [&s, calls]() -> asio::awaitable<void> {
+    for (long i = 0; i < calls; ++i) co_await s.token();
+  };
+  began = steady::now();
+  run_to_end(io, many_tokens());
+  const double token_ns = std::chrono::duration<double, std::nano>(steady::now() - began).count() / calls;
+  return {refresh_ms, token_ns};
+}
+
+int pg_cost(const arguments& a) {
+  const auto g = read_grant(a);
+  asio::io_context io;
+  cfo::session in_memory(io.get_executor(), g.config, std::make_shared<cfo::memory_token_store>());
+  run_to_end(io, in_memory.adopt(g.tokens));
+  const auto [memory_refresh_ms, memory_token_ns] = costs(io, in_memory, a.requests);
+  auto store = postgres_store(a, io);
+  run_to_end(io, store->save(*run_to_end(io, in_memory.grant())));
+  cfo::session on_postgres(io.get_executor(), g.config, store);
+  run_to_end(io, on_postgres.load());
+  const auto [postgres_refresh_ms, postgres_token_ns] = costs(io, on_postgres, a.requests);
+  const nlohmann::json line = {{"refreshes", a.requests},
+                               {"refresh_ms_memory", memory_refresh_ms},
+                               {"refresh_ms_postgres", postgres_refresh_ms},
+                               {"token_ns_memory", memory_token_ns},
+                               {"token_ns_postgres", postgres_token_ns}};
+  std::cout << line.dump() << std::endl;
+  return 0;
+}
+#endif
+
+int storm(const arguments& a) {
+  const auto g = read_grant(a);
+  asio::io_context io;
+#ifdef CFO_WITH_POSTGRES
+  if (!a.token_db.empty()) {  // one of several hosts: the grant pg-seed saved
+    cfo::session s(io.get_executor(), g.config, postgres_store(a, io));
+    run_to_end(io, s.load());
+    return run_requests(io, s, g.target, a.requests, static_cast<int>(a.requests), 1, false);
+  }
+#endif
+  cfo::session s(io.get_executor(), g.config, std::make_shared<cfo::memory_token_store>());
+  run_to_end(io, s.adopt(g.tokens));
+  return run_requests(io, s, g.target, a.requests, static_cast<int>(a.requests), 1, false);
 }
 
 void write_file(const std::string& path, const std::string& text) {
@@ -260,6 +348,10 @@ int main(int argc, char** argv) {
   try {
     if (a.mode == "load") return load(a);
     if (a.mode == "storm") return storm(a);
+#ifdef CFO_WITH_POSTGRES
+    if (a.mode == "pg-seed") return pg_seed(a);
+    if (a.mode == "pg-cost") return pg_cost(a);
+#endif
     return storm_server(a);
   } catch (const std::exception& e) {
     std::cerr << "bench-ours " << a.mode << ": " << e.what() << '\n';

@@ -83,6 +83,17 @@ markdown() {
   echo "| client | failed requests | seconds until all completed | token requests | granted | refused |"
   echo "|---|---|---|---|---|---|"
   awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s |\n", $1, $3, $4, $5, $6, $7 }' "$storm"
+  echo
+  echo "### Many hosts: PostgreSQL"
+  echo
+  echo "The storm across processes that share the grant in PostgreSQL (\`postgres_token_store\`, a local PostgreSQL 15"
+  echo "on a Unix socket), each with $storm_requests waiting requests; docs/MULTI_HOST.md."
+  echo
+  echo "| processes | requests each | failed requests | seconds until all completed | token requests | granted | refused |"
+  echo "|---|---|---|---|---|---|---|"
+  awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7 }' "$out/postgres.tsv"
+  echo
+  jq -r '"Refreshes one after the other (\(.refreshes)): \(.refresh_ms_memory * 100 | round / 100) ms each with a memory store, \(.refresh_ms_postgres * 100 | round / 100) ms with PostgreSQL (lock, read, read and conditional update, unlock). `token()` with a valid cached token: \(.token_ns_memory | round) ns with a memory store, \(.token_ns_postgres | round) ns with PostgreSQL: it does not touch the database."' "$out/pg-cost.json"
   if (( $(wc -l <"$compile") > 1 )); then
     echo
     echo "### Compile cost"

@@ -24,6 +24,9 @@
 // New commands are one function and one entry in `commands` below.
 
 #include "confluence_oauth.hpp"
+#ifdef CONFLUENCE_OAUTH_EXAMPLE_POSTGRES
+#include "confluence_oauth_postgres.hpp"
+#endif
 
 #include <asio/experimental/parallel_group.hpp>
 #include <asio/posix/stream_descriptor.hpp>
@@ -223,6 +226,8 @@ struct settings {
   cfo::client_config config;
   std::filesystem::path token_file;
   cfo::secret key;                   // the token file's encryption key; empty: not encrypted
+  std::string token_db;              // --token-db: the grant is in PostgreSQL
+  std::string grant_key;             // --grant-key: its row there
   std::vector<std::string> browser;  // empty: the system opener
   bool no_browser = false;
   bool redirect_page = true;         // the browser opens a private page that leads to the URL
@@ -365,6 +370,11 @@ settings parse_arguments(int argc, char** argv) {
       if (s.token_file.empty()) usage_error("--token-file: empty path");
     } else if (name == "--key-file") {
       key_file = value();
+    } else if (name == "--token-db") {
+      s.token_db = value();
+      std::memset(raw, 'x', std::strlen(raw));  // it may hold a password: as --client-secret
+    } else if (name == "--grant-key") {
+      s.grant_key = value();
     } else if (name == "--authorize-url") {
       s.config.authorize_url = value();
     } else if (name == "--token-url") {
@@ -445,7 +455,28 @@ settings parse_arguments(int argc, char** argv) {
     s.token_file = s.config.service_account ? default_token_file().replace_filename("service-account-tokens.json")
                                             : default_token_file();
   if (key_file) s.key = read_key_file(*key_file);
+  if (s.grant_key.empty()) s.grant_key = "confluence-cli:" + s.config.client_id;
+  if (!s.token_db.empty() && s.key.empty()) usage_error("--token-db needs --key-file: the rows are sealed with it");
   return s;
+}
+
+/// Where the grant is kept: the token file, or a row in PostgreSQL (--token-db).
+std::shared_ptr<cfo::token_store> make_store(const settings& s, asio::any_io_executor ex) {
+  if (s.token_db.empty())
+    return s.key.empty() ? std::make_shared<cfo::file_token_store>(s.token_file)
+                         : std::make_shared<cfo::file_token_store>(s.token_file, s.key);
+#ifdef CONFLUENCE_OAUTH_EXAMPLE_POSTGRES
+  auto db = std::make_shared<cfo::postgres_token_store::database>(ex, s.token_db, s.key);
+  return std::make_shared<cfo::postgres_token_store>(db, s.grant_key);
+#else
+  (void)ex;
+  usage_error("--token-db: this confluence-cli was built without PostgreSQL (libpq)");
+#endif
+}
+
+/// The store, for messages.
+std::string store_name(const settings& s) {
+  return s.token_db.empty() ? s.token_file.string() : "PostgreSQL (grant " + terminal_text(s.grant_key, 200) + ")";
 }
 
 // ---------------------------------------------------------------------------
@@ -502,7 +533,7 @@ cfo::session_options options_for(const settings& s) {
 
 /// A session over the token file, holding the saved grant (a service
 /// account's cached token, if any).
-asio::awaitable<cfo::session> signed_in(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<cfo::session> signed_in(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   const bool loaded = co_await session.load();
@@ -725,12 +756,13 @@ class pasted_redirect {
   asio::steady_timer timer_;
 };
 
-asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   if (s.config.service_account) usage_error("login: a service account (--client-credentials) needs none");
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   // Fail before the user consents, not after (a failure is a store_error: exit 1).
-  create_private_folders(s.token_file.parent_path());
+  if (s.token_db.empty()) create_private_folders(s.token_file.parent_path());
+  else co_await store->load();
 
   cfo::browser_opener launch;
   if (!s.no_browser) launch = s.browser.empty() ? cfo::browser_opener(cfo::browser_command{}) : cfo::browser_command(s.browser);
@@ -771,7 +803,7 @@ asio::awaitable<int> login(const settings& s, const std::shared_ptr<cfo::file_to
     expiry = "expires in " +
              std::to_string(std::chrono::round<std::chrono::seconds>(tokens.expires_at - cfo::token_set::clock::now()).count()) +
              " s";
-  std::cout << "Logged in: token saved to " << store->path().string() << " (" << expiry
+  std::cout << "Logged in: token saved to " << store_name(s) << " (" << expiry
             << ", scopes: " << (tokens.scope.empty() ? "unknown" : tokens.scope)
             << ", refresh token: " << (tokens.has_refresh_token() ? "yes" : "no") << ")" << std::endl;
   co_await say_authorized_sites(session);
@@ -816,8 +848,8 @@ std::string grant_age(const cfo::token_set& tokens) {
   return "obtained " + ago(tokens.first_obtained) + ", last rotated " + ago(tokens.last_rotated);
 }
 
-asio::awaitable<int> status(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
-  std::cout << "Token file:    " << printable(store->path().string()) << '\n';
+asio::awaitable<int> status(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
+  std::cout << (s.token_db.empty() ? "Token file:    " : "Token store:   ") << printable(store_name(s)) << '\n';
   auto ex = co_await asio::this_coro::executor;
   auto options = options_for(s);
   std::vector<std::string> warnings;  // the grant's age and missing scopes, said by the session
@@ -849,7 +881,7 @@ asio::awaitable<int> status(const settings& s, const std::shared_ptr<cfo::file_t
   co_return flushed();
 }
 
-asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto session = co_await signed_in(s, store);
   auto held = co_await session.grant();
   const bool renewable = s.config.service_account || held->has_refresh_token();
@@ -869,7 +901,7 @@ asio::awaitable<int> token(const settings& s, const std::shared_ptr<cfo::file_to
   co_return flushed();
 }
 
-asio::awaitable<int> sites(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> sites(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto session = co_await signed_in(s, store);
   auto list = co_await session.accessible_resources();
   for (const auto& site : list)
@@ -877,7 +909,7 @@ asio::awaitable<int> sites(const settings& s, const std::shared_ptr<cfo::file_to
   co_return flushed();
 }
 
-asio::awaitable<int> pages(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> pages(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   auto session = co_await signed_in(s, store);
   auto site = co_await choose_site(s, session);
   cfo::confluence wiki(session, site);
@@ -887,7 +919,7 @@ asio::awaitable<int> pages(const settings& s, const std::shared_ptr<cfo::file_to
   co_return flushed();
 }
 
-asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   const std::string& path = s.args.front();
   if (!path.starts_with('/')) usage_error("get: PATH must start with / (e.g. /wiki/api/v2/spaces)");
   const bool on_site = path.starts_with("/wiki/");
@@ -906,16 +938,16 @@ asio::awaitable<int> get_path(const settings& s, const std::shared_ptr<cfo::file
   co_return flushed();
 }
 
-asio::awaitable<int> logout(const settings& s, const std::shared_ptr<cfo::file_token_store>& store) {
+asio::awaitable<int> logout(const settings& s, const std::shared_ptr<cfo::token_store>& store) {
   std::error_code ec;
-  if (!std::filesystem::exists(store->path(), ec) && !ec) {  // nothing to forget: create no folder or lock file
+  if (s.token_db.empty() && !std::filesystem::exists(s.token_file, ec) && !ec) {  // nothing to forget: create no folder or lock file
     std::cerr << "Not logged in: nothing to forget\n";
     co_return exit_ok;
   }
   auto ex = co_await asio::this_coro::executor;
   cfo::session session(ex, s.config, store, options_for(s));
   co_await session.logout();
-  std::cerr << "Logged out: removed " << store->path().string() << '\n';
+  std::cerr << "Logged out: removed " << store_name(s) << '\n';
   co_return exit_ok;
 }
 
@@ -926,7 +958,7 @@ struct command {
   std::string_view details;   // the rest of its own help: its options, its exit status
   std::string_view options;   // the command options it takes, separated by spaces
   std::string_view argument;  // its one positional argument, or empty for none
-  asio::awaitable<int> (*run)(const settings&, const std::shared_ptr<cfo::file_token_store>&);
+  asio::awaitable<int> (*run)(const settings&, const std::shared_ptr<cfo::token_store>&);
 };
 
 constexpr command commands[] = {
@@ -1081,6 +1113,11 @@ std::string help_text() {
          "                          'openssl rand -hex 32'; PATH must be a file of yours,\n"
          "                          not a link, and not accessible to group or others;\n"
          "                          every command then needs the same key\n"
+         "  --token-db CONNINFO     keep the grant in PostgreSQL instead of the token file:\n"
+         "                          a libpq connection string or URI; needs --key-file\n"
+         "                          (rows are sealed with it: the same key on every host)\n"
+         "  --grant-key NAME        the grant's row there (default: confluence-cli: and\n"
+         "                          the client id)\n"
          "  --authorize-url URL     authorization endpoint (default " + d.authorize_url + ")\n"
          "  --token-url URL         token endpoint (default " + d.token_url + ")\n"
          "  --api-url URL           API base URL (default " + d.api_url + ")\n"
@@ -1120,7 +1157,7 @@ std::string help_text() {
 }
 
 /// Runs one command and turns every failure into a message and an exit code.
-asio::awaitable<int> run(const command& cmd, const settings& s, const std::shared_ptr<cfo::file_token_store>& store,
+asio::awaitable<int> run(const command& cmd, const settings& s, const std::shared_ptr<cfo::token_store>& store,
                         const bool& interrupted) {
   try {
     co_return co_await cmd.run(s, store);
@@ -1157,10 +1194,14 @@ int main(int argc, char** argv) {
     return e.code;
   }
 
-  auto store = s.key.empty() ? std::make_shared<cfo::file_token_store>(s.token_file)
-                             : std::make_shared<cfo::file_token_store>(s.token_file, s.key);
-
   asio::io_context io(1);
+  std::shared_ptr<cfo::token_store> store;
+  try {
+    store = make_store(s, io.get_executor());
+  } catch (const std::exception& e) {
+    std::cerr << "confluence-cli: " << e.what() << '\n';
+    return exit_usage;
+  }
   asio::cancellation_signal cancel;
   bool interrupted = false;
   asio::signal_set signals(io, SIGINT, SIGTERM);

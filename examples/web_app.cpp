@@ -35,6 +35,9 @@
 // everything read and a deadline on every connection.
 
 #include "confluence_oauth.hpp"
+#ifdef CONFLUENCE_OAUTH_EXAMPLE_POSTGRES
+#include "confluence_oauth_postgres.hpp"
+#endif
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -45,6 +48,7 @@
 #include <array>
 #include <charconv>
 #include <chrono>
+#include <cctype>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -137,6 +141,11 @@ std::string help_text() {
          "  --token-url URL           token endpoint (default " + d.token_url + ")\n"
          "  --api-url URL             API base URL (default " + d.api_url + ")\n"
          "  --ca-file PEM             also trust the CA certificates in this PEM file\n"
+         "  --token-db CONNINFO       keep every user's grant in PostgreSQL (a libpq\n"
+         "                            connection string or URI), not in memory: copies of\n"
+         "                            the app behind one address then serve the same users\n"
+         "  --key-file PATH           with --token-db: 64 hex digits, the same in every\n"
+         "                            copy; seals the rows and signs the forms\n"
          "  -h, --help                show this help\n"
          "\n"
          "Stops on SIGINT or SIGTERM. Exit status: 0 after a signal, 1 on a failure,\n"
@@ -150,6 +159,8 @@ struct settings {
   std::string port_file;
   unsigned connect_rate = default_connect_rate;
   bool redirect_given = false;  // else http://HOST:PORT/callback, once the port is known
+  std::string token_db;         // --token-db: grants in PostgreSQL
+  cfo::secret key;              // --key-file: 32 bytes
 };
 
 std::string env(const char* name) {
@@ -174,6 +185,21 @@ cfo::secret read_secret_file(const std::string& path) {
   cfo::secret s(std::move(text));
   if (s.empty()) throw usage_error("--client-secret-file: " + path + " is empty");
   return s;
+}
+
+/// --key-file: 64 hex digits (e.g. from 'openssl rand -hex 32'), as 32 bytes.
+cfo::secret read_key_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw usage_error("--key-file: cannot read " + path);
+  std::string text(std::istreambuf_iterator<char>(in), {});
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  auto digit = [](char c) { return c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c - '0'; };
+  if (text.size() != 64 || !std::all_of(text.begin(), text.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+    throw usage_error("--key-file: " + path + " must hold 64 hex digits");
+  std::string key(32, '\0');
+  for (std::size_t i = 0; i < 32; ++i) key[i] = static_cast<char>(digit(text[2 * i]) << 4 | digit(text[2 * i + 1]));
+  OPENSSL_cleanse(text.data(), text.size());
+  return cfo::secret(std::move(key));
 }
 
 settings parse_arguments(int argc, char** argv) {
@@ -225,6 +251,10 @@ settings parse_arguments(int argc, char** argv) {
       s.config.api_url = value();
     } else if (name == "--ca-file") {
       s.config.tls.ca_file = value();
+    } else if (name == "--token-db") {
+      s.token_db = value();
+    } else if (name == "--key-file") {
+      s.key = read_key_file(value());
     } else {
       throw usage_error("unknown option " + std::string(arg.substr(0, 60)));
     }
@@ -234,6 +264,7 @@ settings parse_arguments(int argc, char** argv) {
   if (s.config.client_id.empty()) throw usage_error("missing client id: pass --client-id or set ATLASSIAN_CLIENT_ID");
   if (s.config.client_secret.empty())
     throw usage_error("missing client secret: pass --client-secret-file or set ATLASSIAN_CLIENT_SECRET");
+  if (!s.token_db.empty() && s.key.empty()) throw usage_error("--token-db needs --key-file");
   return s;
 }
 
@@ -575,6 +606,17 @@ std::optional<std::string_view> form_field(std::string_view form, std::string_vi
 /// start-up. Another site cannot compute it, and it costs no server state.
 class csrf_tokens {
  public:
+  csrf_tokens() = default;
+  /// Under a key every copy of the app shares (--key-file), so that a form
+  /// one copy made is good at another.
+  explicit csrf_tokens(const cfo::secret& shared) {
+    const std::string_view purpose = "web-app form tokens";
+    unsigned size = 0;
+    if (!HMAC(EVP_sha256(), shared.reveal().data(), static_cast<int>(shared.reveal().size()),
+              reinterpret_cast<const unsigned char*>(purpose.data()), purpose.size(), key_.data(), &size))
+      throw std::runtime_error("HMAC-SHA256 failed");
+  }
+
   std::string token_for(std::string_view browser) const {
     std::array<unsigned char, EVP_MAX_MD_SIZE> mac;
     unsigned size = 0;
@@ -737,13 +779,35 @@ class web_app {
  public:
   /// Validates the configuration (throws oauth_error) and makes the app's one OAuth client.
   web_app(asio::any_io_executor ex, const cfo::client_config& config, unsigned connect_rate)
-      : client_(std::move(ex), config),
+      : client_(ex, config),
         callback_path_(url_path(client_.config().redirect_uri)),
         https_(is_https_url(client_.config().redirect_uri)),
         // Browsers keep a __Host- cookie only when it is Secure, for Path=/ and without Domain:
         // no subdomain or plain-http page can plant or overwrite it.
         cookie_name_(https_ ? "__Host-webapp_session" : "webapp_session"),
         connect_limit_(connect_rate) {}
+
+  /// Keeps every user's grant in PostgreSQL (--token-db), a row per browser,
+  /// sealed with `key`, which also signs the forms: any copy of the app
+  /// sharing the database and the key serves any user.
+  void keep_grants_in(const std::string& conninfo, const cfo::secret& key) {
+#ifdef CONFLUENCE_OAUTH_EXAMPLE_POSTGRES
+    auto db = std::make_shared<cfo::postgres_token_store::database>(client_.get_executor(), conninfo, key);
+    store_for_ = [db](const std::string& browser) -> std::shared_ptr<cfo::token_store> {
+      // The row is named by a digest: the database never holds a cookie a browser could be impersonated with.
+      std::array<unsigned char, EVP_MAX_MD_SIZE> digest;
+      unsigned size = 0;
+      if (EVP_Digest(browser.data(), browser.size(), digest.data(), &size, EVP_sha256(), nullptr) != 1)
+        throw std::runtime_error("SHA-256 failed");
+      return std::make_shared<cfo::postgres_token_store>(db, "web-app:" + hex(digest.data(), size));
+    };
+    csrf_ = csrf_tokens(key);
+#else
+    (void)conninfo;
+    (void)key;
+    throw usage_error("--token-db: this web-app was built without PostgreSQL (libpq)");
+#endif
+  }
 
   std::size_t connections = 0;  // open HTTP connections
 
@@ -809,6 +873,11 @@ class web_app {
   asio::awaitable<response> home(const request& req) {
     auto id = browser_id(req);
     auto user = id ? connected_.find(*id) : connected_.end();
+    if (user == connected_.end() && id && store_for_ && connected_.size() < max_users) {
+      // Signed in at another copy of the app: the grant is in the database.
+      cfo::session stored(client_, store_for_(*id));
+      if (co_await stored.load()) user = connected_.emplace(*id, std::move(stored)).first;
+    }
     if (user == connected_.end())
       co_return start_page(id, "Connect your Confluence Cloud account to see your spaces here.");
     auto session = user->second;  // a handle of its own: the map may change while we wait
@@ -913,7 +982,8 @@ class web_app {
     // Its own token store, on the app's one client (connections, TLS context).
     // The session checks the callback against the authorization (state, code
     // or error), trades the code and holds the grant.
-    cfo::session session(client_, std::make_shared<cfo::memory_token_store>());
+    auto new_id = new_browser_id();
+    cfo::session session(client_, store_for_(new_id));
     try {
       co_await session.complete_authorization(req.target, std::move(*auth));
     } catch (const cfo::oauth_error& e) {
@@ -928,7 +998,6 @@ class web_app {
     // the browser before sign-in (session fixation) is worth nothing after it.
     connected_.erase(*id);
     pending_.forget(*id);
-    auto new_id = new_browser_id();
     connected_.emplace(new_id, std::move(session));
     auto res = redirect_to("/");
     res.headers.emplace_back("Set-Cookie", cookie(new_id));
@@ -1015,6 +1084,9 @@ class web_app {
   rate_limiter connect_limit_;
   pending_authorizations pending_;
   std::unordered_map<std::string, cfo::session> connected_;  // by browser id: the browsers holding a grant
+  // Each user's token store: in memory, or a row in PostgreSQL (keep_grants_in).
+  std::function<std::shared_ptr<cfo::token_store>(const std::string&)> store_for_ =
+      [](const std::string&) -> std::shared_ptr<cfo::token_store> { return std::make_shared<cfo::memory_token_store>(); };
 };
 
 // ---------------------------------------------------------------------------
@@ -1156,6 +1228,7 @@ int main(int argc, char** argv) {
     if (!s.redirect_given) s.config.redirect_uri = origin + "/callback";
     // A bad configuration stops us here, not at the first user.
     auto app = std::make_shared<web_app>(io.get_executor(), s.config, s.connect_rate);
+    if (!s.token_db.empty()) app->keep_grants_in(s.token_db, s.key);
     const auto& callback = app->callback_path();
     if (callback == "/" || callback == "/connect" || callback == "/logout") {
       std::cerr << "web-app: --redirect-uri: the path " << callback << " is taken by the app's own pages\n";

@@ -29,6 +29,7 @@ packages=(
   meson ca-certificates
   doxygen  # scripts/check_docs.sh: the public API's doc comments (docs/Doxyfile, Debian 12's 1.9.4)
   python3-venv  # scripts/test-consumers.sh: pinned conan and meson from PyPI in a venv
+  libpq-dev postgresql  # confluence_oauth_postgres.hpp; its tests start a PostgreSQL 15 of their own
 )
 if (( with_browser )); then
   packages+=(chromium)

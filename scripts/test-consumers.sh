@@ -18,6 +18,9 @@
 #                       (tests/consumers/conan/system_package)
 #   pkg-config          the installed confluence_oauth.pc: validate, build, run;
 #                       the one Meson generates agrees with it
+# cmake-install and pkg-config also build and run tests/consumers/postgres
+# (confluence_oauth::postgres; confluence_oauth_postgres.pc): libpq is
+# required, as in CI.
 #
 # Each runs twice: header-only (the default; the names above) and with the
 # library compiled once (separate compilation; the names with "-separate"):
@@ -199,7 +202,13 @@ consumer_cmake_install() {
       "$libdir/cmake/confluence_oauth/confluence_oauthConfigVersion.cmake" \
       "$libdir/cmake/confluence_oauth/confluence_oauthTargets.cmake" \
       "$libdir/cmake/confluence_oauth/confluence_oauthTargets-noconfig.cmake" \
-      "$libdir/pkgconfig/confluence_oauth.pc" | sort)
+      "$libdir/pkgconfig/confluence_oauth.pc" \
+      include/confluence_oauth_postgres.hpp \
+      include/confluence_oauth_postgres.sql \
+      "$libdir/libconfluence_oauth_postgres.a" \
+      "$libdir/cmake/confluence_oauth/confluence_oauth_postgresTargets.cmake" \
+      "$libdir/cmake/confluence_oauth/confluence_oauth_postgresTargets-noconfig.cmake" \
+      "$libdir/pkgconfig/confluence_oauth_postgres.pc" | sort)
   else
     expected=$(printf '%s\n' \
       include/confluence_oauth.hpp \
@@ -207,18 +216,27 @@ consumer_cmake_install() {
       share/cmake/confluence_oauth/confluence_oauthConfig.cmake \
       share/cmake/confluence_oauth/confluence_oauthConfigVersion.cmake \
       share/cmake/confluence_oauth/confluence_oauthTargets.cmake \
-      share/pkgconfig/confluence_oauth.pc | sort)
+      share/pkgconfig/confluence_oauth.pc \
+      include/confluence_oauth_postgres.hpp \
+      include/confluence_oauth_postgres.sql \
+      share/cmake/confluence_oauth/confluence_oauth_postgresTargets.cmake \
+      share/pkgconfig/confluence_oauth_postgres.pc | sort)
   fi
   actual=$(cd "$p" && find . -type f | sed 's|^\./||' | sort)
   echo "installed:"; echo "$actual" | sed 's/^/  /'
   [[ "$actual" == "$expected" ]] ||
-    fail "installed files differ from the expected header + $(separate && echo "library + ")CMake package + .pc"
+    fail "installed files differ from the expected headers + $(separate && echo "libraries + ")CMake package + .pc files"
 
   local b=$out/$current_step
   cmake -S tests/consumers/cmake-install -B "$b" "${generator[@]}" \
     -DCMAKE_PREFIX_PATH="$p" || fail "consumer configure failed (find_package)"
   cmake --build "$b" || fail "consumer build failed"
   run_consumer "$b/consumer"
+
+  cmake -S tests/consumers/postgres -B "$b-postgres" "${generator[@]}" \
+    -DCMAKE_PREFIX_PATH="$p" || fail "postgres consumer configure failed (find_package COMPONENTS postgres)"
+  cmake --build "$b-postgres" || fail "postgres consumer build failed"
+  run_consumer "$b-postgres/consumer_postgres"
 }
 
 # ---------------------------------------------------------------------------
@@ -462,6 +480,13 @@ consumer_pkg_config() {
   # shellcheck disable=SC2086
   g++ -std=c++20 main.cpp $flags || fail "build with pkg-config's flags failed"
   run_consumer ./a.out
+  pkg-config --validate confluence_oauth_postgres || fail "pkg-config --validate confluence_oauth_postgres failed"
+  flags=$(pkg-config --cflags --libs confluence_oauth_postgres) || fail "pkg-config confluence_oauth_postgres failed"
+  echo "+ g++ -std=c++20 postgres/main.cpp $flags"
+  # shellcheck disable=SC2086
+  g++ -std=c++20 -o consumer_postgres "$repo/tests/consumers/postgres/main.cpp" $flags ||
+    fail "build with confluence_oauth_postgres.pc's flags failed"
+  run_consumer ./consumer_postgres
   cd "$repo"
 
   # Meson writes its .pc at setup time (meson-private/): set up the top-level

@@ -4,6 +4,9 @@
 #      only: the docs_check test of each build below fails on an undocumented
 #      public name)                                     -> build/docs
 #   1. CMake + Ninja, g++, Release (the project's own -O3 flags)  -> build/test
+#      with the PostgreSQL store's tests, in this stage only (a server of
+#      their own, scripts/pg-cluster.sh; about 2 min, the 60 s many-hosts run
+#      included)
 #      then a seconds-long smoke of the benchmark, bench/run --smoke, with that
 #      build's bench-ours and every rival client    -> build/bench-smoke
 #   2. CMake + Ninja, clang 14, Debug (-O0 -g1), ASan + UBSan -> build/asan

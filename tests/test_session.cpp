@@ -4,7 +4,6 @@
 #include <doctest/doctest.h>
 
 #include "confluence_oauth.hpp"
-#include "examples/database_token_store.hpp"
 #include "fake_atlassian.hpp"
 #include "fake_client.hpp"
 #include "program_args.hpp"
@@ -681,35 +680,6 @@ TEST_CASE("four threads on one io_context share one session across expiries") {
   CHECK(ok == 3 * 40 * 5);
   CHECK(failed == 0);
   CHECK(f.srv.stats().refresh_grants == 3);
-}
-
-TEST_CASE("two hosts sharing a database-backed store refresh once") {
-  session_fixture f;
-  f.expire_locally();
-  auto db = std::make_shared<example::grant_table>();
-  example::database_token_store seed(db, "alice");
-  test_util::run([&](auto) -> asio::awaitable<void> { co_await seed.save(f.granted); });
-  const auto before = f.srv.stats();
-  std::atomic<int> ok{0};
-  auto host = [&] {
-    asio::io_context io;
-    auto store = std::make_shared<example::database_token_store>(db, "alice");
-    cfo::session s(io.get_executor(), f.cfg, store);
-    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-      co_await s.load();
-      co_await s.get_json(pages_of(f.srv));
-      ++ok;
-    }, asio::detached);
-    io.run_for(30s);
-  };
-  std::thread a(host), b(host);
-  a.join();
-  b.join();
-  CHECK(ok == 2);
-  CHECK(f.srv.stats().refresh_grants - before.refresh_grants == 1);
-  auto stored = test_util::run([&](auto) -> asio::awaitable<std::optional<cfo::token_set>> { co_return co_await seed.load(); });
-  REQUIRE(stored);
-  CHECK_FALSE(stored->refresh_token == f.granted.refresh_token);
 }
 
 }  // TEST_SUITE("session")

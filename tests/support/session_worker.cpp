@@ -1,6 +1,8 @@
 // session-worker — one of several processes that share a file token store, for
 // the multi-process test: it loads the saved grant and keeps calling the fake
 // server's Confluence API for a while, refreshing through its session.
+// Built with CFO_WITH_POSTGRES (pg-session-worker), it shares a grant in
+// PostgreSQL instead (--token-db, --grant-key; --key-file is then required).
 //
 //   session-worker --base-url URL --ca-file PEM --store PATH [--key-file PATH]
 //                  --seconds S [--skew SECS] [--concurrency C]
@@ -10,6 +12,9 @@
 // arguments.
 #include "confluence_oauth.hpp"
 #include "program_args.hpp"
+#ifdef CFO_WITH_POSTGRES
+#include "confluence_oauth_postgres.hpp"
+#endif
 
 #include <chrono>
 #include <cstdlib>
@@ -37,12 +42,16 @@ constexpr std::string_view usage_text =
     "  --seconds S      how long to keep sending requests\n"
     "  --skew SECS      session_options::refresh_skew (default 60)\n"
     "  --concurrency C  requests in flight at once (default 4)\n"
+#ifdef CFO_WITH_POSTGRES
+    "  --token-db CONNINFO  keep the grant in this PostgreSQL database, not in --store\n"
+    "  --grant-key NAME     the grant's row there\n"
+#endif
     "Exit status: 0 if every request succeeded, 1 otherwise, 2 on bad arguments.\n";
 
 constexpr const char* pages_target = "/ex/confluence/a1b2c3d4-0000-4000-8000-000000000001/wiki/api/v2/pages?limit=1";
 
 struct arguments {
-  std::string base_url, ca_file, store, key_file;
+  std::string base_url, ca_file, store, key_file, token_db, grant_key;
   int seconds = -1;
   int skew = 60;
   int concurrency = 4;
@@ -70,10 +79,16 @@ arguments parse(int argc, char** argv) {
     else if (flag == "--seconds") a.seconds = to_int(flag, value, 0);
     else if (flag == "--skew") a.skew = to_int(flag, value, 0);
     else if (flag == "--concurrency") a.concurrency = to_int(flag, value, 1);
+#ifdef CFO_WITH_POSTGRES
+    else if (flag == "--token-db") a.token_db = value;
+    else if (flag == "--grant-key") a.grant_key = value;
+#endif
     else usage_error("unknown argument " + flag);
   }
-  if (a.base_url.empty() || a.ca_file.empty() || a.store.empty() || a.seconds < 0)
-    usage_error("--base-url, --ca-file, --store and --seconds are required");
+  if (a.base_url.empty() || a.ca_file.empty() || (a.store.empty() && a.token_db.empty()) || a.seconds < 0)
+    usage_error("--base-url, --ca-file, --store (or --token-db) and --seconds are required");
+  if (!a.token_db.empty() && (a.grant_key.empty() || a.key_file.empty()))
+    usage_error("--token-db needs --grant-key and --key-file");
   return a;
 }
 
@@ -127,11 +142,19 @@ int main(int argc, char** argv) {
   tally t;
   try {
     auto key = read_key(a.key_file);
-    auto store = key ? std::make_shared<cfo::file_token_store>(a.store, std::move(*key))
-                     : std::make_shared<cfo::file_token_store>(a.store);
+    asio::io_context io(1);
+    std::shared_ptr<cfo::token_store> store;
+#ifdef CFO_WITH_POSTGRES
+    if (!a.token_db.empty())
+      store = std::make_shared<cfo::postgres_token_store>(
+          std::make_shared<cfo::postgres_token_store::database>(io.get_executor(), a.token_db, std::move(*key)),
+          a.grant_key);
+#endif
+    if (!store)
+      store = key ? std::make_shared<cfo::file_token_store>(a.store, std::move(*key))
+                  : std::make_shared<cfo::file_token_store>(a.store);
     cfo::session_options options;
     options.refresh_skew = std::chrono::seconds(a.skew);
-    asio::io_context io(1);
     cfo::session s(io.get_executor(), config_for(a), store, options);
     std::exception_ptr failed;
     asio::co_spawn(io, start(s, a, t), [&](std::exception_ptr e) { failed = e; });

@@ -1,0 +1,637 @@
+// confluence_oauth_postgres.hpp — a token store on PostgreSQL, for grants that
+// several hosts share (a web app behind a load balancer, a fleet of workers).
+//
+// An optional companion of confluence_oauth.hpp: include it after the main
+// header and link libpq (CMake target confluence_oauth::postgres, pkg-config
+// confluence_oauth_postgres). Users who do not include it do not need libpq.
+//
+//   One row per grant, keyed by a name the caller chooses (for a web app, the
+//   Atlassian account id), in the table of confluence_oauth_postgres.sql,
+//   created on first use unless settings::create_table is false.
+//   lock()    a PostgreSQL advisory lock held by a connection of its own for
+//             the refresh: a host that dies mid-refresh releases it with its
+//             connection. A wait has a deadline (settings::lock_timeout).
+//   replace() an UPDATE conditional on the row's version column: atomic
+//             without the lock.
+//   Tokens    sealed with AES-256-GCM under the caller's key, the grant's name
+//             bound in as associated data, so rows cannot be swapped.
+//
+// Everything runs on the caller's executor through libpq's non-blocking API
+// (PQconnectStart/PQconnectPoll, PQsendQueryParams, PQflush, PQconsumeInput,
+// PQisBusy, PQgetResult) on an Asio descriptor for PQsocket: no thread of its
+// own, no blocking call on the executor, except the host name lookup libpq
+// makes when a connection starts (give `hostaddr` or a Unix socket to avoid it).
+//
+// Both compilation modes: with CONFLUENCE_OAUTH_SEPARATE_COMPILATION, one file
+// also defines CONFLUENCE_OAUTH_POSTGRES_IMPLEMENTATION (src/confluence_oauth_postgres.cpp),
+// so that the main compiled library never needs libpq.
+#pragma once
+
+#include "confluence_oauth.hpp"
+
+#include <libpq-fe.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#if !defined(CONFLUENCE_OAUTH_SEPARATE_COMPILATION)
+#define CONFLUENCE_OAUTH_POSTGRES_DEFINE 1
+#define CONFLUENCE_OAUTH_POSTGRES_INLINE inline
+#elif defined(CONFLUENCE_OAUTH_POSTGRES_IMPLEMENTATION)
+#define CONFLUENCE_OAUTH_POSTGRES_DEFINE 1
+#define CONFLUENCE_OAUTH_POSTGRES_INLINE
+#else
+#define CONFLUENCE_OAUTH_POSTGRES_DEFINE 0
+#define CONFLUENCE_OAUTH_POSTGRES_INLINE
+#endif
+
+namespace confluence_oauth {
+
+// ============================================================================
+// Connections
+//   One libpq connection driven by Asio: connect and query with a deadline,
+//   each wait on the socket's readiness. A connection that failed mid-way is
+//   broken and never reused. The pool keeps a few idle ones; an operation
+//   takes one, or opens one, and gives it back.
+// ============================================================================
+
+namespace detail {
+
+struct pg_result_deleter {
+  void operator()(PGresult* r) const noexcept { PQclear(r); }
+};
+using pg_result = std::unique_ptr<PGresult, pg_result_deleter>;
+
+class pg_connection : public std::enable_shared_from_this<pg_connection> {
+ public:
+  using deadline = std::chrono::steady_clock::time_point;
+
+  explicit pg_connection(asio::any_io_executor ex);
+  pg_connection(const pg_connection&) = delete;
+  pg_connection& operator=(const pg_connection&) = delete;
+  ~pg_connection();
+
+  /// Opens the connection; throws store_error naming libpq's reason.
+  asio::awaitable<void> connect(std::string conninfo, deadline until);
+
+  /// Runs one parameterized statement (text parameters, text results) and
+  /// returns its result, whatever its status. Throws store_error when the
+  /// connection fails or the deadline passes; the connection is broken then.
+  asio::awaitable<pg_result> query(const char* sql, std::vector<std::string> params, deadline until);
+
+  /// Whether the connection failed: it is not reused.
+  bool broken() const noexcept;
+
+  /// Whether the server closed the connection (rather than a statement timing out).
+  bool lost() const noexcept;
+
+  /// For an idle connection: reads what the server sent meanwhile, without
+  /// waiting; false when it closed the connection (a restart, an idle timeout).
+  bool still_open() noexcept;
+
+ private:
+  asio::awaitable<void> wait(asio::posix::descriptor_base::wait_type type, deadline until);
+  [[noreturn]] void fail_broken(const std::string& what);
+  static void ignore_notice(void*, const char*) noexcept {}
+  void on_deadline();
+
+  asio::strand<asio::any_io_executor> strand_;
+  asio::posix::stream_descriptor socket_;  // libpq owns the descriptor: released, never closed
+  asio::steady_timer timer_;
+  PGconn* conn_ = nullptr;
+  std::uint64_t generation_ = 0;
+  bool broken_ = false;
+};
+
+/// The status of a result, or store_error naming the server's SQLSTATE and message.
+void check_pg_result(const pg_result& r, const char* what);
+
+/// The connections one database's stores share, and whether the table exists.
+class pg_pool : public std::enable_shared_from_this<pg_pool> {
+ public:
+  pg_pool(asio::any_io_executor ex, std::string conninfo, std::size_t idle_limit,
+          std::chrono::milliseconds connect_timeout, std::chrono::milliseconds query_timeout, bool create_table);
+
+  /// One statement on a pooled connection; once more on a fresh connection
+  /// when a reused one turns out dead (the server restarted). Throws store_error.
+  asio::awaitable<pg_result> exec(const char* sql, std::vector<std::string> params, const char* what);
+
+  struct held_result {
+    std::shared_ptr<pg_connection> connection;
+    pg_result result;
+  };
+  /// As exec, but the connection stays the caller's (a lock holds it).
+  asio::awaitable<held_result> exec_holding(const char* sql, std::vector<std::string> params, const char* what);
+
+  /// Back to the idle connections, unless broken or there are enough.
+  void give_back(std::shared_ptr<pg_connection> c);
+
+  /// Releases the advisory lock `id` on `c`, then gives `c` back: in the
+  /// background, since a store_lock ends synchronously. Should the unlock
+  /// fail, `c` closes, which releases the lock as surely.
+  void unlock_later(std::shared_ptr<pg_connection> c, std::string id);
+
+  asio::any_io_executor executor() const { return ex_; }
+  std::chrono::milliseconds query_timeout() const noexcept { return query_timeout_; }
+
+ private:
+  asio::awaitable<std::shared_ptr<pg_connection>> acquire(bool& reused);
+  asio::awaitable<void> ensure_table(pg_connection& c);
+  asio::awaitable<void> unlock(std::shared_ptr<pg_connection> c, std::string id);
+  pg_connection::deadline query_deadline() const;
+
+  asio::any_io_executor ex_;
+  std::string conninfo_;
+  std::size_t idle_limit_;
+  std::chrono::milliseconds connect_timeout_, query_timeout_;
+  bool create_table_;
+  std::mutex mutex_;
+  std::vector<std::shared_ptr<pg_connection>> idle_;
+  bool table_ready_ = false;
+};
+
+}  // namespace detail
+
+// ============================================================================
+// The store
+// ============================================================================
+
+/// A token_store on PostgreSQL for grants that several hosts share: one row
+/// per grant, refreshed once across all of them. Thread-safe.
+///
+/// Every failure throws oauth_error and leaves the stored grant as it was:
+/// store_error (the server unreachable, a statement failed or timed out, a
+/// lock wait passed its deadline: retry later), store_corrupt (a row that does
+/// not open under its name: sign in again), store_key_mismatch (a row sealed
+/// with another key), invalid_config (a bad key or grant name).
+class postgres_token_store final : public token_store {
+ public:
+  /// How a database's stores connect, wait and keep connections.
+  struct settings {
+    /// Idle connections kept for reuse. An operation in flight uses one
+    /// connection, a held lock one more.
+    std::size_t idle_connections = 4;
+    /// Longest wait for a new connection (libpq's own connect_timeout does
+    /// not apply to its non-blocking connect).
+    std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+    /// Longest wait for one statement's answer.
+    std::chrono::milliseconds query_timeout{std::chrono::seconds(30)};
+    /// Longest wait in lock() for another host's refresh: longer than a
+    /// refresh with all its retries.
+    std::chrono::milliseconds lock_timeout{std::chrono::minutes(5)};
+    /// Runs the CREATE TABLE IF NOT EXISTS of confluence_oauth_postgres.sql
+    /// on first use; false where the table is made by hand.
+    bool create_table = true;
+  };
+
+  /// One PostgreSQL database, its connections and the key its rows are sealed
+  /// with: shared by the stores of every grant kept there.
+  class database {
+   public:
+    /// Connects (lazily) with `conninfo`, a libpq connection string or URI;
+    /// seals rows with `key`, exactly 32 bytes (file_token_store::generate_key()
+    /// makes one). Throws invalid_config for another key length.
+    database(asio::any_io_executor ex, std::string conninfo, secret key, settings s);
+    /// As above, with the default settings.
+    database(asio::any_io_executor ex, std::string conninfo, secret key);
+
+   private:
+    friend class postgres_token_store;
+    std::shared_ptr<detail::pg_pool> pool_;
+    secret key_;
+    std::string key_id_;
+    std::chrono::milliseconds lock_timeout_;
+  };
+
+  /// The grant named `grant_key` (any non-empty text without NUL) in `db`.
+  postgres_token_store(std::shared_ptr<database> db, std::string grant_key);
+
+  /// The row's name.
+  const std::string& grant_key() const noexcept;
+
+  /// The stored grant, or nullopt when the row does not exist.
+  asio::awaitable<std::optional<token_set>> load() override;
+  /// Inserts or overwrites the row (INSERT ... ON CONFLICT DO UPDATE).
+  asio::awaitable<void> save(const token_set& tokens) override;
+  /// Deletes the row.
+  asio::awaitable<void> clear() override;
+  /// Takes the grant's advisory lock on a connection of its own, polling
+  /// pg_try_advisory_lock until settings::lock_timeout (then store_error).
+  asio::awaitable<store_lock> lock() override;
+  /// Reads the row and its version, then updates it only if the version is
+  /// still the same: atomic without lock().
+  asio::awaitable<bool> replace(const std::optional<token_set>& expected, const token_set& next) override;
+
+ private:
+  struct row {
+    std::string version;
+    token_set tokens;
+  };
+  asio::awaitable<std::optional<row>> read();
+  std::string seal(const token_set& tokens) const;
+  token_set open(std::string_view key_id, std::string_view sealed) const;
+  std::string associated_data() const;
+  std::string lock_id() const;
+
+  std::shared_ptr<database> db_;
+  std::string grant_key_;
+};
+
+#if CONFLUENCE_OAUTH_POSTGRES_DEFINE
+namespace detail {
+
+// The statements, all parameterized. The table is confluence_oauth_postgres.sql's.
+inline constexpr const char* pg_create_table =
+    "CREATE TABLE IF NOT EXISTS confluence_oauth_grants (\n"
+    "  grant_key  text        PRIMARY KEY,\n"
+    "  version    bigint      NOT NULL,\n"
+    "  key_id     text        NOT NULL,\n"
+    "  sealed     text        NOT NULL,\n"
+    "  updated_at timestamptz NOT NULL DEFAULT now()\n"
+    ")";
+inline constexpr const char* pg_select =
+    "SELECT version, key_id, sealed FROM confluence_oauth_grants WHERE grant_key = $1";
+inline constexpr const char* pg_upsert =
+    "INSERT INTO confluence_oauth_grants (grant_key, version, key_id, sealed) VALUES ($1, 1, $2, $3) "
+    "ON CONFLICT (grant_key) DO UPDATE SET version = confluence_oauth_grants.version + 1, "
+    "key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed, updated_at = now()";
+inline constexpr const char* pg_insert_new =
+    "INSERT INTO confluence_oauth_grants (grant_key, version, key_id, sealed) VALUES ($1, 1, $2, $3) "
+    "ON CONFLICT (grant_key) DO NOTHING";
+inline constexpr const char* pg_update_if =
+    "UPDATE confluence_oauth_grants SET version = version + 1, key_id = $3, sealed = $4, updated_at = now() "
+    "WHERE grant_key = $1 AND version = $2";
+inline constexpr const char* pg_delete = "DELETE FROM confluence_oauth_grants WHERE grant_key = $1";
+inline constexpr const char* pg_try_lock = "SELECT pg_try_advisory_lock($1::bigint)";
+inline constexpr const char* pg_unlock = "SELECT pg_advisory_unlock($1::bigint)";
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE pg_connection::pg_connection(asio::any_io_executor ex)
+    : strand_(asio::make_strand(ex)), socket_(strand_), timer_(strand_) {}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE pg_connection::~pg_connection() {
+  if (socket_.is_open()) socket_.release();
+  if (conn_) PQfinish(conn_);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE bool pg_connection::broken() const noexcept {
+  return broken_ || !conn_ || PQstatus(conn_) != CONNECTION_OK;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE bool pg_connection::lost() const noexcept {
+  return !conn_ || PQstatus(conn_) == CONNECTION_BAD;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE bool pg_connection::still_open() noexcept {
+  return !broken() && PQconsumeInput(conn_) == 1 && PQstatus(conn_) == CONNECTION_OK;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_connection::fail_broken(const std::string& what) {
+  broken_ = true;
+  std::string reason = conn_ ? PQerrorMessage(conn_) : "out of memory";
+  for (char& c : reason)
+    if (c == '\n' || c == '\t') c = ' ';
+  while (!reason.empty() && reason.back() == ' ') reason.pop_back();
+  fail(errc::store_error, "PostgreSQL: " + what + (reason.empty() ? "" : ": " + reason));
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_connection::on_deadline() {
+  std::error_code ignored;
+  socket_.cancel(ignored);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::wait(asio::posix::descriptor_base::wait_type type,
+                                                                        deadline until) {
+  const auto generation = ++generation_;
+  timer_.expires_at(until);
+  timer_.async_wait([weak = weak_from_this(), generation](std::error_code ec) {
+    if (ec) return;
+    // A handler queued as the wait ended must not cancel the next one.
+    if (auto self = weak.lock(); self && self->generation_ == generation) self->on_deadline();
+  });
+  auto [ec] = co_await socket_.async_wait(type, use_tuple);
+  ++generation_;
+  timer_.cancel();
+  if (!ec) co_return;
+  broken_ = true;  // mid-way through a statement or a connect: never reused
+  if (std::chrono::steady_clock::now() >= until) fail(errc::store_error, "PostgreSQL did not answer in time");
+  throw oauth_error(ec, "waiting for PostgreSQL");
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::connect(std::string conninfo, deadline until) {
+  co_await asio::dispatch(asio::bind_executor(strand_, asio::use_awaitable));
+  conn_ = PQconnectStart(conninfo.c_str());
+  wipe_on_exit wipe{conninfo};  // it may hold a password
+  if (!conn_ || PQstatus(conn_) == CONNECTION_BAD) fail_broken("cannot connect");
+  for (auto poll = PGRES_POLLING_WRITING; poll != PGRES_POLLING_OK; poll = PQconnectPoll(conn_)) {
+    if (poll == PGRES_POLLING_FAILED) fail_broken("cannot connect");
+    // libpq may change sockets between polls (another address, SSL retried):
+    // watch the one it uses now.
+    if (socket_.is_open()) socket_.release();
+    socket_.assign(PQsocket(conn_));
+    co_await wait(poll == PGRES_POLLING_READING ? asio::posix::descriptor_base::wait_read
+                                                : asio::posix::descriptor_base::wait_write,
+                  until);
+  }
+  if (socket_.is_open()) socket_.release();
+  socket_.assign(PQsocket(conn_));
+  PQsetNoticeProcessor(conn_, ignore_notice, nullptr);  // libpq would print them on stderr
+  if (PQsetnonblocking(conn_, 1) != 0) fail_broken("cannot make the connection non-blocking");
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_result> pg_connection::query(const char* sql,
+                                                                              std::vector<std::string> params,
+                                                                              deadline until) {
+  co_await asio::dispatch(asio::bind_executor(strand_, asio::use_awaitable));
+  std::vector<const char*> values;
+  for (const auto& p : params) values.push_back(p.c_str());
+  const int sent = PQsendQueryParams(conn_, sql, static_cast<int>(values.size()), nullptr, values.data(), nullptr,
+                                     nullptr, 0);
+  for (auto& p : params) OPENSSL_cleanse(p.data(), p.size());
+  if (sent != 1) fail_broken("cannot send a statement");
+  for (int left = PQflush(conn_); left != 0; left = PQflush(conn_)) {
+    if (left < 0) fail_broken("cannot send a statement");
+    co_await wait(asio::posix::descriptor_base::wait_write, until);
+  }
+  pg_result first;
+  for (;;) {
+    while (PQisBusy(conn_)) {
+      co_await wait(asio::posix::descriptor_base::wait_read, until);
+      if (PQconsumeInput(conn_) != 1) fail_broken("the connection failed");
+    }
+    pg_result r(PQgetResult(conn_));
+    if (!r) break;
+    if (!first) first = std::move(r);
+  }
+  if (!first) fail_broken("no answer");
+  co_return first;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE void check_pg_result(const pg_result& r, const char* what) {
+  const auto status = PQresultStatus(r.get());
+  if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return;
+  const char* state = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+  const char* message = PQresultErrorField(r.get(), PG_DIAG_MESSAGE_PRIMARY);
+  fail(errc::store_error, std::string("PostgreSQL: ") + what + " failed (SQLSTATE " + (state ? state : "none") +
+                              "): " + (message ? message : PQresStatus(status)));
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE pg_pool::pg_pool(asio::any_io_executor ex, std::string conninfo,
+                                                  std::size_t idle_limit, std::chrono::milliseconds connect_timeout,
+                                                  std::chrono::milliseconds query_timeout, bool create_table)
+    : ex_(std::move(ex)),
+      conninfo_(std::move(conninfo)),
+      idle_limit_(idle_limit),
+      connect_timeout_(connect_timeout),
+      query_timeout_(query_timeout),
+      create_table_(create_table) {}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE pg_connection::deadline pg_pool::query_deadline() const {
+  return std::chrono::steady_clock::now() + query_timeout_;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<std::shared_ptr<pg_connection>> pg_pool::acquire(bool& reused) {
+  for (std::shared_ptr<pg_connection> c;;) {
+    {
+      std::lock_guard lock(mutex_);
+      if (idle_.empty()) break;
+      c = std::move(idle_.back());
+      idle_.pop_back();
+    }
+    reused = true;
+    if (c->still_open()) co_return c;
+  }
+  reused = false;
+  auto c = std::make_shared<pg_connection>(ex_);
+  co_await c->connect(conninfo_, std::chrono::steady_clock::now() + connect_timeout_);
+  co_await ensure_table(*c);
+  co_return c;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_pool::ensure_table(pg_connection& c) {
+  {
+    std::lock_guard lock(mutex_);
+    if (table_ready_ || !create_table_) co_return;
+  }
+  auto r = co_await c.query(pg_create_table, {}, query_deadline());
+  // Hosts starting together race on the catalog: someone else's table is as good.
+  const char* state = PQresultErrorField(r.get(), PG_DIAG_SQLSTATE);
+  const std::string_view raced = state ? state : "";
+  if (raced != "23505" && raced != "42P07") check_pg_result(r, "creating the table");
+  std::lock_guard lock(mutex_);
+  table_ready_ = true;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_pool::held_result> pg_pool::exec_holding(
+    const char* sql, std::vector<std::string> params, const char* what) {
+  for (int attempt = 0;; ++attempt) {
+    bool reused = false;
+    auto c = co_await acquire(reused);
+    std::exception_ptr failed;
+    pg_result r;
+    try {
+      r = co_await c->query(sql, params, query_deadline());
+    } catch (const oauth_error&) {
+      failed = std::current_exception();
+    }
+    if (!failed) {
+      if (PQresultStatus(r.get()) != PGRES_COMMAND_OK && PQresultStatus(r.get()) != PGRES_TUPLES_OK)
+        give_back(c);  // the statement failed, not the connection
+      check_pg_result(r, what);
+      co_return held_result{std::move(c), std::move(r)};
+    }
+    // A reused connection the server closed (a restart): so are the other
+    // idle ones. Once more on a fresh connection; a second failure is real.
+    if (!reused || attempt > 0 || !c->lost()) std::rethrow_exception(failed);
+    std::lock_guard lock(mutex_);
+    idle_.clear();
+  }
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_result> pg_pool::exec(const char* sql,
+                                                                      std::vector<std::string> params,
+                                                                      const char* what) {
+  auto held = co_await exec_holding(sql, std::move(params), what);
+  give_back(std::move(held.connection));
+  co_return std::move(held.result);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_pool::give_back(std::shared_ptr<pg_connection> c) {
+  if (c->broken()) return;
+  std::lock_guard lock(mutex_);
+  if (idle_.size() < idle_limit_) idle_.push_back(std::move(c));
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_pool::unlock_later(std::shared_ptr<pg_connection> c, std::string id) {
+  asio::co_spawn(ex_, unlock(std::move(c), std::move(id)), asio::detached);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_pool::unlock(std::shared_ptr<pg_connection> c,
+                                                                    std::string id) {
+  try {
+    std::vector<std::string> params;
+    params.push_back(std::move(id));
+    auto r = co_await c->query(pg_unlock, std::move(params), query_deadline());
+    if (PQresultStatus(r.get()) == PGRES_TUPLES_OK) give_back(std::move(c));
+  } catch (const std::exception&) {
+    // `c` closes as it goes: the server releases the lock with the connection.
+  }
+}
+
+}  // namespace detail
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE postgres_token_store::database::database(asio::any_io_executor ex,
+                                                                         std::string conninfo, secret key,
+                                                                         settings s)
+    : pool_(std::make_shared<detail::pg_pool>(std::move(ex), std::move(conninfo), s.idle_connections,
+                                              s.connect_timeout, s.query_timeout, s.create_table)),
+      key_(std::move(key)),
+      lock_timeout_(s.lock_timeout) {
+  if (key_.reveal().size() != 32)
+    detail::fail(errc::invalid_config, "postgres_token_store: the encryption key must be 32 bytes, not " +
+                                           std::to_string(key_.reveal().size()));
+  auto digest = detail::sha256("confluence_oauth postgres_token_store key id:" + key_.reveal());
+  key_id_ = detail::base64url_encode(digest.data(), 9);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE postgres_token_store::database::database(asio::any_io_executor ex,
+                                                                         std::string conninfo, secret key)
+    : database(std::move(ex), std::move(conninfo), std::move(key), settings{}) {}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE postgres_token_store::postgres_token_store(std::shared_ptr<database> db,
+                                                                           std::string grant_key)
+    : db_(std::move(db)), grant_key_(std::move(grant_key)) {
+  if (!db_) detail::fail(errc::invalid_config, "postgres_token_store: no database");
+  if (grant_key_.empty() || grant_key_.find('\0') != std::string::npos)
+    detail::fail(errc::invalid_config, "postgres_token_store: the grant key must be non-empty text without NUL");
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE const std::string& postgres_token_store::grant_key() const noexcept {
+  return grant_key_;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE std::string postgres_token_store::associated_data() const {
+  return "confluence_oauth/postgres/1\ntoken_set\n" + grant_key_;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE std::string postgres_token_store::lock_id() const {
+  // The first 8 bytes of a digest of the row's name, as a signed bigint:
+  // another grant shares it with odds of 2^-64.
+  const auto digest = detail::sha256("confluence_oauth grant lock:" + grant_key_);
+  std::uint64_t bits = 0;
+  for (int i = 0; i < 8; ++i) bits = bits << 8 | digest[static_cast<std::size_t>(i)];
+  return std::to_string(static_cast<std::int64_t>(bits));
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE std::string postgres_token_store::seal(const token_set& tokens) const {
+  std::string text = tokens.to_json().dump();
+  detail::wipe_on_exit wipe{text};
+  return detail::base64url_encode(detail::aes256gcm_seal(db_->key_.reveal(), text, associated_data()));
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE token_set postgres_token_store::open(std::string_view key_id,
+                                                                     std::string_view sealed) const {
+  const std::string where = "the grant \"" + grant_key_ + "\" in PostgreSQL";
+  if (!detail::constant_time_equal(key_id, db_->key_id_))
+    detail::fail(errc::store_key_mismatch, where + " was sealed with another key");
+  auto data = detail::base64_decode(sealed);
+  auto plain = data ? detail::aes256gcm_open(db_->key_.reveal(), *data, associated_data()) : std::nullopt;
+  // The right key but a tag that does not match: an altered row, or one
+  // sealed for another grant and copied here.
+  if (!plain)
+    detail::fail(errc::store_corrupt, where + " has been altered, or was sealed for another grant");
+  detail::wipe_on_exit wipe{*plain};
+  auto j = nlohmann::json::parse(*plain, nullptr, false);
+  if (j.is_discarded()) detail::fail(errc::store_corrupt, where + " holds no JSON token set");
+  return token_set::from_json(j);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<std::optional<postgres_token_store::row>> postgres_token_store::read() {
+  std::vector<std::string> params;
+  params.push_back(grant_key_);
+  auto r = co_await db_->pool_->exec(detail::pg_select, std::move(params), "reading a grant");
+  if (PQntuples(r.get()) == 0) co_return std::nullopt;
+  row found{PQgetvalue(r.get(), 0, 0), open(PQgetvalue(r.get(), 0, 1), PQgetvalue(r.get(), 0, 2))};
+  co_return found;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<std::optional<token_set>> postgres_token_store::load() {
+  auto found = co_await read();
+  if (!found) co_return std::nullopt;
+  co_return std::move(found->tokens);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> postgres_token_store::save(const token_set& tokens) {
+  std::vector<std::string> params;
+  params.push_back(grant_key_);
+  params.push_back(db_->key_id_);
+  params.push_back(seal(tokens));
+  co_await db_->pool_->exec(detail::pg_upsert, std::move(params), "saving a grant");
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> postgres_token_store::clear() {
+  std::vector<std::string> params;
+  params.push_back(grant_key_);
+  co_await db_->pool_->exec(detail::pg_delete, std::move(params), "deleting a grant");
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<bool> postgres_token_store::replace(
+    const std::optional<token_set>& expected, const token_set& next) {
+  std::vector<std::string> params;
+  params.push_back(grant_key_);
+  if (!expected) {
+    params.push_back(db_->key_id_);
+    params.push_back(seal(next));
+    auto r = co_await db_->pool_->exec(detail::pg_insert_new, std::move(params), "saving a new grant");
+    co_return std::string_view(PQcmdTuples(r.get())) == "1";
+  }
+  auto stored = co_await read();
+  if (!stored || !detail::same_grant(stored->tokens, expected)) co_return false;
+  params.push_back(stored->version);
+  params.push_back(db_->key_id_);
+  params.push_back(seal(next));
+  auto r = co_await db_->pool_->exec(detail::pg_update_if, std::move(params), "replacing a grant");
+  if (std::string_view(PQcmdTuples(r.get())) == "1") co_return true;
+  // Someone wrote between the read and the update; or this update did, and
+  // the answer was lost with a connection, so it ran once more.
+  auto now = co_await read();
+  co_return now && detail::same_grant(now->tokens, next);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<token_store::store_lock> postgres_token_store::lock() {
+  const auto id = lock_id();
+  const auto deadline = std::chrono::steady_clock::now() + db_->lock_timeout_;
+  auto pool = db_->pool_;
+  std::vector<std::string> params;
+  params.push_back(id);
+  auto held = co_await pool->exec_holding(detail::pg_try_lock, std::move(params), "taking a grant's lock");
+  auto c = std::move(held.connection);
+  asio::steady_timer wait(co_await asio::this_coro::executor);
+  for (std::chrono::milliseconds delay{1}; std::string_view(PQgetvalue(held.result.get(), 0, 0)) != "t";
+       delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      pool->give_back(std::move(c));
+      detail::fail(errc::store_error, "another host has held the lock on the grant \"" + grant_key_ +
+                                          "\" for more than " + std::to_string(db_->lock_timeout_.count()) + " ms");
+    }
+    wait.expires_after(delay);
+    auto [ec] = co_await wait.async_wait(detail::use_tuple);
+    if (ec) throw oauth_error(ec, "waiting for the lock on the grant \"" + grant_key_ + "\": cancelled");
+    std::vector<std::string> again;
+    again.push_back(id);
+    held.result = co_await c->query(detail::pg_try_lock, std::move(again),
+                                    std::chrono::steady_clock::now() + pool->query_timeout());
+    detail::check_pg_result(held.result, "taking a grant's lock");
+  }
+  co_return store_lock([pool, c, id] { pool->unlock_later(c, id); });
+}
+
+#endif  // CONFLUENCE_OAUTH_POSTGRES_DEFINE
+
+}  // namespace confluence_oauth
