@@ -2006,12 +2006,14 @@ class connection : public std::enable_shared_from_this<connection> {
   }
 
   // OpenSSL calls this inside a read or handshake of the connection the SSL
-  // names (connect()), so the connection is alive.
+  // names (connect()), so the connection is alive. A copy is kept: OpenSSL
+  // marks the SSL's own session unusable when the connection is dropped
+  // without a TLS shutdown, as pooled connections are.
   static int new_session(SSL* ssl, SSL_SESSION* session) {
     auto* self = static_cast<connection*>(SSL_get_ex_data(ssl, connection_index()));
-    if (!self) return 0;
-    self->sessions_->put(self->authority_, session);
-    return 1;  // the cache holds the reference now
+    SSL_SESSION* copy = self ? SSL_SESSION_dup(session) : nullptr;
+    if (copy) self->sessions_->put(self->authority_, copy);
+    return 0;  // OpenSSL keeps no reference for us
   }
 
   void on_deadline() {
