@@ -28,7 +28,8 @@ markdown() {
   echo
   echo "**Machine**: $(lscpu | awk -F': *' '/^Model name/ { print $2 }'), $(nproc) cores,"
   echo "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")."
-  echo "nginx runs one worker; each client runs alone against it, as one process (confluence_oauth-2t: two threads)."
+  echo "nginx runs one worker; each client runs alone against it, as one process (confluence_oauth-2t: two threads;"
+  echo "confluence_oauth-json: \`get_json\`, which parses each body, instead of \`request\`)."
   echo
   echo "**Versions**: confluence_oauth $(sed -n 's/^#define CONFLUENCE_OAUTH_VERSION "\([^"]*\)".*/\1/p' confluence_oauth.hpp);"
   echo "$gpp; $clangv; nginx $(nginx -v 2>&1 | sed 's|.*/||'); wrk $(dpkg-query -W -f='${Version}' wrk);"
@@ -39,21 +40,23 @@ markdown() {
   echo
   echo "### Headline"
   echo
-  echo "| concurrency | throughput vs libcurl | vs Node/axios | CPU per request vs libcurl | vs wrk |"
-  echo "|---|---|---|---|---|"
+  echo "| concurrency | throughput vs libcurl | CPU per request vs libcurl | throughput vs Node/axios | vs wrk | get_json vs request |"
+  echo "|---|---|---|---|---|---|"
   local c
   for c in $concurrencies; do
     echo "| $c | $(ratio "$(figure confluence_oauth "$c" 6)" "$(figure libcurl "$c" 6)")× |" \
-      "$(ratio "$(figure confluence_oauth "$c" 6)" "$(figure node-axios "$c" 6)")× |" \
       "$(ratio "$(figure confluence_oauth "$c" 9)" "$(figure libcurl "$c" 9)")× |" \
-      "$(ratio "$(figure confluence_oauth "$c" 6)" "$(figure wrk "$c" 6)")× |"
+      "$(ratio "$(figure confluence_oauth "$c" 6)" "$(figure node-axios "$c" 6)")× |" \
+      "$(ratio "$(figure confluence_oauth "$c" 6)" "$(figure wrk "$c" 6)")× |" \
+      "$(ratio "$(figure confluence_oauth-json "$c" 6)" "$(figure confluence_oauth "$c" 6)")× |"
   done
   echo
   echo "confluence_oauth on one thread. Peak memory at the highest concurrency:"
   local top
   top=$(awk '{ print $NF }' <<<"$concurrencies")
-  echo "$(figure confluence_oauth "$top" 10) MiB against Node/axios's $(figure node-axios "$top" 10) MiB" \
-    "($(ratio "$(figure confluence_oauth "$top" 10)" "$(figure node-axios "$top" 10)")×)."
+  echo "$(figure confluence_oauth "$top" 10) MiB against libcurl's $(figure libcurl "$top" 10) MiB" \
+    "($(ratio "$(figure confluence_oauth "$top" 10)" "$(figure libcurl "$top" 10)")×), Go's $(figure go-oauth2 "$top" 10) MiB" \
+    "and Node/axios's $(figure node-axios "$top" 10) MiB ($(ratio "$(figure confluence_oauth "$top" 10)" "$(figure node-axios "$top" 10)")×)."
   echo
   echo "### Load"
   echo
@@ -78,11 +81,11 @@ markdown() {
   echo "### Refresh storm"
   echo
   echo "$storm_requests requests at once, all holding an expired access token, against the fake Atlassian server (TLS, loopback)."
-  echo "Token requests are counted by the server."
+  echo "Token requests, connections and resumed TLS sessions are counted by the server."
   echo
-  echo "| client | failed requests | seconds until all completed | token requests | granted | refused |"
-  echo "|---|---|---|---|---|---|"
-  awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s |\n", $1, $3, $4, $5, $6, $7 }' "$storm"
+  echo "| client | failed requests | seconds until all completed | token requests | granted | refused | connections | TLS resumptions |"
+  echo "|---|---|---|---|---|---|---|---|"
+  awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $3, $4, $5, $6, $7, $8, $9 }' "$storm"
   echo
   echo "### Many hosts: PostgreSQL"
   echo

@@ -7,6 +7,7 @@
 #include "test_util.hpp"
 
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -574,6 +575,33 @@ TEST_CASE("parser errors are final") {
   CHECK_FALSE(p.done());
 }
 
+TEST_CASE("parser hands out the rest of a Content-Length body to be read straight into") {
+  parser p(parser::kind::response, cfo::detail::http_limits{});
+  const std::string_view head = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123";
+  CHECK(p.feed(head) == head.size());
+  auto space = p.body_space();
+  REQUIRE(space.size() == 6);
+  std::memcpy(space.data(), "456", 3);
+  p.body_received(3);
+  CHECK_FALSE(p.done());
+  space = p.body_space();
+  REQUIRE(space.size() == 3);
+  std::memcpy(space.data(), "789", 3);
+  p.body_received(3);
+  CHECK(p.done());
+  CHECK(p.body_space().empty());
+  CHECK(p.take_response().body == "0123456789");
+}
+
+TEST_CASE("parser has no body space for a chunked or close-delimited body") {
+  parser chunked(parser::kind::response, cfo::detail::http_limits{});
+  chunked.feed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+  CHECK(chunked.body_space().empty());
+  parser to_close(parser::kind::response, cfo::detail::http_limits{});
+  to_close.feed("HTTP/1.1 200 OK\r\n\r\n");
+  CHECK(to_close.body_space().empty());
+}
+
 TEST_CASE("serialize_head writes the URL target the Host header and Content-Length") {
   cfo::http_request req;
   req.method = "POST";
@@ -777,6 +805,16 @@ TEST_CASE("client reads a well-formed response from the raw test server") {
   CHECK(a.response->body == "hello");
   CHECK(a.idle == 1);  // kept alive
   CHECK(a.server_requests == 1);
+}
+
+TEST_CASE("client reads a body many times its receive buffer, head and body in one write") {
+  std::string body(300 * 1024, '\0');
+  for (std::size_t i = 0; i < body.size(); ++i) body[i] = static_cast<char>('a' + i % 26);
+  auto a = fetch_from({.response = "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body});
+  CAPTURE(a.what);
+  REQUIRE(a.response);
+  CHECK(a.response->body == body);
+  CHECK(a.idle == 1);
 }
 
 TEST_CASE("client reports a bad status line as protocol_error") {

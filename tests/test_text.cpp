@@ -391,6 +391,21 @@ TEST_CASE("token responses are checked field by field") {
   }
 }
 
+TEST_CASE("parse_json counts the nesting outside strings only") {
+  using cfo::detail::parse_json;
+  auto nested = [](std::size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); };
+  CHECK_FALSE(parse_json(nested(64)).is_discarded());
+  CHECK(parse_json(nested(65)).is_discarded());
+  // An escaped quote does not end a string: the brackets after it are text.
+  const auto quoted = parse_json(R"({"a":"\")" + std::string(100, '[') + R"("})");
+  REQUIRE_FALSE(quoted.is_discarded());
+  CHECK(quoted["a"] == "\"" + std::string(100, '['));
+  // An escaped backslash does not escape the quote after it: the string ends there.
+  CHECK_FALSE(parse_json(R"(["\\",)" + nested(63) + "]").is_discarded());
+  CHECK(parse_json(R"(["\\",)" + nested(64) + "]").is_discarded());
+  CHECK(parse_json(R"(["unterminated)").is_discarded());
+}
+
 }  // TEST_SUITE
 
 }  // namespace test_text

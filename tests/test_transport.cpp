@@ -459,6 +459,37 @@ TEST_CASE("close_idle drops pooled connections") {
   CHECK(srv.stats().connections == 2);
 }
 
+TEST_CASE("a new connection to a server met before resumes its TLS session") {
+  fake_atlassian::server srv;
+  auto opened = test_util::run(
+      [&](asio::any_io_executor ex) -> asio::awaitable<std::uint64_t> {
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
+        CHECK((co_await get(client, srv.base_url() + resources_path)).status == 401);
+        client.close_idle();
+        CHECK((co_await get(client, srv.base_url() + resources_path)).status == 401);
+        co_return client.connections_opened();
+      },
+      30s);
+  CHECK(opened == 2);
+  CHECK(srv.stats().tls_resumptions == 1);
+}
+
+TEST_CASE("a TLS session is resumed only under the host name its certificate was checked for") {
+  auto srv = make_server({"localhost"});
+  const std::string port = std::to_string(srv.port());
+  auto by_ip = test_util::run(
+      [&](asio::any_io_executor ex) -> asio::awaitable<attempt> {
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{5s, 30s});
+        auto by_name = co_await try_get(client, "https://localhost:" + port + resources_path);
+        CHECK(by_name.response);
+        co_return co_await try_get(client, "https://127.0.0.1:" + port + resources_path);
+      },
+      30s);
+  CAPTURE(by_ip.what);
+  CHECK(by_ip.ec == errc::certificate_rejected);
+  CHECK(srv.stats().tls_resumptions == 0);
+}
+
 TEST_CASE("each origin has its own pooled connections") {
   fake_atlassian::server one;
   fake_atlassian::server two;
@@ -530,6 +561,35 @@ TEST_CASE("a burst of concurrent requests leaves its connections pooled for the 
       60s);
   CHECK(opened == burst);
   CHECK(srv.stats().connections == burst);
+}
+
+TEST_CASE("more concurrent requests than 256 to one origin wait for its 256 connections") {
+  // A thousand requests that waited for one token refresh must not cost a
+  // thousand TLS handshakes: past the limit, requests take returned connections.
+  fake_atlassian::server srv;
+  constexpr int burst = 300;
+  struct result {
+    int ok = 0;
+    std::uint64_t opened = 0;
+  };
+  auto r = test_util::run(
+      [&](asio::any_io_executor ex) -> asio::awaitable<result> {
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{60s, 30s});
+        const std::string url = srv.base_url() + resources_path;
+        int left = burst, ok = 0;
+        asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
+        for (int i = 0; i < burst; ++i)  // all ask for a connection before any finishes
+          asio::co_spawn(ex, status_of(client, url), [&](std::exception_ptr e, int status) {
+            if (!e && status == 401) ++ok;
+            if (--left == 0) all_done.cancel();
+          });
+        co_await all_done.async_wait(cfo::detail::use_tuple);
+        co_return result{ok, client.connections_opened()};
+      },
+      120s);
+  CHECK(r.ok == burst);
+  CHECK(r.opened == 256);
+  CHECK(srv.stats().connections == 256);
 }
 
 TEST_CASE("a pooled connection the server closed is retried transparently on a new connection") {

@@ -1202,6 +1202,10 @@ asio::awaitable<void> server::impl::serve(connection<Stream>& c) {
   if constexpr (std::is_same_v<Stream, tls_stream>) {
     c.deadline.expires_after(idle_timeout);
     co_await c.stream.async_handshake(asio::ssl::stream_base::server, asio::use_awaitable);
+    if (SSL_session_reused(c.stream.native_handle())) {
+      std::lock_guard lock(mu);
+      ++count.tls_resumptions;
+    }
   }
   auto send = [&c](const std::string& bytes) -> asio::awaitable<void> {
     c.deadline.expires_after(idle_timeout);

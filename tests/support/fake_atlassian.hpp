@@ -104,6 +104,7 @@ struct options {
 // others but `injected_retry_statuses`. A delayed answer is a normal one and counts as such.
 struct counters {
   std::uint64_t connections = 0;                // accepted TCP connections
+  std::uint64_t tls_resumptions = 0;            // TLS handshakes that resumed an earlier session
   std::uint64_t requests = 0;                   // requests answered (or stalled), protocol errors included
   std::uint64_t authorize_pages = 0;            // GET /authorize handled (consent page, redirect or error page)
   std::uint64_t authorize_decisions = 0;        // valid Allow/Deny submissions
