@@ -65,14 +65,17 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <ctime>
 #include <fcntl.h>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -352,25 +355,52 @@ namespace confluence_oauth {
 
 /// What a server said about a failure, as far as it said anything.
 struct error_details {
+  /// Atlassian's rate-limit headers, as far as an answer carried them
+  /// (ATLASSIAN.md "Rate limits"); also http_response::rate_limit().
+  struct rate_limit_info {
+    std::optional<std::uint64_t> limit;             ///< X-RateLimit-Limit: requests in the period
+    std::optional<std::uint64_t> remaining;         ///< X-RateLimit-Remaining: requests left in it
+    std::optional<std::chrono::sys_seconds> reset;  ///< X-RateLimit-Reset (ISO 8601): when the period ends
+    bool near_limit = false;                        ///< X-RateLimit-NearLimit: under 20% of the budget is left
+    std::string reason;                             ///< RateLimit-Reason: which limit was hit (sanitized)
+    std::optional<std::chrono::seconds> beta_retry_after;  ///< Beta-Retry-After, read as Retry-After is
+  };
+
   std::string error;              ///< RFC 6749 `error`
   std::string error_description;  ///< RFC 6749 `error_description`, or the API's message (secrets redacted)
   std::string error_uri;          ///< RFC 6749 `error_uri`
   int http_status = 0;            ///< 0 when no HTTP response was involved
   std::string www_authenticate;   ///< the WWW-Authenticate header
-  std::optional<std::chrono::seconds> retry_after;  ///< Retry-After, when the server sent one
+  /// Retry-After, when the server sent one (seconds or an HTTP date; a huge
+  /// value saturates at seconds::max()), or the wait this session still owes
+  /// the host when the call failed before sending.
+  std::optional<std::chrono::seconds> retry_after;
+  rate_limit_info rate_limit;  ///< the answer's rate-limit headers
+  /// confluence::get_all: the items of the pages read before the one that
+  /// failed, in order.
+  std::vector<nlohmann::json> partial_results;
+  /// confluence::get_all: the page that failed, as a path on the site: give
+  /// it to get_all again to go on where it stopped (empty for other calls).
+  std::string resume_path;
 };
+
+namespace detail {
+struct error_access;
+}
 
 /// The one exception type: a std::system_error with the server's details.
 class oauth_error : public std::system_error {
  public:
   /// `context` says what failed; what the server said goes in `details`.
   oauth_error(std::error_code ec, const std::string& context, error_details details = {})
-      : std::system_error(ec, compose(context, details)), details_(std::move(details)) {}
+      : std::system_error(ec, compose(context, details)), context_(context), details_(std::move(details)) {}
 
   /// All of what the server said.
   const error_details& details() const noexcept { return details_; }
 
  private:
+  friend struct detail::error_access;
+
   static std::string compose(const std::string& context, const error_details& d) {
     std::string text = context;
     if (d.http_status == 0 && d.error.empty()) return text;
@@ -385,6 +415,7 @@ class oauth_error : public std::system_error {
     return text;
   }
 
+  std::string context_;
   error_details details_;
 };
 
@@ -392,6 +423,13 @@ namespace detail {
 [[noreturn]] inline void fail(errc e, const std::string& context, error_details details = {}) {
   throw oauth_error(make_error_code(e), context, std::move(details));
 }
+
+/// The same failure with more details (get_all's partial results): same code, same message.
+struct error_access {
+  static oauth_error with_details(const oauth_error& e, error_details details) {
+    return oauth_error(e.code(), e.context_, std::move(details));
+  }
+};
 }  // namespace detail
 
 // ----------------------------------------------------------------------------
@@ -1328,6 +1366,9 @@ struct http_response {
   std::string reason;    ///< the reason phrase
   http_headers headers;  ///< the response headers
   std::string body;      ///< the whole body
+
+  /// The rate-limit headers (X-RateLimit-*, RateLimit-Reason, Beta-Retry-After) read from `headers`.
+  error_details::rate_limit_info rate_limit() const;
 };
 
 namespace detail {
@@ -1352,6 +1393,110 @@ inline bool header_has_token(std::string_view value, std::string_view token) noe
   }
   return false;
 }
+
+inline std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+
+/// A non-negative decimal of any length, saturating at `most` instead of
+/// overflowing: Atlassian's edge has sent `Retry-After: 9223372036854775807`
+/// (ATLASSIAN.md "Rate limits").
+inline std::optional<std::uint64_t> parse_saturating(std::string_view s, std::uint64_t most) noexcept {
+  if (s.empty()) return std::nullopt;
+  std::uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    const auto digit = static_cast<std::uint64_t>(c - '0');
+    v = v > (most - digit) / 10 ? most : v * 10 + digit;
+  }
+  return v;
+}
+
+/// Retry-After as delta-seconds of any size (saturating at seconds::max()) or
+/// an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+inline std::optional<std::chrono::seconds> parse_retry_after(std::string_view v,
+                                                             std::chrono::system_clock::time_point now) {
+  v = trim(v);
+  if (!v.empty() && v.front() >= '0' && v.front() <= '9') {
+    auto secs = parse_saturating(v, static_cast<std::uint64_t>(std::chrono::seconds::max().count()));
+    if (!secs) return std::nullopt;
+    return std::chrono::seconds(static_cast<std::chrono::seconds::rep>(*secs));
+  }
+  static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  if (v.size() != 29 || v[3] != ',' || v.substr(25) != " GMT") return std::nullopt;
+  auto day = parse_uint<unsigned>(v.substr(5, 2));
+  auto year = parse_uint<unsigned>(v.substr(12, 4));
+  auto hh = parse_uint<unsigned>(v.substr(17, 2));
+  auto mm = parse_uint<unsigned>(v.substr(20, 2));
+  auto ss = parse_uint<unsigned>(v.substr(23, 2));
+  auto month = std::find(std::begin(months), std::end(months), v.substr(8, 3));
+  if (!day || !year || !hh || !mm || !ss || month == std::end(months) || *day < 1 || *day > 31 || *hh > 23 ||
+      *mm > 59 || *ss > 60)
+    return std::nullopt;
+  auto m = static_cast<unsigned>(month - std::begin(months)) + 1;
+  // In seconds since the epoch: a date after 2262 would overflow the clock's nanoseconds.
+  const std::int64_t when = days_from_civil(*year, m, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss;
+  const std::int64_t at = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  return std::chrono::seconds(when > at ? when - at : 0);
+}
+
+/// X-RateLimit-Reset: an ISO 8601 date and time ("2026-01-31T12:00:00Z",
+/// fractions of a second ignored, "Z" or an offset such as "+01:00").
+inline std::optional<std::chrono::sys_seconds> parse_iso8601(std::string_view v) {
+  v = trim(v);
+  if (v.size() < 20 || v[4] != '-' || v[7] != '-' || (v[10] != 'T' && v[10] != 't') || v[13] != ':' || v[16] != ':')
+    return std::nullopt;
+  auto year = parse_uint<unsigned>(v.substr(0, 4));
+  auto month = parse_uint<unsigned>(v.substr(5, 2));
+  auto day = parse_uint<unsigned>(v.substr(8, 2));
+  auto hh = parse_uint<unsigned>(v.substr(11, 2));
+  auto mm = parse_uint<unsigned>(v.substr(14, 2));
+  auto ss = parse_uint<unsigned>(v.substr(17, 2));
+  if (!year || !month || !day || !hh || !mm || !ss || *month < 1 || *month > 12 || *day < 1 || *day > 31 ||
+      *hh > 23 || *mm > 59 || *ss > 60)
+    return std::nullopt;
+  auto zone = v.substr(19);
+  if (!zone.empty() && zone.front() == '.') {
+    std::size_t digits = 1;
+    while (digits < zone.size() && zone[digits] >= '0' && zone[digits] <= '9') ++digits;
+    if (digits == 1) return std::nullopt;
+    zone.remove_prefix(digits);
+  }
+  std::int64_t offset = 0;
+  if (zone != "Z" && zone != "z") {
+    if ((zone.size() != 6 || zone[3] != ':') && zone.size() != 5) return std::nullopt;
+    if (zone.front() != '+' && zone.front() != '-') return std::nullopt;
+    auto oh = parse_uint<unsigned>(zone.substr(1, 2));
+    auto om = parse_uint<unsigned>(zone.substr(zone.size() - 2));
+    if (!oh || !om || *oh > 23 || *om > 59) return std::nullopt;
+    offset = (zone.front() == '-' ? -1 : 1) * static_cast<std::int64_t>(*oh * 3600 + *om * 60);
+  }
+  const std::int64_t when = days_from_civil(*year, *month, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss - offset;
+  return std::chrono::sys_seconds(std::chrono::seconds(when));
+}
+
+}  // namespace detail
+
+CONFLUENCE_OAUTH_DETAIL_INLINE error_details::rate_limit_info http_response::rate_limit() const {
+  constexpr auto most = std::numeric_limits<std::uint64_t>::max();
+  error_details::rate_limit_info r;
+  if (auto v = headers.get("X-RateLimit-Limit")) r.limit = detail::parse_saturating(detail::trim(*v), most);
+  if (auto v = headers.get("X-RateLimit-Remaining")) r.remaining = detail::parse_saturating(detail::trim(*v), most);
+  if (auto v = headers.get("X-RateLimit-Reset")) r.reset = detail::parse_iso8601(*v);
+  if (auto v = headers.get("X-RateLimit-NearLimit")) r.near_limit = detail::iequals(detail::trim(*v), "true");
+  if (auto v = headers.get("RateLimit-Reason")) r.reason = detail::sanitize_text(*v, 200);
+  if (auto v = headers.get("Beta-Retry-After"))
+    r.beta_retry_after = detail::parse_retry_after(*v, std::chrono::system_clock::now());
+  return r;
+}
+
+namespace detail {
 
 class http_parser {
  public:
@@ -1383,6 +1528,18 @@ class http_parser {
   void expect_no_body() noexcept { no_body_ = true; }
 
   bool done() const noexcept { return state_ == state::done; }
+  /// The part of a Content-Length body still to come, to read straight into
+  /// (no copy through a receive buffer); empty in any other state.
+  std::span<char> body_space() noexcept {
+    if (state_ != state::length_body) return {};
+    const auto remaining = static_cast<std::size_t>(remaining_);
+    return {body_.data() + (body_.size() - remaining), remaining};
+  }
+  /// `n` bytes were written at the start of body_space().
+  void body_received(std::size_t n) noexcept {
+    remaining_ -= n;
+    if (remaining_ == 0) state_ = state::done;
+  }
   /// The body runs until the peer closes the connection (no length, not chunked).
   bool reading_to_close() const noexcept { return state_ == state::close_body; }
   bool started() const noexcept { return started_; }
@@ -1420,12 +1577,12 @@ class http_parser {
     return {n, nl == std::string_view::npos ? line_status::partial : line_status::complete};
   }
 
-  // Copies up to remaining_ body bytes; moves to `next` once they are all in.
-  std::size_t take_body(std::string_view data, state next) {
+  // Appends up to remaining_ bytes of a chunk; its CRLF follows them.
+  std::size_t take_chunk_data(std::string_view data) {
     auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining_, data.size()));
     body_.append(data.substr(0, n));
     remaining_ -= n;
-    if (remaining_ == 0) state_ = next;
+    if (remaining_ == 0) state_ = state::chunk_data_end;
     return n;
   }
 
@@ -1438,7 +1595,13 @@ class http_parser {
   std::size_t step(std::string_view data) {
     switch (state_) {
       case state::head: return step_head(data);
-      case state::length_body: return take_body(data, state::done);
+      case state::length_body: {
+        const auto space = body_space();
+        const auto n = std::min(space.size(), data.size());
+        std::memcpy(space.data(), data.data(), n);
+        body_received(n);
+        return n;
+      }
       case state::chunk_size: {
         auto [n, status] = take_line(data, 1024);
         if (status == line_status::too_long) return error(errc::protocol_error, "chunk size line too long");
@@ -1456,7 +1619,7 @@ class http_parser {
         state_ = size == 0 ? state::trailers : state::chunk_data;
         return n;
       }
-      case state::chunk_data: return take_body(data, state::chunk_data_end);
+      case state::chunk_data: return take_chunk_data(data);
       case state::chunk_data_end: {
         auto [n, status] = take_line(data, 2);
         if (status == line_status::partial) return n;
@@ -1617,7 +1780,7 @@ class http_parser {
         return error(errc::body_too_large, "body of " + std::to_string(*length) + " bytes exceeds " +
                                                std::to_string(limits_.max_body_bytes)),
                false;
-      body_.reserve(static_cast<std::size_t>(*length));
+      body_.resize(static_cast<std::size_t>(*length));  // filled in place: see body_space()
       remaining_ = *length;
       state_ = remaining_ == 0 ? state::done : state::length_body;
       return true;
@@ -1754,6 +1917,11 @@ struct client_config {
   http_timeouts timeouts;  ///< HTTP deadlines
   std::size_t max_token_response_bytes = 1024 * 1024;  ///< largest token endpoint answer
   std::string user_agent = "confluence_oauth/" CONFLUENCE_OAUTH_VERSION;  ///< sent with every request
+  /// The client id and secret are an Atlassian service account's: a session
+  /// gets its tokens with the client credentials grant (no browser, no refresh
+  /// token; a new 60-minute token before the old one expires), and
+  /// redirect_uri and scopes go unused (the admin chose the scopes).
+  bool service_account = false;
 
   /// Throws oauth_error(invalid_config / invalid_url / insecure_transport) on the first problem.
   void validate() const;
@@ -1772,7 +1940,7 @@ CONFLUENCE_OAUTH_DETAIL_INLINE void client_config::validate() const {
   if (!printable(client_id)) bad("client_id contains spaces or control characters");
   // A public client of a standard server may go without a secret, given PKCE; Atlassian's never.
   const bool atlassian = detail::iequals(detail::parse_url_showing(token_url, shown(token_url)).host, "auth.atlassian.com");
-  if (client_secret.empty() && (!use_pkce || atlassian))
+  if (client_secret.empty() && (!use_pkce || atlassian || service_account))
     bad("client_secret is empty (Atlassian apps are confidential clients)");
   if (scopes.empty()) bad("no scopes requested");
   for (const auto& s : scopes)
@@ -1806,12 +1974,25 @@ struct session_options {
     bool redirect_page = true;
   };
 
-  /// Bounds on retrying 429 and 503 answers, and token requests that failed in transit.
+  /// How 429 and 503 answers, and token requests that failed in transit, are
+  /// retried. A Retry-After is honoured as sent (never sooner, ATLASSIAN.md
+  /// "Rate limits"); without one, the defaults are Atlassian's own example
+  /// backoff: 5 s, doubling up to 30 s, each wait times a random 0.7-1.3, at
+  /// most 4 retries. A wait the server asks of one request holds back the
+  /// session's other requests to the same host until the same moment.
   struct retry_policy {
-    int max_attempts = 4;                        ///< tries per request, the first included; 1 = no retry
-    std::chrono::milliseconds base_delay{500};   ///< backoff: random in [0, min(max_delay, base * 2^(n-1))]
-    std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap
-    std::chrono::milliseconds max_total_wait{std::chrono::seconds(60)};  ///< a longer Retry-After is not waited for
+    int max_attempts = 5;  ///< tries per request, the first included (Atlassian: 4 retries); 1 = no retry
+    std::chrono::milliseconds base_delay{std::chrono::seconds(5)};  ///< first backoff wait, doubled for each retry after it
+    std::chrono::milliseconds max_delay{std::chrono::seconds(30)};  ///< backoff cap (not of Retry-After)
+    double jitter = 0.3;  ///< each backoff wait times a random factor in [1 - jitter, 1 + jitter]; 0 to 1
+    /// The longest wait slept through, the server's or the session's shared
+    /// one: a longer one fails the call at once with rate_limited (or
+    /// server_unavailable for a 503), details().retry_after saying how long.
+    std::chrono::milliseconds max_wait{std::chrono::seconds(60)};
+    /// After an answer with `X-RateLimit-NearLimit: true` (under 20% of the
+    /// budget left), the session's next request to that host starts no sooner
+    /// than this later; 0 = no slow-down.
+    std::chrono::milliseconds near_limit_pause{0};
   };
 
   std::chrono::seconds refresh_skew{60};  ///< refresh this long before the access token expires
@@ -1819,6 +2000,13 @@ struct session_options {
   retry_policy retry;                     ///< retries of 429, 503 and refreshes that failed in transit
   std::size_t max_response_bytes = 16 * 1024 * 1024;  ///< largest API answer
   listener_options listener;              ///< for authorize()
+  /// Told, once a day at most per session and kind, in a sentence that names
+  /// no secret, when the grant held ages or lacks a scope asked for: the
+  /// refresh token expires within 14 days (Atlassian's 90-day inactivity or
+  /// 365-day absolute limit), or the server granted fewer scopes than
+  /// client_config::scopes (an admin removed one: a configuration problem).
+  /// Runs on the session's strand: it must not block; what it throws is ignored.
+  std::function<void(const std::string& warning)> grant_warning;
 };
 
 // ============================================================================
@@ -1827,8 +2015,10 @@ struct session_options {
 //    under one deadline that covers resolve, connect, handshake, write and
 //    read. TLS 1.2+, peer verification with host-name (or IP) checking and SNI
 //    always on; trust is the system store plus an optional extra CA. Plain
-//    http only to loopback. Idle connections are kept per origin and reused;
-//    a reused one that fails before any response byte is retried once fresh.
+//    http only to loopback. Idle connections are kept per origin and reused,
+//    at most 256 per origin (more requests wait for one), TLS sessions
+//    resumed; a reused one that fails before any response byte is retried
+//    once fresh.
 // ============================================================================
 
 
@@ -1869,6 +2059,9 @@ inline void set_cloexec(int fd) noexcept {
 inline std::shared_ptr<asio::ssl::context> make_tls_context(const client_config::tls_options& options) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
   SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+  // OpenSSL's two record buffers (17 KB each) go back to the heap while a
+  // connection waits: hundreds of keep-alive connections mostly wait.
+  SSL_CTX_set_mode(ctx->native_handle(), SSL_MODE_RELEASE_BUFFERS);
   ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_compression);
   ctx->set_verify_mode(asio::ssl::verify_peer);
   std::error_code ec;
@@ -1885,6 +2078,34 @@ inline std::shared_ptr<asio::ssl::context> make_tls_context(const client_config:
   return ctx;
 }
 
+/// TLS sessions by host and port, to resume: a new connection to a server
+/// met before skips the certificate exchange and its checks, most of a
+/// handshake's cost (OpenSSL 3.0: about 2 ms of CPU for a full one). The
+/// session comes from a connection whose certificate passed, to the same
+/// name. Thread-safe.
+class tls_sessions {
+ public:
+  void put(const std::string& authority, SSL_SESSION* session) {
+    std::lock_guard lock(mutex_);
+    if (by_authority_.size() >= max_authorities && !by_authority_.contains(authority)) by_authority_.clear();
+    by_authority_[authority].reset(session);
+  }
+  /// Offers the session kept for `authority`, if any, to `ssl`.
+  void offer(const std::string& authority, SSL* ssl) const {
+    std::lock_guard lock(mutex_);
+    auto it = by_authority_.find(authority);
+    if (it != by_authority_.end()) SSL_set_session(ssl, it->second.get());
+  }
+
+ private:
+  static constexpr std::size_t max_authorities = 64;  // a session talks to two or three
+  struct session_free {
+    void operator()(SSL_SESSION* s) const noexcept { SSL_SESSION_free(s); }
+  };
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, std::unique_ptr<SSL_SESSION, session_free>> by_authority_;
+};
+
 class connection : public std::enable_shared_from_this<connection> {
  public:
   using clock = std::chrono::steady_clock;
@@ -1897,9 +2118,17 @@ class connection : public std::enable_shared_from_this<connection> {
     http_response response;
   };
 
-  connection(const asio::any_io_executor& ex, const std::shared_ptr<asio::ssl::context>& tls, bool use_tls)
-      : strand_(asio::make_strand(ex)), tls_ctx_(tls), stream_(ex, *tls), deadline_(strand_),
+  connection(const asio::any_io_executor& ex, const std::shared_ptr<asio::ssl::context>& tls,
+             const std::shared_ptr<tls_sessions>& sessions, bool use_tls)
+      : strand_(asio::make_strand(ex)), tls_ctx_(tls), sessions_(sessions), stream_(ex, *tls), deadline_(strand_),
         resolved_(strand_), resolver_(strand_), use_tls_(use_tls) {}
+
+  /// Has OpenSSL hand the sessions servers grant to the connection that
+  /// got them (new_session below), for tls_sessions.
+  static void keep_sessions(asio::ssl::context& tls) {
+    SSL_CTX_set_session_cache_mode(tls.native_handle(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(tls.native_handle(), &connection::new_session);
+  }
 
   const asio::strand<asio::any_io_executor>& strand() const noexcept { return strand_; }
   clock::time_point last_used() const noexcept { return last_used_; }
@@ -1939,6 +2168,23 @@ class connection : public std::enable_shared_from_this<connection> {
   }
 
  private:
+  // Where an SSL keeps its connection (Asio's verify callback has the app data).
+  static int connection_index() {
+    static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+    return index;
+  }
+
+  // OpenSSL calls this inside a read or handshake of the connection the SSL
+  // names (connect()), so the connection is alive. A copy is kept: OpenSSL
+  // marks the SSL's own session unusable when the connection is dropped
+  // without a TLS shutdown, as pooled connections are.
+  static int new_session(SSL* ssl, SSL_SESSION* session) {
+    auto* self = static_cast<connection*>(SSL_get_ex_data(ssl, connection_index()));
+    SSL_SESSION* copy = self ? SSL_SESSION_dup(session) : nullptr;
+    if (copy) self->sessions_->put(self->authority_, copy);
+    return 0;  // OpenSSL keeps no reference for us
+  }
+
   void on_deadline() {
     timed_out_ = true;
     resolved_.cancel();
@@ -2005,6 +2251,9 @@ class connection : public std::enable_shared_from_this<connection> {
       if (!checks_set)
         co_return failure(make_error_code(errc::certificate_rejected),
                           "cannot set up the certificate check for " + sanitize_text(u.host, 100));
+      authority_ = u.authority();
+      SSL_set_ex_data(ssl, connection_index(), this);
+      sessions_->offer(authority_, ssl);
       auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, on_strand_tuple());
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (hec == asio::error::operation_aborted) co_return failure(hec, "cancelled");
@@ -2043,12 +2292,17 @@ class connection : public std::enable_shared_from_this<connection> {
     result r;
     bool leftover = false;  // bytes after the response: the connection cannot be reused
     for (;;) {
+      // A body of known length is read straight into the response; the head
+      // and any other framing go through buffer_.
+      const std::span<char> body_space = parser.body_space();
+      const asio::mutable_buffer into =
+          body_space.empty() ? asio::buffer(buffer_) : asio::buffer(body_space.data(), body_space.size());
       std::error_code rec;
       std::size_t n = 0;
       if (use_tls_)
-        std::tie(rec, n) = co_await stream_.async_read_some(asio::buffer(buffer_), on_strand_tuple());
+        std::tie(rec, n) = co_await stream_.async_read_some(into, on_strand_tuple());
       else
-        std::tie(rec, n) = co_await stream_.next_layer().async_read_some(asio::buffer(buffer_), on_strand_tuple());
+        std::tie(rec, n) = co_await stream_.next_layer().async_read_some(into, on_strand_tuple());
       r.response_started = parser.started() || n > 0;
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
@@ -2061,6 +2315,8 @@ class connection : public std::enable_shared_from_this<connection> {
         parser.on_eof();
       } else if (rec) {
         co_return failure(make_error_code(errc::network_error), "read failed: " + rec.message(), r.response_started);
+      } else if (!body_space.empty()) {
+        parser.body_received(n);
       } else {
         std::size_t used = parser.feed(std::string_view(buffer_.data(), n));
         leftover = parser.done() && used < n;
@@ -2076,11 +2332,15 @@ class connection : public std::enable_shared_from_this<connection> {
 
   asio::strand<asio::any_io_executor> strand_;
   std::shared_ptr<asio::ssl::context> tls_ctx_;  // outlives stream_
+  std::shared_ptr<tls_sessions> sessions_;
+  std::string authority_;  // whose sessions this connection's TLS gets
   asio::ssl::stream<asio::ip::tcp::socket> stream_;
   asio::steady_timer deadline_;
   asio::steady_timer resolved_;
   asio::ip::tcp::resolver resolver_;
-  std::array<char, 16 * 1024> buffer_{};
+  // Heads and chunked bodies pass through here (an Atlassian head is 1-2 KB);
+  // bodies of known length do not (see run()).
+  std::array<char, 4 * 1024> buffer_{};
   std::uint64_t generation_ = 0;
   clock::time_point last_used_ = clock::now();
   bool use_tls_;
@@ -2092,7 +2352,9 @@ class connection : public std::enable_shared_from_this<connection> {
 class http_client {
  public:
   http_client(asio::any_io_executor ex, const client_config::tls_options& tls, client_config::http_timeouts t)
-      : ex_(std::move(ex)), tls_(make_tls_context(tls)), timeouts_(t) {}
+      : ex_(std::move(ex)), pool_strand_(asio::make_strand(ex_)), tls_(make_tls_context(tls)), timeouts_(t) {
+    connection::keep_sessions(*tls_);
+  }
 
   const asio::any_io_executor& get_executor() const noexcept { return ex_; }
 
@@ -2105,7 +2367,13 @@ class http_client {
     const std::string head = serialize_head(req, u);
     for (int attempt = 0;; ++attempt) {
       bool reused = false;
-      auto conn = acquire(u, reused, /*pooled=*/attempt == 0);
+      lease held{*this, u, nullptr};
+      if (auto waiter = acquire(u, held.conn, reused, /*pooled=*/attempt == 0)) {
+        auto waiting = wait_for_connection(u, std::move(waiter), reused);
+        held.conn = co_await on_strand(pool_strand_, std::move(waiting));
+      }
+      held.holds = true;
+      const std::shared_ptr<connection>& conn = held.conn;
       // The exchange keeps to the connection's strand by itself. A caller that
       // can be cancelled gets the costlier hop, which delivers its
       // cancellation on that strand too.
@@ -2127,7 +2395,7 @@ class http_client {
         if (failed) std::rethrow_exception(failed);
       }
       if (!r.ec) {
-        if (r.keep_alive) release(u, std::move(conn));
+        held.keep = r.keep_alive;
         co_return std::move(r.response);
       }
       const std::string context = req.method + " " + u.origin() + std::string(u.path());  // failures only
@@ -2146,7 +2414,7 @@ class http_client {
   std::size_t idle_connections() const {
     std::lock_guard lock(mutex_);
     std::size_t n = 0;
-    for (const auto& [origin, conns] : idle_) n += conns.size();
+    for (const auto& [origin, pool] : pools_) n += pool.idle.size();
     return n;
   }
   std::uint64_t connections_opened() const {
@@ -2155,56 +2423,140 @@ class http_client {
   }
   void close_idle() {
     std::lock_guard lock(mutex_);
-    idle_.clear();
+    for (auto& [origin, pool] : pools_) pool.idle.clear();
   }
 
  private:
   // As many as a busy program has in flight (a session shared by hundreds of
-  // concurrent requests): a connection dropped here is a TLS handshake for
-  // the next request. Idle ones never outnumber those that were in use.
-  static constexpr std::size_t max_idle_per_origin = 256;
+  // concurrent requests). More requests to one origin wait for a connection
+  // to come back: a burst, such as a thousand requests that waited for one
+  // token refresh, then costs this many TLS handshakes, and keep-alive
+  // serves the rest.
+  static constexpr std::size_t max_connections_per_origin = 256;
 
-  std::shared_ptr<connection> acquire(const url& u, bool& reused, bool pooled) {
+  /// A request waiting for a connection to its origin; touched under mutex_,
+  /// and its timer on pool_strand_.
+  struct waiter {
+    explicit waiter(const asio::strand<asio::any_io_executor>& strand)
+        : woken(strand, asio::steady_timer::time_point::max()) {}
+    asio::steady_timer woken;
+    bool granted = false;
+    std::shared_ptr<connection> conn;  // handed over; none when granted: open one
+  };
+
+  struct origin_pool {
+    std::vector<std::shared_ptr<connection>> idle;  // the oldest first
+    std::size_t in_use = 0;
+    std::deque<std::shared_ptr<waiter>> waiting;
+  };
+
+  /// A request's connection, given back however the request ends: to the
+  /// pool if `keep`, else only its place.
+  struct lease {
+    http_client& client;
+    const url& u;
+    std::shared_ptr<connection> conn;
+    bool holds = false;  // a place under max_connections_per_origin
+    bool keep = false;
+    ~lease() {
+      if (holds) client.give_back(u, keep ? std::move(conn) : nullptr);
+    }
+  };
+
+  /// Sets `conn` to an idle connection or a new one; at the limit, returns
+  /// the waiter to await instead.
+  std::shared_ptr<waiter> acquire(const url& u, std::shared_ptr<connection>& conn, bool& reused, bool pooled) {
     std::lock_guard lock(mutex_);
-    auto it = pooled ? idle_.find(u.origin()) : idle_.end();
-    if (it != idle_.end()) {
-      auto& conns = it->second;
-      const auto now = connection::clock::now();
-      while (!conns.empty()) {
-        auto c = std::move(conns.back());
-        conns.pop_back();
-        if (now - c->last_used() < timeouts_.idle) {
-          reused = true;
-          return c;
-        }
+    auto& pool = pools_[u.origin()];
+    const auto now = connection::clock::now();
+    while (pooled && !pool.idle.empty()) {
+      auto c = std::move(pool.idle.back());
+      pool.idle.pop_back();
+      if (now - c->last_used() < timeouts_.idle) {
+        ++pool.in_use;
+        reused = true;
+        conn = std::move(c);
+        return nullptr;
       }
     }
+    if (pool.in_use < max_connections_per_origin) {
+      conn = std::make_shared<connection>(ex_, tls_, sessions_, u.is_https());
+      ++pool.in_use;
+      ++opened_;
+      return nullptr;
+    }
+    pool.waiting.push_back(std::make_shared<waiter>(pool_strand_));
+    return pool.waiting.back();
+  }
+
+  /// On pool_strand_: the connection give_back() hands `w`, or a new one in
+  /// the place it frees; a timeout after the request's deadline.
+  asio::awaitable<std::shared_ptr<connection>> wait_for_connection(const url& u, std::shared_ptr<waiter> w, bool& reused) {
+    bool granted = false;
+    {
+      std::lock_guard lock(mutex_);
+      granted = w->granted;
+    }
+    // Not yet granted: the timer's cancel, posted to this strand, comes after the wait starts.
+    std::error_code ec;
+    if (!granted) {
+      w->woken.expires_after(timeouts_.request);
+      std::tie(ec) = co_await w->woken.async_wait(use_tuple);
+    }
+    std::lock_guard lock(mutex_);
+    if (!w->granted) {
+      auto& waiting = pools_[u.origin()].waiting;
+      waiting.erase(std::find(waiting.begin(), waiting.end(), w));
+      const std::string context = "waiting for a connection to " + u.origin();
+      if (ec == asio::error::operation_aborted) throw oauth_error(ec, context + ": cancelled");
+      throw oauth_error(make_error_code(errc::timeout),
+                        context + ": none within " + std::to_string(timeouts_.request.count()) + " ms");
+    }
+    if (w->conn) {
+      reused = true;
+      co_return std::move(w->conn);
+    }
     ++opened_;
-    return std::make_shared<connection>(ex_, tls_, u.is_https());
+    co_return std::make_shared<connection>(ex_, tls_, sessions_, u.is_https());  // in the place give_back freed
+  }
+
+  /// A request is done with its connection: `c` (kept alive) or its place
+  /// goes to the first waiter, else `c` to the idle ones.
+  void give_back(const url& u, std::shared_ptr<connection> c) noexcept {
+    std::lock_guard lock(mutex_);
+    auto& pool = pools_[u.origin()];
+    --pool.in_use;
+    if (!pool.waiting.empty()) {
+      auto w = std::move(pool.waiting.front());
+      pool.waiting.pop_front();
+      ++pool.in_use;
+      w->granted = true;
+      w->conn = std::move(c);
+      asio::post(pool_strand_, [w] { w->woken.cancel(); });
+      return;
+    }
+    if (!c) return;
+    // The oldest are at the front; those idle too long go, so that a burst's
+    // connections do not linger while a trickle reuses the newest.
+    const auto now = connection::clock::now();
+    pool.idle.erase(pool.idle.begin(), std::find_if(pool.idle.begin(), pool.idle.end(), [&](const auto& k) {
+                      return now - k->last_used() < timeouts_.idle;
+                    }));
+    if (pool.idle.size() < max_connections_per_origin) pool.idle.push_back(std::move(c));
   }
 
   void drop_idle(const url& u) {
     std::lock_guard lock(mutex_);
-    idle_.erase(u.origin());
-  }
-
-  void release(const url& u, std::shared_ptr<connection> c) {
-    std::lock_guard lock(mutex_);
-    auto& conns = idle_[u.origin()];
-    // The oldest are at the front; those idle too long go, so that a burst's
-    // connections do not linger while a trickle reuses the newest.
-    const auto now = connection::clock::now();
-    conns.erase(conns.begin(), std::find_if(conns.begin(), conns.end(), [&](const auto& k) {
-                  return now - k->last_used() < timeouts_.idle;
-                }));
-    if (conns.size() < max_idle_per_origin) conns.push_back(std::move(c));
+    pools_[u.origin()].idle.clear();
   }
 
   asio::any_io_executor ex_;
+  asio::strand<asio::any_io_executor> pool_strand_;  // where waiters wait
   std::shared_ptr<asio::ssl::context> tls_;
+  std::shared_ptr<tls_sessions> sessions_ = std::make_shared<tls_sessions>();
   client_config::http_timeouts timeouts_;
   mutable std::mutex mutex_;
-  std::unordered_map<std::string, std::vector<std::shared_ptr<connection>>> idle_;
+  std::unordered_map<std::string, origin_pool> pools_;
   std::uint64_t opened_ = 0;
 };
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
@@ -2230,6 +2582,10 @@ struct token_set {
   clock::time_point expires_at = clock::time_point::max();  ///< max(): the server gave no lifetime
   std::string scope;                                 ///< space separated, as granted
   std::string token_type = "Bearer";                 ///< as the server named it
+  /// When the user consented (the grant's 365-day limit counts from here); epoch: unknown.
+  clock::time_point first_obtained{};
+  /// When the refresh token was last used (the 90-day inactivity limit counts from here); epoch: unknown.
+  clock::time_point last_rotated{};
 
   /// Whether there is a refresh token (the grant asked for offline_access).
   bool has_refresh_token() const noexcept { return !refresh_token.empty(); }
@@ -2275,7 +2631,7 @@ inline bool same_grant(const std::optional<token_set>& a, const std::optional<to
 /// under the lock: it re-reads the store, uses tokens another sharer has just
 /// saved instead of refreshing again, and writes its own with `replace`. A
 /// database store maps these onto a row lock (SELECT ... FOR UPDATE, or an
-/// advisory lock) and a conditional UPDATE; examples/database_token_store.hpp shows one.
+/// advisory lock) and a conditional UPDATE; confluence_oauth_postgres.hpp is one.
 class token_store {
  public:
   /// Holds a token store's exclusive section (see lock()) until it
@@ -2349,8 +2705,12 @@ CONFLUENCE_OAUTH_DETAIL_INLINE nlohmann::json token_set::to_json() const {
                       {"token_type", token_type},
                       {"scope", scope}};
   if (has_refresh_token()) j["refresh_token"] = refresh_token.reveal();
-  if (expires_at != clock::time_point::max())
-    j["expires_at"] = std::chrono::duration_cast<std::chrono::seconds>(expires_at.time_since_epoch()).count();
+  auto seconds = [](clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+  };
+  if (expires_at != clock::time_point::max()) j["expires_at"] = seconds(expires_at);
+  if (first_obtained != clock::time_point{}) j["first_obtained"] = seconds(first_obtained);
+  if (last_rotated != clock::time_point{}) j["last_rotated"] = seconds(last_rotated);
   return j;
 }
 
@@ -2366,13 +2726,19 @@ CONFLUENCE_OAUTH_DETAIL_INLINE token_set token_set::from_json(const nlohmann::js
     if (!r->is_string()) return bad("refresh_token is not a string");
     t.refresh_token = secret(r->get<std::string>());
   }
-  if (auto e = j.find("expires_at"); e != j.end()) {
-    // Up to what the clock holds (the year 2262 with nanoseconds): more would overflow it.
+  // Each time optional (files from before 2.0.0 lack the grant's age), and up to
+  // what the clock holds (the year 2262 with nanoseconds): more would overflow it.
+  auto time = [&](const char* key, clock::time_point& out) {
     constexpr auto latest = std::chrono::duration_cast<std::chrono::seconds>(clock::duration::max()).count();
+    auto e = j.find(key);
+    if (e == j.end()) return;
     if (!e->is_number_integer() || e->get<std::int64_t>() < 0 || e->get<std::int64_t>() > latest)
-      return bad("expires_at is not a time");
-    t.expires_at = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
-  }
+      bad((std::string(key) + " is not a time").c_str());
+    out = clock::time_point(std::chrono::seconds(e->get<std::int64_t>()));
+  };
+  time("expires_at", t.expires_at);
+  time("first_obtained", t.first_obtained);
+  time("last_rotated", t.last_rotated);
   if (auto s = detail::json_string(j, "scope")) t.scope = *s;
   if (auto s = detail::json_string(j, "token_type")) t.token_type = *s;
   return t;
@@ -2902,8 +3268,10 @@ inline callback_match match_callback(const callback_params& p, const authorizati
 inline secret verify_callback(const callback_params& p, const authorization& auth) {
   // The server's words are kept, but not what they echo of this authorization.
   const secret* own[] = {&p.code, &auth.state, &auth.code_verifier};
-  error_details d{sanitize_text(redact(p.error, own), 60), sanitize_text(redact(p.error_description, own)),
-                  sanitize_text(redact(p.error_uri, own)), 0, {}, {}};
+  error_details d;
+  d.error = sanitize_text(redact(p.error, own), 60);
+  d.error_description = sanitize_text(redact(p.error_description, own));
+  d.error_uri = sanitize_text(redact(p.error_uri, own));
   switch (match_callback(p, auth)) {
     case callback_match::code: return p.code;
     case callback_match::denied: fail(errc::authorization_denied, "the user declined the authorization", d);
@@ -2916,16 +3284,22 @@ inline secret verify_callback(const callback_params& p, const authorization& aut
 }
 
 /// Refuses nesting deeper than `max_depth` before nlohmann::json sees it.
+/// Strings, most of an API answer, are skipped with memchr: on a 1.9 KB
+/// pages answer the check costs 7,700 instructions (a byte-by-byte scan
+/// 20,000; nlohmann's parse itself 228,000).
 inline nlohmann::json parse_json(std::string_view text, int max_depth = 64) {
   int depth = 0;
-  bool in_string = false;
   for (std::size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
+    const char c = text[i];
+    if (c == '"') {
+      // To the closing quote: the next one not escaped by an odd run of backslashes.
+      for (;;) {
+        i = text.find('"', i + 1);
+        if (i == std::string_view::npos) return nlohmann::json::parse(text, nullptr, false);  // unterminated: its error
+        std::size_t backslashes = 0;  // the opening quote stops the count
+        while (text[i - 1 - backslashes] == '\\') ++backslashes;
+        if (backslashes % 2 == 0) break;
+      }
     } else if (c == '[' || c == '{') {
       if (++depth > max_depth) return nlohmann::json(nlohmann::json::value_t::discarded);
     } else if (c == ']' || c == '}') {
@@ -2933,39 +3307,6 @@ inline nlohmann::json parse_json(std::string_view text, int max_depth = 64) {
     }
   }
   return nlohmann::json::parse(text, nullptr, false);
-}
-
-inline std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
-  y -= m <= 2;
-  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
-}
-
-/// Retry-After as delta-seconds or an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
-inline std::optional<std::chrono::seconds> parse_retry_after(std::string_view v,
-                                                             std::chrono::system_clock::time_point now) {
-  v = trim(v);
-  if (auto secs = parse_uint<std::uint32_t>(v)) return std::chrono::seconds(*secs);
-  static constexpr std::string_view months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                                "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  if (v.size() != 29 || v[3] != ',' || v.substr(25) != " GMT") return std::nullopt;
-  auto day = parse_uint<unsigned>(v.substr(5, 2));
-  auto year = parse_uint<unsigned>(v.substr(12, 4));
-  auto hh = parse_uint<unsigned>(v.substr(17, 2));
-  auto mm = parse_uint<unsigned>(v.substr(20, 2));
-  auto ss = parse_uint<unsigned>(v.substr(23, 2));
-  auto month = std::find(std::begin(months), std::end(months), v.substr(8, 3));
-  if (!day || !year || !hh || !mm || !ss || month == std::end(months) || *day < 1 || *day > 31 || *hh > 23 ||
-      *mm > 59 || *ss > 60)
-    return std::nullopt;
-  auto m = static_cast<unsigned>(month - std::begin(months)) + 1;
-  // In seconds since the epoch: a date after 2262 would overflow the clock's nanoseconds.
-  const std::int64_t when = days_from_civil(*year, m, *day) * 86400 + *hh * 3600 + *mm * 60 + *ss;
-  const std::int64_t at = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
-  return std::chrono::seconds(when > at ? when - at : 0);
 }
 
 inline errc errc_for_oauth_error(std::string_view error, int status) noexcept {
@@ -2990,6 +3331,7 @@ inline error_details response_details(const http_response& res, std::span<const 
   d.http_status = res.status;
   if (auto w = res.headers.get("WWW-Authenticate")) d.www_authenticate = sanitize_text(detail::redact(std::string(*w), redact));
   if (auto r = res.headers.get("Retry-After")) d.retry_after = parse_retry_after(*r, std::chrono::system_clock::now());
+  d.rate_limit = res.rate_limit();
   return d;
 }
 
@@ -3087,10 +3429,21 @@ class oauth_client {
                                      [self = *this, current = std::move(current)] { return self.refresh_op(current); });
   }
 
+  /// A service account's token (grant_type=client_credentials with the
+  /// configured id and secret): Atlassian's live 60 minutes and come without
+  /// a refresh token. Completes with (error_code, token_set).
+  template <typename CompletionToken = detail::default_completion_token>
+  auto client_credentials(CompletionToken&& token = {}) const {
+    return detail::launch<token_set>(get_executor(), std::forward<CompletionToken>(token),
+                                     [self = *this] { return self.client_credentials_op(); });
+  }
+
  private:
   asio::awaitable<token_set> exchange_code_op(const secret& code, const authorization& auth) const;
 
   asio::awaitable<token_set> refresh_op(const token_set& current) const;
+
+  asio::awaitable<token_set> client_credentials_op() const;
 
   /// The secrets a token request carries (and, for a refresh, the access token
   /// the server knows), so that an echo of one is redacted.
@@ -3155,7 +3508,9 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::exchange
   fields.emplace_back("redirect_uri", auth.redirect_uri);
   if (!config_->client_secret.empty()) fields.emplace_back("client_secret", config_->client_secret.reveal());
   if (!auth.code_verifier.empty()) fields.emplace_back("code_verifier", auth.code_verifier.reveal());
-  co_return co_await token_request(fields, redact_list(&code, &auth.code_verifier));
+  auto granted = co_await token_request(fields, redact_list(&code, &auth.code_verifier));
+  granted.first_obtained = granted.last_rotated = token_set::clock::now();
+  co_return granted;
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::refresh_op(const token_set& current) const {
@@ -3169,14 +3524,27 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::refresh_
   auto next = co_await token_request(fields, redact_list(&current.refresh_token, &current.access_token));
   if (!next.has_refresh_token()) next.refresh_token = current.refresh_token;
   if (next.scope.empty()) next.scope = current.scope;
+  next.first_obtained = current.first_obtained;
+  next.last_rotated = token_set::clock::now();  // a use, rotating or not, restarts the inactivity limit
   co_return next;
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<token_set> oauth_client::client_credentials_op() const {
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  fields.emplace_back("grant_type", "client_credentials");
+  fields.emplace_back("client_id", config_->client_id);
+  fields.emplace_back("client_secret", config_->client_secret.reveal());
+  auto granted = co_await token_request(fields, redact_list(nullptr, nullptr));
+  granted.refresh_token = secret();  // nothing to refresh: a new grant replaces this one
+  granted.first_obtained = granted.last_rotated = token_set::clock::now();
+  co_return granted;
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE std::vector<const secret*> oauth_client::redact_list(const secret* a, const secret* b) const {
   std::vector<const secret*> out;
   out.push_back(&config_->client_secret);
-  out.push_back(a);
-  out.push_back(b);
+  for (const secret* s : {a, b})
+    if (s) out.push_back(s);
   return out;
 }
 
@@ -3899,37 +4267,43 @@ inline asio::awaitable<token_set> authorize(oauth_client client, browser_opener 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 namespace detail {
 
-/// The wait before retry number `retry` (1-based): the server's Retry-After
-/// when it gave one, else exponential backoff with full jitter.
-inline std::chrono::milliseconds retry_delay(const session_options::retry_policy& policy, int retry,
-                                             std::optional<std::chrono::seconds> retry_after) {
-  if (retry_after) return *retry_after;
-  auto cap = std::min(policy.max_delay, policy.base_delay * (std::int64_t{1} << std::clamp(retry - 1, 0, 20)));
+/// The backoff before retry number `retry` (1-based) when the server named no
+/// wait: base_delay doubled per retry up to max_delay, times a random factor
+/// in [1 - jitter, 1 + jitter] (Atlassian's example: 5 s, 30 s, 0.7-1.3).
+inline std::chrono::milliseconds backoff_delay(const session_options::retry_policy& policy, int retry) {
+  auto nominal = policy.base_delay;
+  for (int i = 1; i < retry && nominal < policy.max_delay; ++i) nominal *= 2;
+  nominal = std::min(nominal, policy.max_delay);
   std::uint64_t r = 0;
   random_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
-  return std::chrono::milliseconds(cap.count() > 0 ? static_cast<std::int64_t>(r % (static_cast<std::uint64_t>(cap.count()) + 1)) : 0);
+  const double uniform = static_cast<double>(r >> 11) * 0x1.0p-53;  // in [0, 1)
+  const double factor = 1.0 - policy.jitter + 2.0 * policy.jitter * uniform;
+  return std::chrono::milliseconds(std::llround(static_cast<double>(nominal.count()) * factor));
 }
 
-/// The retries one operation has left under a retry policy: tries and total
-/// wait. The request loop and the refresh loop share it.
+/// `wait` in milliseconds, rounded up and saturating (a Retry-After may be seconds::max()).
+inline std::chrono::milliseconds saturating_ms(std::chrono::seconds wait) noexcept {
+  constexpr auto most = std::chrono::milliseconds::max().count() / 1000;
+  return std::chrono::milliseconds(std::min(wait.count(), most) * 1000);
+}
+
+/// The tries one operation has left under a retry policy. The request loop
+/// and the refresh loop share it.
 class retry_budget {
  public:
   explicit retry_budget(const session_options::retry_policy& policy) : policy_(policy) {}
 
-  /// The wait before the next try, or nullopt when the policy allows no more.
+  /// The wait before the next try: the server's Retry-After as sent, else the
+  /// backoff; nullopt when the policy allows no more tries.
   std::optional<std::chrono::milliseconds> next_delay(std::optional<std::chrono::seconds> retry_after) {
     if (attempt_ >= policy_.max_attempts) return std::nullopt;
-    const auto delay = retry_delay(policy_, attempt_, retry_after);
-    if (waited_ + delay > policy_.max_total_wait) return std::nullopt;
-    waited_ += delay;
-    ++attempt_;
-    return delay;
+    const int retry = attempt_++;
+    return retry_after ? saturating_ms(*retry_after) : backoff_delay(policy_, retry);
   }
 
  private:
   const session_options::retry_policy& policy_;
   int attempt_ = 1;
-  std::chrono::milliseconds waited_{0};
 };
 
 /// Waits on the current executor; a cancellation throws oauth_error(operation_aborted).
@@ -4029,6 +4403,55 @@ inline std::string describe(const http_request& req, const url& u) {
   return req.method + " " + u.origin() + sanitize_text(u.path(), 200);
 }
 
+// Atlassian's refresh tokens expire after 90 days unused and 365 days after
+// consent (ATLASSIAN.md, "Refresh tokens rotate"); grant_warning speaks up 14 days before.
+inline constexpr std::chrono::hours refresh_inactivity_limit{24 * 90};
+inline constexpr std::chrono::hours refresh_absolute_limit{24 * 365};
+inline constexpr std::chrono::hours grant_warning_window{24 * 14};
+
+/// Whether the space-separated `list` (a granted scope) holds `word`.
+inline bool lists_word(std::string_view list, std::string_view word) {
+  for (std::size_t at = 0; at <= list.size();) {
+    const auto end = std::min(list.find(' ', at), list.size());
+    if (list.substr(at, end - at) == word) return true;
+    at = end + 1;
+  }
+  return false;
+}
+
+/// What grant_warning says about `t`: its age, and scopes asked for that the
+/// server did not grant. Whole days, so a message repeats only once a day.
+inline std::vector<std::string> grant_warnings(const token_set& t, const client_config& config,
+                                               token_set::clock::time_point now) {
+  using days = std::chrono::duration<std::int64_t, std::ratio<86400>>;
+  auto in_days = [](token_set::clock::duration d) { return std::to_string(std::chrono::floor<days>(d).count()); };
+  std::vector<std::string> out;
+  const token_set::clock::time_point unknown{};
+  if (t.has_refresh_token() && t.first_obtained != unknown) {
+    const auto end = t.first_obtained + refresh_absolute_limit;
+    if (end - now <= grant_warning_window)
+      out.push_back("the grant ends in " + in_days(std::max(end - now, token_set::clock::duration::zero())) +
+                    " days: Atlassian's refresh tokens expire 365 days after consent; sign in again before then");
+  }
+  if (t.has_refresh_token() && t.last_rotated != unknown) {
+    const auto end = t.last_rotated + refresh_inactivity_limit;
+    if (end - now <= grant_warning_window)
+      out.push_back("the refresh token was last used " + in_days(now - t.last_rotated) +
+                    " days ago: Atlassian expires it after 90 days unused; a refresh restarts that count");
+  }
+  if (!t.scope.empty() && !config.service_account) {  // a service account's scopes are the admin's choice
+    std::string missing;
+    for (const auto& s : config.scopes)  // a refresh token is offline_access granted, listed or not
+      if (!lists_word(t.scope, s) && !(s == "offline_access" && t.has_refresh_token()))
+        missing += (missing.empty() ? "" : " ") + s;
+    if (!missing.empty())
+      out.push_back("the grant lacks scopes asked for: " + sanitize_text(missing, 200) + " (granted: " +
+                    sanitize_text(t.scope, 400) + "); add them to the app in the developer console, or an admin "
+                    "removed them");
+  }
+  return out;
+}
+
 /// A token the session hands out, with the expiry it was granted with.
 struct usable_token {
   secret access;
@@ -4056,10 +4479,16 @@ class session_state : public std::enable_shared_from_this<session_state> {
   session_state(oauth_client client, std::shared_ptr<token_store> store, session_options options)
       : client_(std::move(client)), store_holder_(std::move(store)), store_(checked(store_holder_)),
         options_(std::move(options)), api_(parse_url(client_.config().api_url)),
+        token_origin_(parse_url(client_.config().token_url).origin()),
         strand_(asio::make_strand(client_.get_executor())) {
     if (options_.refresh_skew.count() < 0 || options_.near_expiry.count() < 0)
       fail(errc::invalid_config, "session_options: refresh_skew and near_expiry must not be negative");
-    if (options_.retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
+    const auto& retry = options_.retry;
+    if (retry.max_attempts < 1) fail(errc::invalid_config, "retry_policy::max_attempts must be at least 1");
+    for (auto wait : {retry.base_delay, retry.max_delay, retry.max_wait, retry.near_limit_pause})
+      if (wait.count() < 0 || wait > std::chrono::hours(24))
+        fail(errc::invalid_config, "retry_policy: every delay and wait must be between 0 and a day");
+    if (!(retry.jitter >= 0 && retry.jitter <= 1)) fail(errc::invalid_config, "retry_policy::jitter must be between 0 and 1");
     api_prefix_ = std::string(api_.path());
     while (!api_prefix_.empty() && api_prefix_.back() == '/') api_prefix_.pop_back();
   }
@@ -4088,6 +4517,69 @@ class session_state : public std::enable_shared_from_this<session_state> {
     if (res.status == 401) return !is_scope_mismatch(res);
     if (res.status != 403 && res.status != 404) return false;
     return used.expires_at != clock::time_point::max() && used.expires_at - clock::now() <= options_.near_expiry;
+  }
+
+  // Back-pressure shared by the session's requests, per origin: Atlassian
+  // counts per app and per site, and a request sent before its Retry-After
+  // ends "will fail and return the same or longer Retry-After period"
+  // (ATLASSIAN.md "Rate limits"). Any thread.
+
+  /// Nothing goes to `origin` before `wait` from now (the later moment wins).
+  /// A hold lasts an hour at most, Atlassian's longest (quota) period: a
+  /// Retry-After of 2^63-1 s does not stop the session for good.
+  void defer(const std::string& origin, std::chrono::milliseconds wait) {
+    const auto until = std::chrono::steady_clock::now() + std::min<std::chrono::milliseconds>(wait, std::chrono::hours(1));
+    std::lock_guard lock(hold_mutex_);
+    auto& moment = not_before_[origin];
+    moment = std::max(moment, until);
+  }
+
+  /// How long `origin` is still held back.
+  std::chrono::milliseconds held_for(const std::string& origin) const {
+    using steady = std::chrono::steady_clock;
+    std::lock_guard lock(hold_mutex_);
+    auto it = not_before_.find(origin);
+    const auto now = steady::now();
+    if (it == not_before_.end() || it->second <= now) return std::chrono::milliseconds(0);
+    return std::chrono::ceil<std::chrono::milliseconds>(it->second - now);
+  }
+
+  /// Waits until `origin` may be sent to; fails at once with rate_limited
+  /// when that is further away than retry_policy::max_wait.
+  asio::awaitable<void> hold_back(std::string origin, std::string what) {
+    for (auto wait = held_for(origin); wait.count() > 0; wait = held_for(origin)) {
+      if (wait > options_.retry.max_wait) {
+        error_details details;
+        details.retry_after = std::chrono::ceil<std::chrono::seconds>(wait);
+        fail(errc::rate_limited, what + ": not sent, as the server asked this session to wait " +
+                                     std::to_string(details.retry_after->count()) + " s more, longer than retry_policy::max_wait",
+             details);
+      }
+      co_await sleep_for(wait, what + ": waiting as the server asked");
+    }
+  }
+
+  /// Shares the wait a 429 or 503 asked for with the session's other
+  /// requests to `origin`; true when it is longer than retry_policy::max_wait.
+  bool beyond_wait(const std::string& origin, std::optional<std::chrono::seconds> retry_after) {
+    if (!retry_after) return false;
+    const auto wait = saturating_ms(*retry_after);
+    defer(origin, wait);
+    return wait > options_.retry.max_wait;
+  }
+
+  /// Holds `origin` back until the next try; false when the policy allows no more.
+  bool retry_later(const std::string& origin, std::optional<std::chrono::seconds> retry_after, retry_budget& budget) {
+    const auto delay = budget.next_delay(retry_after);
+    if (delay) defer(origin, *delay);
+    return delay.has_value();
+  }
+
+  /// retry_policy::near_limit_pause: after an answer that says the budget is
+  /// nearly spent, the next request to `origin` waits that long.
+  void pace(const std::string& origin, const http_response& res) {
+    if (options_.retry.near_limit_pause.count() > 0 && res.rate_limit().near_limit)
+      defer(origin, options_.retry.near_limit_pause);
   }
 
   /// The token token() would hand out, without the strand, while no refresh
@@ -4154,7 +4646,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   /// A token fit to send now. A token inside the refresh skew is still handed
   /// out while a round refreshes it in the background.
   asio::awaitable<usable_token> token() {
-    if (usable() && !round_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+    if (usable() && !round_ && renewable() && tokens_->expires_within(skew()) &&
         std::chrono::steady_clock::now() >= next_proactive_)
       start_round();  // may finish at once and change tokens_: checked again below
     if (!usable()) co_await settle();
@@ -4177,7 +4669,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     // refresh window may expire on the way as well: wait for the refresh it
     // is due: the round in flight, or a new one unless proactive refreshes
     // are backing off after a failure. If that fails, the current token still goes.
-    if (!grant_error_ && tokens_->has_refresh_token() && tokens_->expires_within(skew()) &&
+    if (!grant_error_ && renewable() && tokens_->expires_within(skew()) &&
         (round_ || std::chrono::steady_clock::now() >= next_proactive_)) {
       try {
         co_await join_round();
@@ -4197,7 +4689,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
     auto short_of = [&](const std::string& why) {
       fail(errc::invalid_config, "asked for an access token valid for " + std::to_string(span.count()) + " s; " + why);
     };
-    if (!tokens_->has_refresh_token()) short_of("this one expires sooner and the grant has no refresh token");
+    if (!renewable()) short_of("this one expires sooner and the grant has no refresh token");
     if (granted_lifetime_ && *granted_lifetime_ < span) short_of("the server grants shorter ones");
     co_await replace_rejected(t.access);  // unless someone has refreshed already
     t = co_await token();
@@ -4209,9 +4701,16 @@ class session_state : public std::enable_shared_from_this<session_state> {
   }
 
   asio::awaitable<token_set> refresh_now() {
-    if (!tokens_) fail(errc::not_signed_in, "no grant to refresh: authorize first");
-    const secret current = tokens_->access_token;
-    co_await replace_rejected(current);
+    const bool service_account = client_.config().service_account;
+    if (!tokens_ && service_account) co_await load();  // the cached token, to replace
+    if (!tokens_ && service_account) {
+      co_await join_round();  // the first token: new already
+    } else {
+      if (!tokens_) fail(errc::not_signed_in, "no grant to refresh: authorize first");
+      const secret current = tokens_->access_token;
+      co_await replace_rejected(current);
+    }
+    if (!tokens_) fail(errc::not_signed_in, "signed out while refreshing");
     co_return *tokens_;
   }
 
@@ -4230,6 +4729,16 @@ class session_state : public std::enable_shared_from_this<session_state> {
   bool needs_refresh() const {
     return tokens_->expires_within(skew()) || (!rejected_.empty() && tokens_->access_token == rejected_);
   }
+
+  /// Whether a new access token can be had without the user: by refresh, or
+  /// a service account's client credentials.
+  bool renewable() const {
+    return client_.config().service_account || (tokens_ && tokens_->has_refresh_token());
+  }
+
+  /// Whether a round must get a new token: a service account without one
+  /// asks for its first.
+  bool wants_new_token() const { return tokens_ ? needs_refresh() : client_.config().service_account; }
 
   void publish(const usable_token& t) {
     std::lock_guard lock(published_mutex_);
@@ -4260,8 +4769,9 @@ class session_state : public std::enable_shared_from_this<session_state> {
       if (!stored || same_grant(stored, tokens_)) std::rethrow_exception(grant_error_);
       install(std::move(stored));
     }
-    if (!tokens_) fail(errc::not_signed_in, "no grant: authorize first, or load() a saved one");
-    if (!unsaved_ && !tokens_->has_refresh_token())
+    if (!tokens_ && !client_.config().service_account)
+      fail(errc::not_signed_in, "no grant: authorize first, or load() a saved one");
+    if (!unsaved_ && !renewable())
       fail(errc::invalid_grant, "the access token has expired and the grant has no refresh token (ask for the "
                                 "offline_access scope)");
     co_await join_round();
@@ -4329,17 +4839,17 @@ class session_state : public std::enable_shared_from_this<session_state> {
     }
     if (!same_grant(stored, tokens_)) {
       hold(stored);  // another process refreshed, signed in again, or signed out
-      if (!tokens_ || !needs_refresh()) co_return;
-    } else if (!needs_refresh()) {
+      if (!wants_new_token()) co_return;
+    } else if (!wants_new_token()) {
       co_return;
     }
-    if (!tokens_->has_refresh_token())
+    if (!renewable())
       fail(errc::invalid_grant, "the grant has no refresh token to renew the access token with (ask for the "
                                 "offline_access scope)");
-    const token_set base = *tokens_;
+    const std::optional<token_set> base = tokens_;
     token_set next;
     try {
-      next = co_await refresh_with_retries(base);
+      next = co_await renew_with_retries(base);
     } catch (const oauth_error& e) {
       if (e.code() == errc::invalid_grant && !superseded()) grant_error_ = std::current_exception();  // never retried
       throw;
@@ -4376,6 +4886,20 @@ class session_state : public std::enable_shared_from_this<session_state> {
     tokens_ = std::move(tokens);
     remember(tokens_);
     obtained_at_ = clock::now();
+    warn_about_grant();
+  }
+
+  /// Tells grant_warning what it has not been told today.
+  void warn_about_grant() {
+    if (!options_.grant_warning || !tokens_) return;
+    for (auto& warning : grant_warnings(*tokens_, client_.config(), clock::now())) {
+      if (std::find(warned_.begin(), warned_.end(), warning) != warned_.end()) continue;
+      warned_.push_back(warning);
+      try {
+        options_.grant_warning(warning);
+      } catch (...) {  // a warning must not undo the grant change it reports
+      }
+    }
   }
 
   // The tokens the session has held lately, for redact(): a server may echo
@@ -4395,18 +4919,24 @@ class session_state : public std::enable_shared_from_this<session_state> {
            ec == errc::connection_closed || ec == errc::network_error || ec == errc::connect_failed;
   }
 
-  /// Refresh, retried within the policy on 429, 503 and failures in transit:
-  /// Atlassian accepts the same refresh token again within its reuse window.
-  asio::awaitable<token_set> refresh_with_retries(const token_set& base) {
+  /// Refresh (or a service account's new token), retried within the policy
+  /// on 429, 503 and failures in transit: Atlassian accepts the same refresh
+  /// token again within its reuse window. The token endpoint's Retry-After is
+  /// honoured and shared like the API's; a failure in transit, which names no
+  /// wait, gets the policy's backoff (an endpoint that drops connections is as
+  /// likely overloaded).
+  asio::awaitable<token_set> renew_with_retries(const std::optional<token_set>& base) {
     retry_budget budget(options_.retry);
     for (;;) {
-      std::optional<std::chrono::milliseconds> delay;
+      co_await hold_back(token_origin_, "refreshing the access token");
       try {
-        co_return co_await client_.refresh(base);
+        if (client_.config().service_account) co_return co_await client_.client_credentials();
+        co_return co_await client_.refresh(*base);
       } catch (const oauth_error& e) {
-        if (!transient(e.code()) || !(delay = budget.next_delay(e.details().retry_after))) throw;
+        const auto retry_after = e.details().retry_after;
+        if (!transient(e.code()) || beyond_wait(token_origin_, retry_after) || !retry_later(token_origin_, retry_after, budget))
+          throw;
       }
-      co_await sleep_for(*delay, "waiting to retry the token refresh");
     }
   }
 
@@ -4420,8 +4950,11 @@ class session_state : public std::enable_shared_from_this<session_state> {
   token_store& store_;
   session_options options_;
   url api_;
+  std::string token_origin_;
   std::string api_prefix_;
   asio::strand<asio::any_io_executor> strand_;
+  mutable std::mutex hold_mutex_;
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> not_before_;  // per origin
 
   std::optional<token_set> tokens_;
   clock::time_point obtained_at_ = clock::now();
@@ -4442,6 +4975,7 @@ class session_state : public std::enable_shared_from_this<session_state> {
   bool unsaved_overwrites_ = false;       // ...and is a new grant, which replaces whatever is stored
   std::optional<token_set> unsaved_base_; // what the store held when that refresh began
   std::exception_ptr grant_error_;        // invalid_grant: no more refreshing until a new grant
+  std::vector<std::string> warned_;       // what grant_warning has been told
   std::chrono::steady_clock::time_point next_proactive_{};
 };
 
@@ -4461,9 +4995,11 @@ struct site {
   std::string avatar_url;           ///< the site's avatar
 
   /// The site in `sites` whose cloud id, URL ("https://example.atlassian.net",
-  /// scheme and trailing slash optional) or name (any case) is `key`; throws
-  /// site_not_found naming the sites there are.
-  static site find(const std::vector<site>& sites, std::string_view key);
+  /// scheme and trailing slash optional) or name (any case) is `key`; with no
+  /// key, the only Confluence site (one with a scope naming "confluence": the
+  /// list has no order and holds Jira sites too). Throws site_not_found naming
+  /// the sites there are.
+  static site find(const std::vector<site>& sites, std::string_view key = {});
 };
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
@@ -4503,15 +5039,34 @@ inline std::string site_key(std::string_view url) {
 
 #if CONFLUENCE_OAUTH_DETAIL_DEFINE
 CONFLUENCE_OAUTH_DETAIL_INLINE site site::find(const std::vector<site>& sites, std::string_view key) {
+  auto is_confluence = [](const site& s) {
+    return std::any_of(s.scopes.begin(), s.scopes.end(),
+                       [](const std::string& scope) { return scope.find("confluence") != std::string::npos; });
+  };
+  std::vector<const site*> matches;
   for (const auto& s : sites)
-    if (s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) || detail::iequals(s.name, key))
-      return s;
+    if (key.empty() ? is_confluence(s)
+                    : s.id == key || (!s.url.empty() && detail::site_key(s.url) == detail::site_key(key)) ||
+                          detail::iequals(s.name, key))
+      matches.push_back(&s);
+  if (key.empty() ? matches.size() == 1 : !matches.empty()) return *matches.front();
   if (sites.empty())
     detail::fail(errc::site_not_found, "the grant reaches no site: sign in again and pick a site on the consent page");
-  std::string known;
-  for (const auto& s : sites) known += (known.empty() ? "" : ", ") + s.name + " (" + s.url + ")";
-  detail::fail(errc::site_not_found, "no site matches \"" + detail::sanitize_text(key, 100) + "\"; the grant reaches " +
-                                         detail::sanitize_text(known, 600));
+  auto list = [](const std::vector<const site*>& of) {
+    std::string text;
+    for (const site* s : of) text += (text.empty() ? "" : ", ") + s->name + " (" + s->url + ")";
+    return detail::sanitize_text(text, 600);
+  };
+  std::vector<const site*> all;
+  for (const auto& s : sites) all.push_back(&s);
+  if (!key.empty())
+    detail::fail(errc::site_not_found, "no site matches \"" + detail::sanitize_text(key, 100) + "\"; the grant reaches " +
+                                           list(all));
+  if (matches.empty())
+    detail::fail(errc::site_not_found, "none of the sites the grant reaches is a Confluence site (" + list(all) +
+                                           "): consent again and pick a Confluence site");
+  detail::fail(errc::site_not_found, "the grant reaches several Confluence sites: choose one by URL, name or cloud id: " +
+                                         list(matches));
 }
 #endif  // CONFLUENCE_OAUTH_DETAIL_DEFINE
 
@@ -4633,9 +5188,12 @@ class session {
 
   /// Sends `req` with the access token to `req.target`: a path under api_url,
   /// or an absolute URL on its origin. Refreshes once on 401 (or a 403/404
-  /// close to expiry) and sends again; retries 429 and 503 within the policy.
-  /// Completes with the final response whatever its status, except a 401 that
-  /// persists (unauthorized) or names a missing scope (scope_mismatch).
+  /// close to expiry) and sends again; retries 429 and 503 within the policy,
+  /// and waits first while the server has asked the session to (see
+  /// retry_policy). Completes with the final response whatever its status,
+  /// except a 401 that persists (unauthorized) or names a missing scope
+  /// (scope_mismatch), and a wait longer than retry_policy::max_wait
+  /// (rate_limited, or server_unavailable for a 503; details().retry_after).
   template <typename CompletionToken = detail::default_completion_token>
   auto request(http_request req, CompletionToken&& token = {}) {
     return detail::launch<http_response>(get_executor(), std::forward<CompletionToken>(token),
@@ -4649,6 +5207,18 @@ class session {
   auto accessible_resources(CompletionToken&& token = {}) {
     return detail::launch<std::vector<site>>(get_executor(), std::forward<CompletionToken>(token),
                                              [state = state_] { return accessible_resources_op(state); });
+  }
+
+  /// The cloud id of the site at `site_url` ("https://example.atlassian.net",
+  /// scheme optional) from its public `/_edge/tenant_info`, asked without a
+  /// token: for a service account, which may reach no accessible-resources.
+  /// https only, except to loopback; site_not_found when the site has none.
+  template <typename CompletionToken = detail::default_completion_token>
+  auto cloud_id(std::string site_url, CompletionToken&& token = {}) {
+    return detail::launch<std::string>(get_executor(), std::forward<CompletionToken>(token),
+                                       [state = state_, site_url = std::move(site_url)]() mutable {
+                                         return cloud_id_op(state, std::move(site_url));
+                                       });
   }
 
   /// GET `target` and its JSON body; any status but 2xx fails with the typed error.
@@ -4692,6 +5262,7 @@ class session {
   static asio::awaitable<std::optional<token_set>> grant_op(state_ptr state);
   static asio::awaitable<http_response> request_op(state_ptr state, http_request req);
   static asio::awaitable<std::vector<site>> accessible_resources_op(state_ptr state);
+  static asio::awaitable<std::string> cloud_id_op(state_ptr state, std::string site_url);
   static asio::awaitable<nlohmann::json> json_op(state_ptr state, http_request req, std::optional<nlohmann::json> body);
 
   state_ptr state_;
@@ -4772,6 +5343,24 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::vector<site>> session::acces
   co_return detail::parse_sites(co_await json_op(std::move(state), std::move(req), std::nullopt));
 }
 
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::string> session::cloud_id_op(state_ptr state, std::string site_url) {
+  if (!detail::is_absolute_url(site_url)) site_url.insert(0, "https://");
+  detail::url u = detail::parse_url(site_url);
+  u.target = "/_edge/tenant_info";
+  http_request req;
+  req.headers.add("Accept", "application/json");
+  req.headers.add("User-Agent", state->client().config().user_agent);
+  detail::http_limits limits;
+  limits.max_body_bytes = 64 * 1024;
+  const std::string what = detail::describe(req, u);
+  auto res = co_await detail::http_of(state->client()).send(u, req, limits);
+  if (res.status == 404) detail::fail(errc::site_not_found, what + ": no Atlassian site there", detail::response_details(res));
+  const auto body = detail::parse_api_json(res, what);
+  const std::string* id = detail::json_string(body, "cloudId");
+  if (!id || id->empty()) detail::fail(errc::protocol_error, what + ": the answer holds no cloudId", detail::response_details(res));
+  co_return detail::sanitize_text(*id, 100);
+}
+
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<nlohmann::json> session::json_op(state_ptr state, http_request req,
                                                                                 std::optional<nlohmann::json> body) {
   if (body) req.body = detail::dump_json(*body);
@@ -4783,13 +5372,19 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<nlohmann::json> session::json_op(
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_op(state_ptr state, http_request req) {
   const detail::url target = state->resolve(req.target);
+  const std::string origin = target.origin();
+  const std::string what = detail::describe(req, target);
   const auto& options = state->options();
   detail::http_limits limits;
   limits.max_body_bytes = options.max_response_bytes;
   if (!req.headers.get("User-Agent")) req.headers.add("User-Agent", state->client().config().user_agent);
+  // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
+  const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
+                          req.method == "DELETE" || req.method == "OPTIONS";
   bool refreshed = false;
   detail::retry_budget budget(options.retry);
   for (;;) {
+    co_await state->hold_back(origin, what);
     auto used = state->published_token();
     if (!used) used = co_await detail::on_strand(state->strand(), state->token());
     req.headers.set("Authorization", "Bearer " + used->access.reveal());
@@ -4798,21 +5393,22 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_o
       const secret* sent[] = {&used->access};
       detail::redact_response(res, sent);
     }
+    state->pace(origin, res);
     if (!refreshed && state->rejects(res, *used)) {
       refreshed = true;
       co_await detail::on_strand(state->strand(), state->replace_rejected(used->access));
       continue;
     }
-    if (res.status == 401) detail::fail_api(res, detail::describe(req, target));
-    // A 429 was not processed; a 503 may have been, so only idempotent requests repeat it.
-    const bool idempotent = req.method == "GET" || req.method == "HEAD" || req.method == "PUT" ||
-                            req.method == "DELETE" || req.method == "OPTIONS";
-    if (res.status == 429 || (res.status == 503 && idempotent)) {
-      const auto delay = budget.next_delay(detail::response_details(res).retry_after);
-      if (delay) {
-        co_await detail::sleep_for(*delay, detail::describe(req, target) + ": waiting to retry");
-        continue;
+    if (res.status == 401) detail::fail_api(res, what);
+    if (res.status == 429 || res.status == 503) {
+      auto details = detail::response_details(res);
+      if (state->beyond_wait(origin, details.retry_after)) {
+        details.error_description = detail::api_message(res);
+        detail::fail(detail::errc_for_status(res.status), what + ": the server asks to wait " +
+                                                             std::to_string(details.retry_after->count()) +
+                                                             " s, longer than retry_policy::max_wait", details);
       }
+      if ((res.status == 429 || idempotent) && state->retry_later(origin, details.retry_after, budget)) continue;
     }
     co_return res;
   }
@@ -4946,7 +5542,12 @@ class confluence {
   pager pages(std::string path) const;
 
   /// Every item of every page's "results", up to `max_items`. Completes with
-  /// (error_code, std::vector<nlohmann::json>).
+  /// (error_code, std::vector<nlohmann::json>). A failure on a page after the
+  /// first (a rate limit that outlasts retry_policy::max_wait, say) keeps what
+  /// was read: details().partial_results holds the items of the pages before
+  /// it, and get_all(details().resume_path) goes on from the failed page.
+  /// Next-page links are followed only on the gateway's origin: one to any
+  /// other host is protocol_error, and the access token is not sent there.
   template <typename CompletionToken = detail::default_completion_token>
   auto get_all(std::string path, std::size_t max_items, CompletionToken&& token = {}) {
     return detail::launch<std::vector<nlohmann::json>>(get_executor(), std::forward<CompletionToken>(token),
@@ -4957,7 +5558,7 @@ class confluence {
 
   /// get_all with at most 10,000 items.
   template <typename CompletionToken = detail::default_completion_token>
-    requires asio::completion_token_for<CompletionToken, void(std::error_code, std::vector<nlohmann::json>)>
+    requires(!std::is_convertible_v<CompletionToken, std::size_t>)
   auto get_all(std::string path, CompletionToken&& token = {}) {
     return get_all(std::move(path), 10000, std::forward<CompletionToken>(token));
   }
@@ -4999,19 +5600,29 @@ CONFLUENCE_OAUTH_DETAIL_INLINE confluence::pager confluence::pages(std::string p
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::vector<nlohmann::json>> confluence::collect(std::string path, std::size_t max_items) {
   std::vector<nlohmann::json> items;
   auto walk = pages(std::move(path));
+  std::string at;       // the page being read: where a failed walk resumes
   int empty_pages = 0;  // a server that keeps sending empty pages with new links is not followed forever
-  while (items.size() < max_items) {
-    auto page = co_await walk.next();
-    if (!page) break;
-    auto results = page->is_object() ? page->find("results") : page->end();
-    if (results == page->end() || !results->is_array())
-      detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
-    empty_pages = results->empty() ? empty_pages + 1 : 0;
-    if (empty_pages > 8) detail::fail(errc::protocol_error, "the listing keeps sending empty pages");
-    for (auto& item : *results) {
-      if (items.size() == max_items) break;
-      items.push_back(std::move(item));
+  try {
+    while (items.size() < max_items && walk.next_) {
+      at = *walk.next_;
+      auto page = co_await walk.next();
+      if (!page) break;
+      auto results = page->is_object() ? page->find("results") : page->end();
+      if (results == page->end() || !results->is_array())
+        detail::fail(errc::protocol_error, "a page of the listing has no \"results\" array");
+      empty_pages = results->empty() ? empty_pages + 1 : 0;
+      if (empty_pages > 8) detail::fail(errc::protocol_error, "the listing keeps sending empty pages");
+      for (auto& item : *results) {
+        if (items.size() == max_items) break;
+        items.push_back(std::move(item));
+      }
     }
+  } catch (const oauth_error& e) {
+    // What was read is handed back with the error, and the page to go on from.
+    error_details details = e.details();
+    details.partial_results = std::move(items);
+    details.resume_path = at.starts_with(base_ + "/") ? at.substr(base_.size()) : at;
+    throw detail::error_access::with_details(e, std::move(details));
   }
   co_return items;
 }
