@@ -29,6 +29,7 @@
 
 #include "confluence_oauth.hpp"
 
+#include <fcntl.h>
 #include <libpq-fe.h>
 
 #include <chrono>
@@ -98,12 +99,16 @@ class pg_connection : public std::enable_shared_from_this<pg_connection> {
 
  private:
   asio::awaitable<void> wait(asio::posix::descriptor_base::wait_type type, deadline until);
+  void watch_socket();
   [[noreturn]] void fail_broken(const std::string& what);
   static void ignore_notice(void*, const char*) noexcept {}
   void on_deadline();
 
   asio::strand<asio::any_io_executor> strand_;
-  asio::posix::stream_descriptor socket_;  // libpq owns the descriptor: released, never closed
+  // A duplicate of libpq's socket, ours to close: libpq closes its own when it
+  // moves to another address or meets the end of the stream, and Asio's
+  // registration must not outlive it onto a socket that reuses the number.
+  asio::posix::stream_descriptor socket_;
   asio::steady_timer timer_;
   PGconn* conn_ = nullptr;
   std::uint64_t generation_ = 0;
@@ -276,8 +281,17 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE pg_connection::pg_connection(asio::any_io_execu
     : strand_(asio::make_strand(ex)), socket_(strand_), timer_(strand_) {}
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE pg_connection::~pg_connection() {
-  if (socket_.is_open()) socket_.release();
+  std::error_code ignored;
+  socket_.close(ignored);
   if (conn_) PQfinish(conn_);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_connection::watch_socket() {
+  std::error_code ignored;
+  socket_.close(ignored);
+  const int fd = ::fcntl(PQsocket(conn_), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) fail_broken("cannot watch the connection's socket");
+  socket_.assign(fd);
 }
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE bool pg_connection::broken() const noexcept {
@@ -315,7 +329,8 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::wait(asio:
     // A handler queued as the wait ended must not cancel the next one.
     if (auto self = weak.lock(); self && self->generation_ == generation) self->on_deadline();
   });
-  auto [ec] = co_await socket_.async_wait(type, use_tuple);
+  // Resumed on the strand, where on_deadline runs.
+  auto [ec] = co_await socket_.async_wait(type, asio::bind_executor(strand_, use_tuple));
   ++generation_;
   timer_.cancel();
   if (!ec) co_return;
@@ -326,21 +341,25 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::wait(asio:
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::connect(std::string conninfo, deadline until) {
   co_await asio::dispatch(asio::bind_executor(strand_, asio::use_awaitable));
-  conn_ = PQconnectStart(conninfo.c_str());
   wipe_on_exit wipe{conninfo};  // it may hold a password
+  // libpq's message about a malformed string quotes pieces of it, the password among them.
+  char* parse_error = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(conninfo.c_str(), &parse_error);
+  PQfreemem(parse_error);
+  if (!parsed) fail(errc::store_error, "PostgreSQL: the connection string is malformed");
+  PQconninfoFree(parsed);
+  conn_ = PQconnectStart(conninfo.c_str());
   if (!conn_ || PQstatus(conn_) == CONNECTION_BAD) fail_broken("cannot connect");
   for (auto poll = PGRES_POLLING_WRITING; poll != PGRES_POLLING_OK; poll = PQconnectPoll(conn_)) {
     if (poll == PGRES_POLLING_FAILED) fail_broken("cannot connect");
     // libpq may change sockets between polls (another address, SSL retried):
     // watch the one it uses now.
-    if (socket_.is_open()) socket_.release();
-    socket_.assign(PQsocket(conn_));
+    watch_socket();
     co_await wait(poll == PGRES_POLLING_READING ? asio::posix::descriptor_base::wait_read
                                                 : asio::posix::descriptor_base::wait_write,
                   until);
   }
-  if (socket_.is_open()) socket_.release();
-  socket_.assign(PQsocket(conn_));
+  watch_socket();
   PQsetNoticeProcessor(conn_, ignore_notice, nullptr);  // libpq would print them on stderr
   if (PQsetnonblocking(conn_, 1) != 0) fail_broken("cannot make the connection non-blocking");
 }
@@ -357,6 +376,9 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_result> pg_connection::query
   if (sent != 1) fail_broken("cannot send a statement");
   for (int left = PQflush(conn_); left != 0; left = PQflush(conn_)) {
     if (left < 0) fail_broken("cannot send a statement");
+    // What the server sent meanwhile is taken in first, as libpq asks, so
+    // that a server waiting for its answer to be read cannot stall the send.
+    if (PQconsumeInput(conn_) != 1) fail_broken("the connection failed");
     co_await wait(asio::posix::descriptor_base::wait_write, until);
   }
   pg_result first;
@@ -589,7 +611,11 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<bool> postgres_token_store::rep
     params.push_back(db_->key_id_);
     params.push_back(seal(next));
     auto r = co_await db_->pool_->exec(detail::pg_insert_new, std::move(params), "saving a new grant");
-    co_return std::string_view(PQcmdTuples(r.get())) == "1";
+    if (std::string_view(PQcmdTuples(r.get())) == "1") co_return true;
+    // A row was there; or this insert made it, and the answer was lost with
+    // a connection, so it ran once more.
+    auto now = co_await read();
+    co_return now && detail::same_grant(now->tokens, next);
   }
   auto stored = co_await read();
   if (!stored || !detail::same_grant(stored->tokens, expected)) co_return false;

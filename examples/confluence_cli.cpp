@@ -681,6 +681,7 @@ class pasted_redirect {
     if (fd >= 0) input.assign(fd, ec);  // EPERM for a file or /dev/null: nothing to wait for
     if (fd >= 0 && ec) ::close(fd);
     std::string line;
+    line.reserve(max_pasted_line);  // read in place: no copy of the code left behind by a reallocation
     wipe_on_exit wipe{line};
     while (fd >= 0 && !ec) {
       const std::size_t n = co_await asio::async_read_until(input, asio::dynamic_buffer(line, max_pasted_line), '\n',
@@ -1115,6 +1116,8 @@ std::string help_text() {
          "                          every command then needs the same key\n"
          "  --token-db CONNINFO     keep the grant in PostgreSQL instead of the token file:\n"
          "                          a libpq connection string or URI; needs --key-file\n"
+         "                          (a password belongs in ~/.pgpass or $PGPASSWORD: command\n"
+         "                          lines are visible to others)\n"
          "                          (rows are sealed with it: the same key on every host)\n"
          "  --grant-key NAME        the grant's row there (default: confluence-cli: and\n"
          "                          the client id)\n"
