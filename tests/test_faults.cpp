@@ -403,16 +403,6 @@ std::vector<fault_row> api_rows() {
   return rows;
 }
 
-/// "Sun, 06 Nov 1994 08:49:37 GMT" for now + `ahead`.
-std::string http_date(std::chrono::seconds ahead) {
-  std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now() + ahead);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  std::array<char, 64> text{};
-  std::strftime(text.data(), text.size(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return text.data();
-}
-
 std::string raw_response(const std::string& status_line, const std::string& type, const std::string& body) {
   return status_line + "\r\nContent-Type: " + type + "\r\nContent-Length: " + std::to_string(body.size()) +
          "\r\nConnection: close\r\n\r\n" + body;
@@ -466,10 +456,10 @@ std::vector<fault_row> token_rows() {
         f.auth.push_status("/oauth/token", 429, "{}", {{"Retry-After", "1"}});
       }, std::nullopt, std::nullopt, 2, 900ms);
   row("fault matrix: Retry-After as an HTTP date", [](fixture& f) {
-        f.auth.push_status("/oauth/token", 429, "{}", {{"Retry-After", http_date(3s)}});  // whole seconds: room for a slow start
+        f.auth.push_status("/oauth/token", 429, "{}", {{"Retry-After", test_util::http_date(3s)}});  // whole seconds: room for a slow start
       }, std::nullopt, std::nullopt, 2, 900ms);
   row("fault matrix: Retry-After as an HTTP date beyond the retry budget", [](fixture& f) {
-        f.auth.push_status("/oauth/token", 429, "{}", {{"Retry-After", http_date(1h)}});
+        f.auth.push_status("/oauth/token", 429, "{}", {{"Retry-After", test_util::http_date(1h)}});
       }, errc::rate_limited, retry, 1);
   rows.back().budget = 3s;  // not waited for
   rows.back().holds_back = true;

@@ -56,15 +56,6 @@ struct limited {
   }
 };
 
-std::string http_date(std::chrono::seconds ahead) {
-  std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now() + ahead);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  std::array<char, 64> text{};
-  std::strftime(text.data(), text.size(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  return text.data();
-}
-
 /// The oauth_error a coroutine failed with (none when it did not fail).
 template <typename Make>
 std::optional<cfo::oauth_error> oauth_failure(Make make) {
@@ -128,7 +119,7 @@ TEST_CASE("Retry-After as an HTTP date is waited for, never less") {
   fake_atlassian::options::rate_limits l;
   l.burst = 1;
   l.burst_reset = 1s;
-  l.retry_after = http_date(3s);  // whole seconds: at least 1 s after the 429 unless the set-up takes 2 s
+  l.retry_after = test_util::http_date(3s);  // whole seconds: at least 1 s after the 429 unless the set-up takes 2 s
   limited f(l);
   auto waited = test_util::run([&](auto ex) -> asio::awaitable<steady::duration> {
     cfo::session s(ex, f.cfg, f.store, limited::quick());

@@ -4,9 +4,11 @@
 
 #include "confluence_oauth.hpp"
 
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -250,6 +252,16 @@ class child_process {
 inline process_result run_process(const std::vector<std::string>& argv, std::chrono::seconds limit = std::chrono::seconds(60),
                                   const std::vector<std::string>& extra_env = {}) {
   return child_process(argv, extra_env).wait(limit);
+}
+
+/// An HTTP date, "Sun, 06 Nov 1994 08:49:37 GMT", for now + `ahead`.
+inline std::string http_date(std::chrono::seconds ahead) {
+  std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now() + ahead);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  std::array<char, 64> text{};
+  std::strftime(text.data(), text.size(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return text.data();
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
