@@ -607,25 +607,21 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<bool> postgres_token_store::rep
     const std::optional<token_set>& expected, const token_set& next) {
   std::vector<std::string> params;
   params.push_back(grant_key_);
-  if (!expected) {
-    params.push_back(db_->key_id_);
-    params.push_back(seal(next));
-    auto r = co_await db_->pool_->exec(detail::pg_insert_new, std::move(params), "saving a new grant");
-    if (std::string_view(PQcmdTuples(r.get())) == "1") co_return true;
-    // A row was there; or this insert made it, and the answer was lost with
-    // a connection, so it ran once more.
-    auto now = co_await read();
-    co_return now && detail::same_grant(now->tokens, next);
+  const char* statement = detail::pg_insert_new;
+  const char* doing = "saving a new grant";
+  if (expected) {
+    auto stored = co_await read();
+    if (!stored || !detail::same_grant(stored->tokens, expected)) co_return false;
+    params.push_back(stored->version);
+    statement = detail::pg_update_if;
+    doing = "replacing a grant";
   }
-  auto stored = co_await read();
-  if (!stored || !detail::same_grant(stored->tokens, expected)) co_return false;
-  params.push_back(stored->version);
   params.push_back(db_->key_id_);
   params.push_back(seal(next));
-  auto r = co_await db_->pool_->exec(detail::pg_update_if, std::move(params), "replacing a grant");
+  auto r = co_await db_->pool_->exec(statement, std::move(params), doing);
   if (std::string_view(PQcmdTuples(r.get())) == "1") co_return true;
-  // Someone wrote between the read and the update; or this update did, and
-  // the answer was lost with a connection, so it ran once more.
+  // Another write came first; or this one ran, and its answer was lost with
+  // a connection, so it ran once more.
   auto now = co_await read();
   co_return now && detail::same_grant(now->tokens, next);
 }
