@@ -139,8 +139,9 @@ class pg_pool : public std::enable_shared_from_this<pg_pool> {
   void give_back(std::shared_ptr<pg_connection> c);
 
   /// Releases the advisory lock `id` on `c`, then gives `c` back: in the
-  /// background, since a store_lock ends synchronously. Should the unlock
-  /// fail, `c` closes, which releases the lock as surely.
+  /// background, since a store_lock ends synchronously, and so possibly after
+  /// the last store of this pool is gone (the background work keeps the pool
+  /// alive). Should the unlock fail, `c` closes, which releases the lock as surely.
   void unlock_later(std::shared_ptr<pg_connection> c, std::string id);
 
   asio::any_io_executor executor() const { return ex_; }
@@ -149,7 +150,8 @@ class pg_pool : public std::enable_shared_from_this<pg_pool> {
  private:
   asio::awaitable<std::shared_ptr<pg_connection>> acquire(bool& reused);
   asio::awaitable<void> ensure_table(pg_connection& c);
-  asio::awaitable<void> unlock(std::shared_ptr<pg_connection> c, std::string id);
+  static asio::awaitable<void> unlock(std::shared_ptr<pg_pool> pool, std::shared_ptr<pg_connection> c,
+                                      std::string id);
   pg_connection::deadline query_deadline() const;
 
   asio::any_io_executor ex_;
@@ -491,16 +493,17 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_pool::give_back(std::shared_ptr<pg_conn
 }
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_pool::unlock_later(std::shared_ptr<pg_connection> c, std::string id) {
-  asio::co_spawn(ex_, unlock(std::move(c), std::move(id)), asio::detached);
+  asio::co_spawn(ex_, unlock(shared_from_this(), std::move(c), std::move(id)), asio::detached);
 }
 
-CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_pool::unlock(std::shared_ptr<pg_connection> c,
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_pool::unlock(std::shared_ptr<pg_pool> pool,
+                                                                    std::shared_ptr<pg_connection> c,
                                                                     std::string id) {
   try {
     std::vector<std::string> params;
     params.push_back(std::move(id));
-    auto r = co_await c->query(pg_unlock, std::move(params), query_deadline());
-    if (PQresultStatus(r.get()) == PGRES_TUPLES_OK) give_back(std::move(c));
+    auto r = co_await c->query(pg_unlock, std::move(params), pool->query_deadline());
+    if (PQresultStatus(r.get()) == PGRES_TUPLES_OK) pool->give_back(std::move(c));
   } catch (const std::exception&) {
     // `c` closes as it goes: the server releases the lock with the connection.
   }

@@ -376,6 +376,25 @@ TEST_CASE("lock: one holder across hosts, a wait that ends at its deadline, rele
   });
 }
 
+TEST_CASE("a lock released as its store goes away is still released, and touches nothing freed") {
+  // The unlock runs in the background, after the store, its database and
+  // their pool may all be gone: it must keep what it uses alive (a CI run
+  // once aborted on "double free" here; ASan names the read of a freed pool).
+  pg_cluster pg;
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    {
+      auto host = store(ex, pg.conninfo(), "alice");
+      auto held = co_await host->lock();
+    }  // the lock, then the store and its database: the unlock has not run yet
+    cfo::postgres_token_store::settings patient;
+    patient.lock_timeout = 30s;
+    cfo::postgres_token_store after(
+        std::make_shared<cfo::postgres_token_store::database>(ex, pg.conninfo(), key_of('k'), patient), "alice");
+    auto taken = co_await after.lock();
+  });
+  CHECK(pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0");
+}
+
 TEST_CASE("a server that is unreachable is a store_error within the deadline, and a restarted one is reconnected to") {
   pg_cluster pg;
   const auto nowhere = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
