@@ -4,14 +4,14 @@
 #      only: the docs_check test of each build below fails on an undocumented
 #      public name)                                     -> build/docs
 #   1. CMake + Ninja, g++, Release (the project's own -O3 flags)  -> build/test
-#      with the PostgreSQL store's tests, in this stage only (a server of
-#      their own, scripts/pg-cluster.sh; about 2 min, the 60 s many-hosts run
-#      included)
+#      with the PostgreSQL store's tests (a server of their own each,
+#      scripts/pg-cluster.sh; about 2 min, the 60 s many-hosts run included)
 #      then a seconds-long smoke of the benchmark, bench/run --smoke, with that
 #      build's bench-ours and every rival client    -> build/bench-smoke
 #   2. CMake + Ninja, clang 14, Debug (-O0 -g1), ASan + UBSan -> build/asan
+#      with the PostgreSQL store's tests too
 #   3. CMake + Ninja, clang 14, Debug (-O0 -g1), TSan        -> build/tsan
-#   4. Meson, clang 14, release (-O3)                        -> build/meson
+#   4. Meson, clang 14, -O0                                  -> build/meson
 #   5. scripts/fuzz.sh: every libFuzzer target replays its regressions and
 #      fuzzes for FUZZ_SECONDS (default 5)             -> build/fuzz
 #   6. scripts/test-consumers.sh: a consumer project for each way in (drop-in,
@@ -143,11 +143,14 @@ cmake_stage() {
 meson_stage() {
   local title="Meson build + meson test, clang 14 (build/meson)" dir=build/meson start=$SECONDS
   banner "$title"
-  local opts=(-Dbuildtype=release -Dwerror=true -Dseparate_compilation=true)  # the examples compiled once, as in stage 1
+  # The examples and the tests' worker programs compiled once, as in stage 1.
+  # -O0 without debug info: stages 1 to 3 already build optimized and with
+  # line tables; this stage proves meson.build (its targets, options and
+  # tests), and clang compiles the unity test files at -O0 in half its -O3 time.
+  local opts=(-Doptimization=0 -Ddebug=false -Dwerror=true -Dseparate_compilation=true)
   local ok=1
-  # clang's Release build (g++'s is stage 1; clang's Debug builds are stages 2
-  # and 3). clang compiles this code base in about half g++'s time. Meson keeps the compiler
-  # of an existing build dir, so a dir set up with another one starts over.
+  # Meson keeps the compiler of an existing build dir, so a dir set up with
+  # another one starts over.
   export CXX=clang++-14
   if [[ -f "$dir/meson-private/coredata.dat" && "$(cat "$dir/.cxx" 2>/dev/null)" != "$CXX" ]]; then
     echo "test.sh: $dir was set up with another C++ compiler; removing it"
