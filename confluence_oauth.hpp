@@ -4385,22 +4385,25 @@ inline std::string dump_json(const nlohmann::json& body) {
   }
 }
 
-inline nlohmann::json parse_api_json(const http_response& res, const std::string& what) {
-  if (res.status < 200 || res.status >= 300) fail_api(res, what);
+/// "GET https://api.atlassian.com/ex/confluence/..." without the query, for messages.
+inline std::string describe(std::string_view method, const url& u) {
+  return std::string(method) + " " + u.origin() + sanitize_text(u.path(), 200);
+}
+
+/// The JSON body of a 2xx answer to `method` on `u`; the request is described
+/// only in an error, so that a success pays nothing for it.
+inline nlohmann::json parse_api_json(const http_response& res, std::string_view method, const url& u) {
+  if (res.status < 200 || res.status >= 300) fail_api(res, describe(method, u));
   if (res.body.empty()) return nullptr;
   auto j = parse_json(res.body);
-  if (j.is_discarded()) fail(errc::protocol_error, what + ": the response is not JSON", response_details(res));
+  if (j.is_discarded())
+    fail(errc::protocol_error, describe(method, u) + ": the response is not JSON", response_details(res));
   return j;
 }
 
 /// An http(s) URL, as opposed to a path (which may hold "://" in its query).
 inline bool is_absolute_url(std::string_view target) noexcept {
   return iequals(target.substr(0, 7), "http://") || iequals(target.substr(0, 8), "https://");
-}
-
-/// "GET https://api.atlassian.com/ex/confluence/..." without the query, for messages.
-inline std::string describe(const http_request& req, const url& u) {
-  return req.method + " " + u.origin() + sanitize_text(u.path(), 200);
 }
 
 // Atlassian's refresh tokens expire after 90 days unused and 365 days after
@@ -5261,6 +5264,9 @@ class session {
   static asio::awaitable<token_set> refresh_op(state_ptr state);
   static asio::awaitable<std::optional<token_set>> grant_op(state_ptr state);
   static asio::awaitable<http_response> request_op(state_ptr state, http_request req);
+  // request_op's work on a request `target` resolves: json_op describes it
+  // with the same `target`, only should it fail.
+  static asio::awaitable<http_response> send_op(state_ptr state, http_request& req, const detail::url& target);
   static asio::awaitable<std::vector<site>> accessible_resources_op(state_ptr state);
   static asio::awaitable<std::string> cloud_id_op(state_ptr state, std::string site_url);
   static asio::awaitable<nlohmann::json> json_op(state_ptr state, http_request req, std::optional<nlohmann::json> body);
@@ -5352,12 +5358,15 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::string> session::cloud_id_op
   req.headers.add("User-Agent", state->client().config().user_agent);
   detail::http_limits limits;
   limits.max_body_bytes = 64 * 1024;
-  const std::string what = detail::describe(req, u);
   auto res = co_await detail::http_of(state->client()).send(u, req, limits);
-  if (res.status == 404) detail::fail(errc::site_not_found, what + ": no Atlassian site there", detail::response_details(res));
-  const auto body = detail::parse_api_json(res, what);
+  if (res.status == 404)
+    detail::fail(errc::site_not_found, detail::describe(req.method, u) + ": no Atlassian site there",
+                 detail::response_details(res));
+  const auto body = detail::parse_api_json(res, req.method, u);
   const std::string* id = detail::json_string(body, "cloudId");
-  if (!id || id->empty()) detail::fail(errc::protocol_error, what + ": the answer holds no cloudId", detail::response_details(res));
+  if (!id || id->empty())
+    detail::fail(errc::protocol_error, detail::describe(req.method, u) + ": the answer holds no cloudId",
+                 detail::response_details(res));
   co_return detail::sanitize_text(*id, 100);
 }
 
@@ -5365,15 +5374,19 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<nlohmann::json> session::json_op(
                                                                                 std::optional<nlohmann::json> body) {
   if (body) req.body = detail::dump_json(*body);
   req.headers.add("Accept", "application/json");
-  const std::string what = detail::describe(req, state->resolve(req.target));
-  auto res = co_await request_op(std::move(state), std::move(req));
-  co_return detail::parse_api_json(res, what);
+  const detail::url target = state->resolve(req.target);
+  auto res = co_await send_op(std::move(state), req, target);
+  co_return detail::parse_api_json(res, req.method, target);
 }
 
 CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_op(state_ptr state, http_request req) {
   const detail::url target = state->resolve(req.target);
+  co_return co_await send_op(std::move(state), req, target);
+}
+
+CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::send_op(state_ptr state, http_request& req,
+                                                                               const detail::url& target) {
   const std::string origin = target.origin();
-  const std::string what = detail::describe(req, target);
   const auto& options = state->options();
   detail::http_limits limits;
   limits.max_body_bytes = options.max_response_bytes;
@@ -5384,7 +5397,9 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_o
   bool refreshed = false;
   detail::retry_budget budget(options.retry);
   for (;;) {
-    co_await state->hold_back(origin, what);
+    // (No wait and no description of the request on the fast path: the
+    // description is for errors.)
+    if (state->held_for(origin).count() > 0) co_await state->hold_back(origin, detail::describe(req.method, target));
     auto used = state->published_token();
     if (!used) used = co_await detail::on_strand(state->strand(), state->token());
     req.headers.set("Authorization", "Bearer " + used->access.reveal());
@@ -5399,12 +5414,12 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<http_response> session::request_o
       co_await detail::on_strand(state->strand(), state->replace_rejected(used->access));
       continue;
     }
-    if (res.status == 401) detail::fail_api(res, what);
+    if (res.status == 401) detail::fail_api(res, detail::describe(req.method, target));
     if (res.status == 429 || res.status == 503) {
       auto details = detail::response_details(res);
       if (state->beyond_wait(origin, details.retry_after)) {
         details.error_description = detail::api_message(res);
-        detail::fail(detail::errc_for_status(res.status), what + ": the server asks to wait " +
+        detail::fail(detail::errc_for_status(res.status), detail::describe(req.method, target) + ": the server asks to wait " +
                                                              std::to_string(details.retry_after->count()) +
                                                              " s, longer than retry_policy::max_wait", details);
       }
@@ -5639,9 +5654,8 @@ CONFLUENCE_OAUTH_DETAIL_INLINE asio::awaitable<std::optional<nlohmann::json>> co
   req.target = *next_;  // kept until the page arrives, so a failed call can be repeated
   req.headers.add("Accept", "application/json");
   const std::string current = req.target;
-  const std::string what = detail::describe(req, detail::parse_url(current));
   auto res = co_await session_.request(std::move(req));
-  auto page = detail::parse_api_json(res, what);
+  auto page = detail::parse_api_json(res, "GET", detail::parse_url(current));
   std::optional<std::string> link;
   for (const auto& h : res.headers)
     if (detail::iequals(h.name, "Link") && (link = detail::next_link(h.value))) break;

@@ -106,6 +106,26 @@ TEST_CASE("load() reads the grant and requests carry it") {
   CHECK(f.srv.stats().token_requests == 1);  // the grant itself; no refresh
 }
 
+TEST_CASE("get_json's errors name the request, without its query") {
+  session_fixture f;
+  const std::string path = "/ex/confluence/a1b2c3d4-0000-4000-8000-000000000001/wiki/api/v2/pages/7";
+  f.srv.push_raw_response(path, "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 15\r\n\r\n<html>hi</html>");
+  f.srv.push_raw_response(path, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+  const std::string named = "GET " + f.cfg.api_url + path;
+  const std::string target = path + "?cursor=secret-cursor";
+  for (const auto expected : {cfo::errc::protocol_error, cfo::errc::http_error}) {
+    auto failed = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
+      cfo::session s(ex, f.cfg, f.store);
+      CHECK(co_await s.load());
+      co_await s.get_json(target);
+    });
+    CAPTURE(failed.what);
+    CHECK(failed.code == expected);
+    CHECK(failed.what.find(named) != std::string::npos);
+    CHECK(failed.what.find("secret-cursor") == std::string::npos);  // the query stays out of messages
+  }
+}
+
 TEST_CASE("without a grant, token() says to sign in") {
   session_fixture f;
   auto empty = std::make_shared<cfo::memory_token_store>();
