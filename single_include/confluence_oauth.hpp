@@ -4769,8 +4769,11 @@ class session_state : public std::enable_shared_from_this<session_state> {
       // Refused for good; but another process may have signed in again since.
       auto guard = co_await store_.lock();
       auto stored = co_await store_.load();
-      if (!stored || same_grant(stored, tokens_)) std::rethrow_exception(grant_error_);
-      install(std::move(stored));
+      // Another call may have settled it while this one waited: look again.
+      if (grant_error_) {
+        if (!stored || same_grant(stored, tokens_)) std::rethrow_exception(grant_error_);
+        install(std::move(stored));
+      }
     }
     if (!tokens_ && !client_.config().service_account)
       fail(errc::not_signed_in, "no grant: authorize first, or load() a saved one");

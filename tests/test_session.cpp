@@ -43,6 +43,21 @@ class flaky_store final : public cfo::token_store {
   asio::awaitable<void> clear() override { co_await inner.clear(); }
 };
 
+/// A memory store whose lock() lets other coroutines run before it returns,
+/// as a store that waits on a file or a server does.
+class yielding_store final : public cfo::token_store {
+ public:
+  cfo::memory_token_store inner;
+
+  asio::awaitable<std::optional<cfo::token_set>> load() override { co_return co_await inner.load(); }
+  asio::awaitable<void> save(const cfo::token_set& t) override { co_await inner.save(t); }
+  asio::awaitable<void> clear() override { co_await inner.clear(); }
+  asio::awaitable<store_lock> lock() override {
+    co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    co_return store_lock{};
+  }
+};
+
 struct session_fixture {
   fake_atlassian::server srv;
   cfo::client_config cfg;
@@ -124,6 +139,34 @@ TEST_CASE("get_json's errors name the request, without its query") {
     CHECK(failed.what.find(named) != std::string::npos);
     CHECK(failed.what.find("secret-cursor") == std::string::npos);  // the query stays out of messages
   }
+}
+
+TEST_CASE("a revoked grant replaced in the store meanwhile serves every caller that waited on the store, at once") {
+  // Each caller of a session whose grant was refused looks in the store under
+  // its lock; the first finds the new grant and takes it, and the others,
+  // queued on the lock, must then go on with it (they once rethrew an error
+  // the first had already cleared: a crash).
+  session_fixture f;
+  f.expire_locally();
+  auto store = std::make_shared<yielding_store>();
+  auto outcome = test_util::run([&](auto ex) -> asio::awaitable<int> {
+    co_await store->save(f.granted);
+    cfo::session s(ex, f.cfg, store);
+    CHECK(co_await s.load());
+    f.srv.revoke_all();
+    std::error_code refused;
+    try {
+      co_await s.token();
+    } catch (const cfo::oauth_error& e) {
+      refused = e.code();
+    }
+    CHECK(refused == cfo::errc::invalid_grant);
+    const auto again = test_util::grant_from(f.srv, f.cfg, scopes);  // another process signs in again
+    co_await store->save(again);
+    const auto target = pages_of(f.srv);
+    co_return co_await concurrent_gets(s, 8, target);
+  });
+  CHECK(outcome == 8);
 }
 
 TEST_CASE("without a grant, token() says to sign in") {
