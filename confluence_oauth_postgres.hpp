@@ -11,6 +11,11 @@
 //   lock()    a PostgreSQL advisory lock held by a connection of its own for
 //             the refresh: a host that dies mid-refresh releases it with its
 //             connection. A wait has a deadline (settings::lock_timeout).
+//             The row also names the holder until it has written or let go
+//             cleanly: a holder that lost its connection mid-refresh (a
+//             database restart) may hold the only copy of a rotated refresh
+//             token, and the others wait for it to save that copy
+//             (settings::unfinished_refresh_wait) rather than spend the old one.
 //   replace() an UPDATE conditional on the row's version column: atomic
 //             without the lock.
 //   Tokens    sealed with AES-256-GCM under the caller's key, the grant's name
@@ -32,6 +37,7 @@
 #include <fcntl.h>
 #include <libpq-fe.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -141,8 +147,11 @@ class pg_pool : public std::enable_shared_from_this<pg_pool> {
   /// Releases the advisory lock `id` on `c`, then gives `c` back: in the
   /// background, since a store_lock ends synchronously, and so possibly after
   /// the last store of this pool is gone (the background work keeps the pool
-  /// alive). Should the unlock fail, `c` closes, which releases the lock as surely.
-  void unlock_later(std::shared_ptr<pg_connection> c, std::string id);
+  /// alive). Should the unlock fail, `c` closes, which releases the lock as
+  /// surely. With a `marker`, first clears the grant's holder marker if it is
+  /// still that one; should `c` fail, on fresh connections until `retry_until`.
+  void unlock_later(std::shared_ptr<pg_connection> c, std::string id, std::string grant_key, std::string marker,
+                    pg_connection::deadline retry_until);
 
   asio::any_io_executor executor() const { return ex_; }
   std::chrono::milliseconds query_timeout() const noexcept { return query_timeout_; }
@@ -150,8 +159,8 @@ class pg_pool : public std::enable_shared_from_this<pg_pool> {
  private:
   asio::awaitable<std::shared_ptr<pg_connection>> acquire(bool& reused);
   asio::awaitable<void> ensure_table(pg_connection& c);
-  static asio::awaitable<void> unlock(std::shared_ptr<pg_pool> pool, std::shared_ptr<pg_connection> c,
-                                      std::string id);
+  static asio::awaitable<void> unlock(std::shared_ptr<pg_pool> pool, std::shared_ptr<pg_connection> c, std::string id,
+                                      std::string grant_key, std::string marker, pg_connection::deadline retry_until);
   pg_connection::deadline query_deadline() const;
 
   asio::any_io_executor ex_;
@@ -193,6 +202,12 @@ class postgres_token_store final : public token_store {
     /// Longest wait in lock() for another host's refresh: longer than a
     /// refresh with all its retries.
     std::chrono::milliseconds lock_timeout{std::chrono::minutes(5)};
+    /// Longest wait in lock() for a host that lost the lock mid-refresh (its
+    /// connection closed: a database restart, a crash) to save the tokens it
+    /// may have refreshed; then the refresh goes ahead without them. Within
+    /// Atlassian's 10-minute reuse interval, so that an old refresh token
+    /// spent then still works.
+    std::chrono::milliseconds unfinished_refresh_wait{std::chrono::seconds(30)};
     /// Runs the CREATE TABLE IF NOT EXISTS of confluence_oauth_postgres.sql
     /// on first use; false where the table is made by hand.
     bool create_table = true;
@@ -215,6 +230,7 @@ class postgres_token_store final : public token_store {
     secret key_;
     std::string key_id_;
     std::chrono::milliseconds lock_timeout_;
+    std::chrono::milliseconds unfinished_refresh_wait_;
   };
 
   /// The grant named `grant_key` (any non-empty text without NUL) in `db`.
@@ -231,6 +247,9 @@ class postgres_token_store final : public token_store {
   asio::awaitable<void> clear() override;
   /// Takes the grant's advisory lock on a connection of its own, polling
   /// pg_try_advisory_lock until settings::lock_timeout (then store_error).
+  /// While the row names another holder that lost the lock mid-refresh, lets
+  /// the lock go and waits (settings::unfinished_refresh_wait), so that the
+  /// holder can save what it refreshed.
   asio::awaitable<store_lock> lock() override;
   /// Reads the row and its version, then updates it only if the version is
   /// still the same: atomic without lock().
@@ -242,6 +261,8 @@ class postgres_token_store final : public token_store {
     token_set tokens;
   };
   asio::awaitable<std::optional<row>> read();
+  /// exec on the pool; a failure is noted for the lock's release.
+  asio::awaitable<detail::pg_result> exec(const char* sql, std::vector<std::string> params, const char* what);
   std::string seal(const token_set& tokens) const;
   token_set open(std::string_view key_id, std::string_view sealed) const;
   std::string associated_data() const;
@@ -249,6 +270,12 @@ class postgres_token_store final : public token_store {
 
   std::shared_ptr<database> db_;
   std::string grant_key_;
+  // Names this store as the row's holder: "<id>/<n>" for its n-th lock.
+  std::string holder_id_;
+  std::uint64_t locks_taken_ = 0;
+  // Whether a statement failed while the current lock was held: its holder
+  // may keep tokens the row does not have, so the marker stays.
+  std::shared_ptr<std::atomic<bool>> failed_under_lock_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 #if CONFLUENCE_OAUTH_POSTGRES_DEFINE
@@ -261,6 +288,8 @@ inline constexpr const char* pg_create_table =
     "  version    bigint      NOT NULL,\n"
     "  key_id     text        NOT NULL,\n"
     "  sealed     text        NOT NULL,\n"
+    "  locked_by  text,\n"
+    "  locked_at  timestamptz,\n"
     "  updated_at timestamptz NOT NULL DEFAULT now()\n"
     ")";
 inline constexpr const char* pg_select =
@@ -268,16 +297,26 @@ inline constexpr const char* pg_select =
 inline constexpr const char* pg_upsert =
     "INSERT INTO confluence_oauth_grants (grant_key, version, key_id, sealed) VALUES ($1, 1, $2, $3) "
     "ON CONFLICT (grant_key) DO UPDATE SET version = confluence_oauth_grants.version + 1, "
-    "key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed, updated_at = now()";
+    "key_id = EXCLUDED.key_id, sealed = EXCLUDED.sealed, locked_by = NULL, locked_at = NULL, updated_at = now()";
 inline constexpr const char* pg_insert_new =
     "INSERT INTO confluence_oauth_grants (grant_key, version, key_id, sealed) VALUES ($1, 1, $2, $3) "
     "ON CONFLICT (grant_key) DO NOTHING";
 inline constexpr const char* pg_update_if =
-    "UPDATE confluence_oauth_grants SET version = version + 1, key_id = $3, sealed = $4, updated_at = now() "
-    "WHERE grant_key = $1 AND version = $2";
+    "UPDATE confluence_oauth_grants SET version = version + 1, key_id = $3, sealed = $4, locked_by = NULL, "
+    "locked_at = NULL, updated_at = now() WHERE grant_key = $1 AND version = $2";
 inline constexpr const char* pg_delete = "DELETE FROM confluence_oauth_grants WHERE grant_key = $1";
 inline constexpr const char* pg_try_lock = "SELECT pg_try_advisory_lock($1::bigint)";
 inline constexpr const char* pg_unlock = "SELECT pg_advisory_unlock($1::bigint)";
+// Under the advisory lock: names the holder $2 in the row, unless another
+// holder's marker is there and younger than $4 ms (one of this store's own,
+// prefixed $3, never stops it). True when marked, or when there is no row.
+inline constexpr const char* pg_mark_holder =
+    "WITH marked AS (UPDATE confluence_oauth_grants SET locked_by = $2, locked_at = now() WHERE grant_key = $1 AND "
+    "(locked_by IS NULL OR starts_with(locked_by, $3) OR locked_at < now() - $4::bigint * interval '1 millisecond') "
+    "RETURNING 1) "
+    "SELECT EXISTS (SELECT 1 FROM marked) OR NOT EXISTS (SELECT 1 FROM confluence_oauth_grants WHERE grant_key = $1)";
+inline constexpr const char* pg_clear_holder =
+    "UPDATE confluence_oauth_grants SET locked_by = NULL, locked_at = NULL WHERE grant_key = $1 AND locked_by = $2";
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE pg_connection::pg_connection(asio::any_io_executor ex)
     : strand_(asio::make_strand(ex)), socket_(strand_), timer_(strand_) {}
@@ -492,20 +531,52 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_pool::give_back(std::shared_ptr<pg_conn
   if (idle_.size() < idle_limit_) idle_.push_back(std::move(c));
 }
 
-CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_pool::unlock_later(std::shared_ptr<pg_connection> c, std::string id) {
-  asio::co_spawn(ex_, unlock(shared_from_this(), std::move(c), std::move(id)), asio::detached);
+CONFLUENCE_OAUTH_POSTGRES_INLINE void pg_pool::unlock_later(std::shared_ptr<pg_connection> c, std::string id,
+                                                          std::string grant_key, std::string marker,
+                                                          pg_connection::deadline retry_until) {
+  asio::co_spawn(ex_,
+                 unlock(shared_from_this(), std::move(c), std::move(id), std::move(grant_key), std::move(marker),
+                        retry_until),
+                 asio::detached);
 }
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_pool::unlock(std::shared_ptr<pg_pool> pool,
-                                                                    std::shared_ptr<pg_connection> c,
-                                                                    std::string id) {
+                                                                    std::shared_ptr<pg_connection> c, std::string id,
+                                                                    std::string grant_key, std::string marker,
+                                                                    pg_connection::deadline retry_until) {
+  bool cleared = marker.empty();
   try {
+    if (!cleared) {
+      std::vector<std::string> holder;
+      holder.push_back(grant_key);
+      holder.push_back(marker);
+      auto r = co_await c->query(pg_clear_holder, std::move(holder), pool->query_deadline());
+      check_pg_result(r, "clearing a grant's holder");
+      cleared = true;
+    }
     std::vector<std::string> params;
     params.push_back(std::move(id));
     auto r = co_await c->query(pg_unlock, std::move(params), pool->query_deadline());
     if (PQresultStatus(r.get()) == PGRES_TUPLES_OK) pool->give_back(std::move(c));
   } catch (const std::exception&) {
     // `c` closes as it goes: the server releases the lock with the connection.
+  }
+  c.reset();
+  // The marker outlives a lost connection, and others wait on it: clear it
+  // once the server is back.
+  asio::steady_timer wait(pool->executor());
+  for (std::chrono::milliseconds delay{100}; !cleared && std::chrono::steady_clock::now() < retry_until;
+       delay = std::min(delay * 2, std::chrono::milliseconds(2000))) {
+    wait.expires_after(delay);
+    co_await wait.async_wait(use_tuple);
+    std::vector<std::string> holder;
+    holder.push_back(grant_key);
+    holder.push_back(marker);
+    try {
+      co_await pool->exec(pg_clear_holder, std::move(holder), "clearing a grant's holder");
+      cleared = true;
+    } catch (const std::exception&) {
+    }
   }
 }
 
@@ -517,7 +588,8 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE postgres_token_store::database::database(asio::
     : pool_(std::make_shared<detail::pg_pool>(std::move(ex), std::move(conninfo), s.idle_connections,
                                               s.connect_timeout, s.query_timeout, s.create_table)),
       key_(std::move(key)),
-      lock_timeout_(s.lock_timeout) {
+      lock_timeout_(s.lock_timeout),
+      unfinished_refresh_wait_(s.unfinished_refresh_wait) {
   if (key_.reveal().size() != 32)
     detail::fail(errc::invalid_config, "postgres_token_store: the encryption key must be 32 bytes, not " +
                                            std::to_string(key_.reveal().size()));
@@ -531,7 +603,7 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE postgres_token_store::database::database(asio::
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE postgres_token_store::postgres_token_store(std::shared_ptr<database> db,
                                                                            std::string grant_key)
-    : db_(std::move(db)), grant_key_(std::move(grant_key)) {
+    : db_(std::move(db)), grant_key_(std::move(grant_key)), holder_id_(detail::random_token(12)) {
   if (!db_) detail::fail(errc::invalid_config, "postgres_token_store: no database");
   if (grant_key_.empty() || grant_key_.find('\0') != std::string::npos)
     detail::fail(errc::invalid_config, "postgres_token_store: the grant key must be non-empty text without NUL");
@@ -577,10 +649,20 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE token_set postgres_token_store::open(std::strin
   return token_set::from_json(j);
 }
 
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<detail::pg_result> postgres_token_store::exec(
+    const char* sql, std::vector<std::string> params, const char* what) {
+  try {
+    co_return co_await db_->pool_->exec(sql, std::move(params), what);
+  } catch (const oauth_error&) {
+    *failed_under_lock_ = true;
+    throw;
+  }
+}
+
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<std::optional<postgres_token_store::row>> postgres_token_store::read() {
   std::vector<std::string> params;
   params.push_back(grant_key_);
-  auto r = co_await db_->pool_->exec(detail::pg_select, std::move(params), "reading a grant");
+  auto r = co_await exec(detail::pg_select, std::move(params), "reading a grant");
   if (PQntuples(r.get()) == 0) co_return std::nullopt;
   row found{PQgetvalue(r.get(), 0, 0), open(PQgetvalue(r.get(), 0, 1), PQgetvalue(r.get(), 0, 2))};
   co_return found;
@@ -597,13 +679,13 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> postgres_token_store::sav
   params.push_back(grant_key_);
   params.push_back(db_->key_id_);
   params.push_back(seal(tokens));
-  co_await db_->pool_->exec(detail::pg_upsert, std::move(params), "saving a grant");
+  co_await exec(detail::pg_upsert, std::move(params), "saving a grant");
 }
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> postgres_token_store::clear() {
   std::vector<std::string> params;
   params.push_back(grant_key_);
-  co_await db_->pool_->exec(detail::pg_delete, std::move(params), "deleting a grant");
+  co_await exec(detail::pg_delete, std::move(params), "deleting a grant");
 }
 
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<bool> postgres_token_store::replace(
@@ -621,7 +703,7 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<bool> postgres_token_store::rep
   }
   params.push_back(db_->key_id_);
   params.push_back(seal(next));
-  auto r = co_await db_->pool_->exec(statement, std::move(params), doing);
+  auto r = co_await exec(statement, std::move(params), doing);
   if (std::string_view(PQcmdTuples(r.get())) == "1") co_return true;
   // Another write came first; or this one ran, and its answer was lost with
   // a connection, so it ran once more.
@@ -632,18 +714,44 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<bool> postgres_token_store::rep
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<token_store::store_lock> postgres_token_store::lock() {
   const auto id = lock_id();
   const auto deadline = std::chrono::steady_clock::now() + db_->lock_timeout_;
+  const auto wait_ms = std::to_string(db_->unfinished_refresh_wait_.count());
+  const std::string marker = holder_id_ + "/" + std::to_string(++locks_taken_);
   auto pool = db_->pool_;
+  auto failed = failed_under_lock_;
   std::vector<std::string> params;
   params.push_back(id);
   auto held = co_await pool->exec_holding(detail::pg_try_lock, std::move(params), "taking a grant's lock");
   auto c = std::move(held.connection);
   asio::steady_timer wait(co_await asio::this_coro::executor);
-  for (std::chrono::milliseconds delay{1}; std::string_view(PQgetvalue(held.result.get(), 0, 0)) != "t";
-       delay = std::min(delay * 2, std::chrono::milliseconds(50))) {
+  bool unfinished = false;  // the lock was free, but the row named a holder that lost it mid-refresh
+  // (A holder that is gone is waited for at a gentler pace than a lock.)
+  for (std::chrono::milliseconds delay{1};;
+       delay = std::min(delay * 2, std::chrono::milliseconds(unfinished ? 250 : 50))) {
+    if (std::string_view(PQgetvalue(held.result.get(), 0, 0)) == "t") {
+      std::vector<std::string> mark;
+      mark.push_back(grant_key_);
+      mark.push_back(marker);
+      mark.push_back(holder_id_ + "/");
+      mark.push_back(wait_ms);
+      auto marked = co_await c->query(detail::pg_mark_holder, std::move(mark),
+                                      std::chrono::steady_clock::now() + pool->query_timeout());
+      detail::check_pg_result(marked, "naming a grant's holder");
+      if (std::string_view(PQgetvalue(marked.get(), 0, 0)) == "t") break;
+      // Let go, so that the holder named there can take the lock and save.
+      unfinished = true;
+      std::vector<std::string> again;
+      again.push_back(id);
+      auto released = co_await c->query(detail::pg_unlock, std::move(again),
+                                        std::chrono::steady_clock::now() + pool->query_timeout());
+      detail::check_pg_result(released, "letting a grant's lock go");
+    }
     if (std::chrono::steady_clock::now() >= deadline) {
       pool->give_back(std::move(c));
-      detail::fail(errc::store_error, "another host has held the lock on the grant \"" + grant_key_ +
-                                          "\" for more than " + std::to_string(db_->lock_timeout_.count()) + " ms");
+      const std::string waited = " for more than " + std::to_string(db_->lock_timeout_.count()) + " ms";
+      detail::fail(errc::store_error,
+                   unfinished ? "PostgreSQL: a host that lost the lock on the grant \"" + grant_key_ +
+                                    "\" mid-refresh has not saved what it refreshed" + waited
+                              : "PostgreSQL: another host has held the lock on the grant \"" + grant_key_ + "\"" + waited);
     }
     wait.expires_after(delay);
     auto [ec] = co_await wait.async_wait(detail::use_tuple);
@@ -654,7 +762,14 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<token_store::store_lock> postgr
                                     std::chrono::steady_clock::now() + pool->query_timeout());
     detail::check_pg_result(held.result, "taking a grant's lock");
   }
-  co_return store_lock([pool, c, id] { pool->unlock_later(c, id); });
+  *failed = false;
+  const auto retry_until = std::chrono::steady_clock::now() + db_->unfinished_refresh_wait_;
+  co_return store_lock([pool, c, id, grant = grant_key_, marker, failed, retry_until] {
+    // A statement that failed under the lock may have left this holder with
+    // tokens the row lacks (a refresh it could not save): the marker stays
+    // until it saves them, or until the others stop waiting for it.
+    pool->unlock_later(c, id, grant, *failed ? std::string() : marker, retry_until);
+  });
 }
 
 #endif  // CONFLUENCE_OAUTH_POSTGRES_DEFINE

@@ -12,10 +12,16 @@
 --   key_id      names the encryption key (a digest, not the key)
 --   sealed      the token set, AES-256-GCM, base64url; grant_key is sealed in
 --               as associated data, so a row copied to another name is refused
+--   locked_by   the store that holds the grant's lock (a random name), from
+--   locked_at   when it took it until it writes or lets go cleanly; one that
+--               lost its connection mid-refresh stays named, and the others
+--               wait for it to save (settings::unfinished_refresh_wait)
 CREATE TABLE IF NOT EXISTS confluence_oauth_grants (
   grant_key  text        PRIMARY KEY,
   version    bigint      NOT NULL,
   key_id     text        NOT NULL,
   sealed     text        NOT NULL,
+  locked_by  text,
+  locked_at  timestamptz,
   updated_at timestamptz NOT NULL DEFAULT now()
 );

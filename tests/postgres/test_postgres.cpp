@@ -395,6 +395,89 @@ TEST_CASE("a lock released as its store goes away is still released, and touches
   CHECK(pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0");
 }
 
+TEST_CASE("a host that lost the lock mid-refresh is waited for: the others take the tokens it saves, not the spent ones") {
+  // Host A refreshes under the lock; the database restarts before A saves, and
+  // the restart ends A's lock. A keeps the new tokens in memory (the old
+  // refresh token is spent); B, taking the free lock, must not refresh with
+  // the old one, but wait for A to save.
+  pg_cluster pg;
+  const auto old_grant = tokens("a1", "r1"), refreshed = tokens("a2", "r2");
+  cfo::postgres_token_store::settings patient;
+  patient.lock_timeout = 60s;
+  patient.unfinished_refresh_wait = 30s;
+  patient.connect_timeout = 5s;
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    auto host_a = std::make_shared<cfo::postgres_token_store>(
+        std::make_shared<cfo::postgres_token_store::database>(ex, pg.conninfo(), key_of('k'), patient), "alice");
+    auto host_b = std::make_shared<cfo::postgres_token_store>(
+        std::make_shared<cfo::postgres_token_store::database>(ex, pg.conninfo(), key_of('k'), patient), "alice");
+    co_await host_a->save(old_grant);
+    {
+      auto held = co_await host_a->lock();
+      pg.stop();
+      std::error_code save_failed;
+      try {
+        co_await host_a->replace(old_grant, refreshed);
+      } catch (const cfo::oauth_error& e) {
+        save_failed = e.code();
+      }
+      CHECK(save_failed == cfo::errc::store_error);
+      pg.start();
+    }
+    // B asks for the lock; A saves 1 s later, under a lock of its own.
+    struct b_view {
+      bool locked = false;
+      std::optional<cfo::token_set> saw;
+    };
+    auto b = std::make_shared<b_view>();
+    asio::co_spawn(
+        ex,
+        [host_b, b]() -> asio::awaitable<void> {
+          auto held = co_await host_b->lock();
+          b->locked = true;
+          b->saw = co_await host_b->load();
+        },
+        asio::detached);
+    asio::steady_timer later(ex, 1s);
+    co_await later.async_wait(asio::use_awaitable);
+    CHECK_FALSE(b->locked);  // waiting for A, not refreshing with r1
+    {
+      auto held = co_await host_a->lock();  // A's own marker does not stop A
+      CHECK(co_await host_a->replace(old_grant, refreshed));
+    }
+    for (int i = 0; i < 200 && !b->locked; ++i) {
+      later.expires_after(50ms);
+      co_await later.async_wait(asio::use_awaitable);
+    }
+    CHECK(b->locked);
+    CHECK(same(b->saw, refreshed));
+  });
+
+  // A holder that never comes back is waited for no longer than unfinished_refresh_wait.
+  patient.unfinished_refresh_wait = 1s;
+  test_util::run([&](auto ex) -> asio::awaitable<void> {
+    auto vanished = std::make_shared<cfo::postgres_token_store>(
+        std::make_shared<cfo::postgres_token_store::database>(ex, pg.conninfo(), key_of('k'), patient), "alice");
+    {
+      auto held = co_await vanished->lock();
+      pg.stop();
+      try {
+        co_await vanished->save(tokens("a3", "r3"));
+      } catch (const cfo::oauth_error&) {
+      }
+      pg.start();
+    }
+    cfo::postgres_token_store other(
+        std::make_shared<cfo::postgres_token_store::database>(ex, pg.conninfo(), key_of('k'), patient), "alice");
+    const auto started = std::chrono::steady_clock::now();
+    auto held = co_await other.lock();
+    CHECK(std::chrono::steady_clock::now() - started >= 500ms);
+    CHECK(same(co_await other.load(), refreshed));
+  });
+  // A clean release names no holder.
+  CHECK(pg.sql("SELECT count(*) FROM confluence_oauth_grants WHERE locked_by IS NOT NULL") == "0");
+}
+
 TEST_CASE("a server that is unreachable is a store_error within the deadline, and a restarted one is reconnected to") {
   pg_cluster pg;
   const auto nowhere = test_util::failure_of([&](auto ex) -> asio::awaitable<void> {
@@ -440,10 +523,11 @@ TEST_CASE("a refresh whose save fails keeps the new tokens in memory and saves t
     CHECK((co_await s.token()) == grant.access_token);
     pg.start();
 
-    // Writes fail (the lock and the read still work): the refresh's save fails.
+    // Writes of tokens fail (the lock, the holder's name in the row and the
+    // read still work): the refresh's save fails.
     pg.sql("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$");
-    pg.sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON confluence_oauth_grants FOR EACH ROW EXECUTE FUNCTION "
-           "refuse()");
+    pg.sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OF sealed ON confluence_oauth_grants FOR EACH ROW EXECUTE "
+           "FUNCTION refuse()");
     std::string failure;
     try {
       co_await s.refresh();
@@ -460,6 +544,19 @@ TEST_CASE("a refresh whose save fails keeps the new tokens in memory and saves t
 
     pg.sql("DROP TRIGGER refuse ON confluence_oauth_grants");
     co_await s.get_json(pages_target);  // saves the held tokens first
+    CHECK(same(co_await store->load(), *held));
+
+    // A database that refuses every write refuses the lock too (the holder
+    // cannot be named): nothing is refreshed that could not be saved.
+    pg.sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON confluence_oauth_grants FOR EACH ROW EXECUTE FUNCTION "
+           "refuse()");
+    std::error_code refused;
+    try {
+      co_await s.refresh();
+    } catch (const cfo::oauth_error& e) {
+      refused = e.code();
+    }
+    CHECK(refused == cfo::errc::store_error);
     CHECK(same(co_await store->load(), *held));
   });
   CHECK(srv.stats().token_errors == 0);
