@@ -28,7 +28,10 @@
 # any failure.
 #
 # Environment:
-#   CTEST_PARALLEL_LEVEL   parallel ctest jobs (default 2)
+#   CTEST_PARALLEL_LEVEL   parallel ctest jobs, and meson test's (default 4:
+#                          most tests wait on timers, servers and other
+#                          processes; measured on 2 cores, the release
+#                          build's tests take 36 s at -j4 against 67 s at -j2)
 #   FUZZ_SECONDS           how long stage 5 fuzzes each target (default 5, at least 1)
 set -euo pipefail
 
@@ -37,7 +40,7 @@ repo_root=$(pwd)
 
 bash scripts/install-deps.sh
 
-ctest_jobs=${CTEST_PARALLEL_LEVEL:-2}
+ctest_jobs=${CTEST_PARALLEL_LEVEL:-4}
 passed=0
 failed=0
 log_dir="$repo_root/build/logs"
@@ -171,7 +174,7 @@ meson_stage() {
     meson compile -C "$dir" || ok=0
   fi
   if (( ok )); then
-    meson test -C "$dir" --print-errorlogs || ok=0
+    meson test -C "$dir" --print-errorlogs --num-processes "$ctest_jobs" || ok=0
   fi
   if (( ok )); then
     passed=$((passed + 1))
