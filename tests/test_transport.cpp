@@ -592,6 +592,55 @@ TEST_CASE("more concurrent requests than 256 to one origin wait for its 256 conn
   CHECK(srv.stats().connections == 256);
 }
 
+TEST_CASE("requests queued for a connection end at their deadline or when cancelled, and leave no place taken") {
+  // 256 requests hold every connection to a server that never answers; 64
+  // more queue behind them, and one more is cancelled while it waits. (Plain
+  // HTTP: 256 TLS handshakes would take seconds in a sanitizer build.)
+  auto srv = make_plain_server();
+  constexpr int held = 256, queued = 64;
+  for (int i = 0; i < held + queued; ++i) srv.push_stall("/stalled");  // those that reach it: not all queued do
+  struct result {
+    int timed_out = 0, other = 0;
+    std::error_code cancelled;
+    std::chrono::milliseconds cancelled_after{0}, all_after{0};
+    int after = 0;
+  };
+  auto r = test_util::run(
+      [&](asio::any_io_executor ex) -> asio::awaitable<result> {
+        using namespace asio::experimental::awaitable_operators;
+        cfo::detail::http_client client(ex, trusting(srv), cfo::client_config::http_timeouts{2s, 30s});
+        const std::string url = srv.base_url() + "/stalled";
+        result out;
+        const auto started = steady::now();
+        int left = held + queued;
+        asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
+        for (int i = 0; i < held + queued; ++i)
+          asio::co_spawn(ex, status_of(client, url), [&](std::exception_ptr e, int) {
+            (test_util::code_of(e) == errc::timeout ? out.timed_out : out.other)++;
+            if (--left == 0) all_done.cancel();
+          });
+        asio::steady_timer give_up(ex, 200ms);
+        try {
+          co_await (status_of(client, url) || give_up.async_wait(asio::use_awaitable));
+        } catch (const cfo::oauth_error& e) {
+          out.cancelled = e.code();
+        }
+        out.cancelled_after = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - started);
+        co_await all_done.async_wait(cfo::detail::use_tuple);
+        out.all_after = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - started);
+        const std::string answering = srv.base_url() + resources_path;
+        out.after = co_await status_of(client, answering);  // every place is free again
+        co_return out;
+      },
+      60s);
+  CHECK(r.timed_out == held + queued);  // none hangs: each ends with its own deadline
+  CHECK(r.other == 0);
+  CHECK_FALSE(r.cancelled);           // the timer won: the request was cancelled, and said nothing
+  CHECK(r.cancelled_after < 1500ms);  // at once, not when a connection came back
+  CHECK(r.all_after < 10s);
+  CHECK(r.after == 401);
+}
+
 TEST_CASE("a pooled connection the server closed is retried transparently on a new connection") {
   for (bool tls : {true, false}) {
     CAPTURE(tls);
