@@ -31,7 +31,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   nlohmann::json body;
   try {
-    body = d::parse_api_json(res, "GET https://api.atlassian.com/oauth/token/accessible-resources");
+    static const auto resources = d::parse_url("https://api.atlassian.com/oauth/token/accessible-resources");
+    body = d::parse_api_json(res, "GET", resources);
   } catch (const cfo::oauth_error& e) {
     FUZZ_CHECK(fuzz::errc_of(e) == cfo::errc::protocol_error);
     return 0;
