@@ -4599,10 +4599,15 @@ class session_state : public std::enable_shared_from_this<session_state> {
   // with a refresh round (here or in another process) nor undo its save.
 
   asio::awaitable<bool> load() {
-    if (unsaved_) co_await join_round();  // tokens newer than the store are saved, not dropped
-    auto guard = co_await store_.lock();
-    install(co_await store_.load());
-    co_return tokens_.has_value();
+    for (;;) {
+      // Tokens newer than the store are saved, not dropped: those a round
+      // left unsaved, also while this call waited for the lock.
+      if (unsaved_) co_await join_round();
+      auto guard = co_await store_.lock();
+      if (unsaved_) continue;
+      install(co_await store_.load());
+      co_return tokens_.has_value();
+    }
   }
 
   asio::awaitable<void> adopt(token_set tokens) {

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <deque>
 #include <thread>
 
 // Its own namespace, so that the unity build can put test files together.
@@ -56,6 +57,43 @@ class yielding_store final : public cfo::token_store {
     co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
     co_return store_lock{};
   }
+};
+
+/// A memory store whose lock is taken in turn, first come first served, and
+/// whose saves fail while `fail_saves` is set.
+class queued_store final : public cfo::token_store {
+ public:
+  bool fail_saves = false;
+  cfo::memory_token_store inner;
+
+  asio::awaitable<std::optional<cfo::token_set>> load() override { co_return co_await inner.load(); }
+  asio::awaitable<void> save(const cfo::token_set& t) override {
+    if (fail_saves) cfo::detail::fail(cfo::errc::store_error, "disk full (test)");
+    co_await inner.save(t);
+  }
+  asio::awaitable<void> clear() override { co_await inner.clear(); }
+  asio::awaitable<store_lock> lock() override {
+    if (held_) {
+      auto ex = co_await asio::this_coro::executor;
+      auto turn = std::make_shared<asio::steady_timer>(ex, asio::steady_timer::time_point::max());
+      queue_.push_back(turn);
+      co_await turn->async_wait(cfo::detail::use_tuple);  // cancelled when the lock is handed over
+    }
+    held_ = true;
+    co_return store_lock([this] { hand_over(); });
+  }
+
+ private:
+  void hand_over() {
+    if (queue_.empty()) {
+      held_ = false;
+      return;
+    }
+    queue_.front()->cancel();  // the lock passes to it, held all along
+    queue_.pop_front();
+  }
+  bool held_ = false;
+  std::deque<std::shared_ptr<asio::steady_timer>> queue_;
 };
 
 struct session_fixture {
@@ -139,6 +177,74 @@ TEST_CASE("get_json's errors name the request, without its query") {
     CHECK(failed.what.find(named) != std::string::npos);
     CHECK(failed.what.find("secret-cursor") == std::string::npos);  // the query stays out of messages
   }
+}
+
+TEST_CASE("a load() queued on the store's lock behind a refresh that could not save keeps the refreshed tokens") {
+  // The refresh spent the old refresh token and keeps the new tokens in
+  // memory; the load() behind it must not take the spent ones from the store
+  // instead (with no reuse window: the grant revoked at the next refresh).
+  fake_atlassian::options o;
+  o.refresh_reuse_window = 0s;
+  session_fixture f(o);
+  auto store = std::make_shared<queued_store>();
+  struct outcome {
+    std::error_code refresh, load;
+    bool refreshed = false, loaded = false;
+  };
+  auto r = test_util::run([&](auto ex) -> asio::awaitable<outcome> {
+    auto expired = f.granted;
+    expired.expires_at = cfo::token_set::clock::now() - 1s;
+    co_await store->save(expired);
+    cfo::session s(ex, f.cfg, store);
+    CHECK(co_await s.load());
+    store->fail_saves = true;
+    outcome out;
+    asio::steady_timer pause(ex);
+    {
+      auto held = co_await store->lock();  // so that the refresh, then the load, queue behind it
+      asio::co_spawn(
+          ex,
+          [&]() -> asio::awaitable<void> {
+            try {
+              co_await s.token();
+            } catch (const cfo::oauth_error& e) {
+              out.refresh = e.code();
+            }
+            out.refreshed = true;
+          },
+          asio::detached);
+      pause.expires_after(50ms);
+      co_await pause.async_wait(cfo::detail::use_tuple);
+      asio::co_spawn(
+          ex,
+          [&]() -> asio::awaitable<void> {
+            try {
+              co_await s.load();
+            } catch (const cfo::oauth_error& e) {
+              out.load = e.code();
+            }
+            out.loaded = true;
+          },
+          asio::detached);
+      pause.expires_after(50ms);
+      co_await pause.async_wait(cfo::detail::use_tuple);
+    }
+    for (int i = 0; i < 200 && !(out.refreshed && out.loaded); ++i) {
+      pause.expires_after(50ms);
+      co_await pause.async_wait(cfo::detail::use_tuple);
+    }
+    REQUIRE(out.refreshed);
+    REQUIRE(out.loaded);
+    store->fail_saves = false;
+    const auto target = pages_of(f.srv);
+    co_await s.get_json(target);  // saves the refreshed tokens first, then uses them
+    co_return out;
+  });
+  CHECK(r.refresh == cfo::errc::store_error);
+  CHECK(r.load == cfo::errc::store_error);  // it tried to save them first, and could not yet
+  CHECK(f.srv.stats().token_errors == 0);
+  CHECK(f.srv.stats().families_revoked == 0);
+  CHECK(f.srv.stats().refresh_grants == 1);
 }
 
 TEST_CASE("a revoked grant replaced in the store meanwhile serves every caller that waited on the store, at once") {
