@@ -85,7 +85,9 @@ class pg_connection : public std::enable_shared_from_this<pg_connection> {
   pg_connection& operator=(const pg_connection&) = delete;
   ~pg_connection();
 
-  /// Opens the connection; throws store_error naming libpq's reason.
+  /// Opens the connection; throws store_error naming libpq's reason. Like
+  /// query, completes on the caller's executor (the work runs on the
+  /// connection's strand).
   asio::awaitable<void> connect(std::string conninfo, deadline until);
 
   /// Runs one parameterized statement (text parameters, text results) and
@@ -105,6 +107,8 @@ class pg_connection : public std::enable_shared_from_this<pg_connection> {
 
  private:
   asio::awaitable<void> wait(asio::posix::descriptor_base::wait_type type, deadline until);
+  asio::awaitable<void> connect_here(std::string conninfo, deadline until);
+  asio::awaitable<pg_result> query_here(const char* sql, std::vector<std::string> params, deadline until);
   void watch_socket();
   [[noreturn]] void fail_broken(const std::string& what);
   static void ignore_notice(void*, const char*) noexcept {}
@@ -272,7 +276,7 @@ class postgres_token_store final : public token_store {
   std::string grant_key_;
   // Names this store as the row's holder: "<id>/<n>" for its n-th lock.
   std::string holder_id_;
-  std::uint64_t locks_taken_ = 0;
+  std::atomic<std::uint64_t> locks_taken_{0};
   // Whether a statement failed while the current lock was held: its holder
   // may keep tokens the row does not have, so the marker stays.
   std::shared_ptr<std::atomic<bool>> failed_under_lock_ = std::make_shared<std::atomic<bool>>(false);
@@ -308,11 +312,11 @@ inline constexpr const char* pg_delete = "DELETE FROM confluence_oauth_grants WH
 inline constexpr const char* pg_try_lock = "SELECT pg_try_advisory_lock($1::bigint)";
 inline constexpr const char* pg_unlock = "SELECT pg_advisory_unlock($1::bigint)";
 // Under the advisory lock: names the holder $2 in the row, unless another
-// holder's marker is there and younger than $4 ms (one of this store's own,
-// prefixed $3, never stops it). True when marked, or when there is no row.
+// holder is named there (one of this store's own, prefixed $3, never stops
+// it) and $4 does not say to take over. True when marked, or when there is no row.
 inline constexpr const char* pg_mark_holder =
     "WITH marked AS (UPDATE confluence_oauth_grants SET locked_by = $2, locked_at = now() WHERE grant_key = $1 AND "
-    "(locked_by IS NULL OR starts_with(locked_by, $3) OR locked_at < now() - $4::bigint * interval '1 millisecond') "
+    "(locked_by IS NULL OR starts_with(locked_by, $3) OR $4::boolean) "
     "RETURNING 1) "
     "SELECT EXISTS (SELECT 1 FROM marked) OR NOT EXISTS (SELECT 1 FROM confluence_oauth_grants WHERE grant_key = $1)";
 inline constexpr const char* pg_clear_holder =
@@ -380,7 +384,39 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::wait(asio:
   throw oauth_error(ec, "waiting for PostgreSQL");
 }
 
+// connect and query run on the connection's strand, where its deadline
+// handler runs, and come back to the caller's executor (a session's strand),
+// failed or not.
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::connect(std::string conninfo, deadline until) {
+  const auto home = co_await asio::this_coro::executor;
+  std::exception_ptr failed;
+  try {
+    co_await connect_here(std::move(conninfo), until);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  co_await asio::dispatch(asio::bind_executor(home, asio::use_awaitable));
+  if (failed) std::rethrow_exception(failed);
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_result> pg_connection::query(const char* sql,
+                                                                              std::vector<std::string> params,
+                                                                              deadline until) {
+  const auto home = co_await asio::this_coro::executor;
+  std::exception_ptr failed;
+  pg_result r;
+  try {
+    r = co_await query_here(sql, std::move(params), until);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  co_await asio::dispatch(asio::bind_executor(home, asio::use_awaitable));
+  if (failed) std::rethrow_exception(failed);
+  co_return r;
+}
+
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::connect_here(std::string conninfo,
+                                                                                deadline until) {
   co_await asio::dispatch(asio::bind_executor(strand_, asio::use_awaitable));
   wipe_on_exit wipe{conninfo};  // it may hold a password
   // libpq's message about a malformed string quotes pieces of it, the password among them.
@@ -405,9 +441,9 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<void> pg_connection::connect(st
   if (PQsetnonblocking(conn_, 1) != 0) fail_broken("cannot make the connection non-blocking");
 }
 
-CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_result> pg_connection::query(const char* sql,
-                                                                              std::vector<std::string> params,
-                                                                              deadline until) {
+CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<pg_result> pg_connection::query_here(const char* sql,
+                                                                                   std::vector<std::string> params,
+                                                                                   deadline until) {
   co_await asio::dispatch(asio::bind_executor(strand_, asio::use_awaitable));
   std::vector<const char*> values;
   for (const auto& p : params) values.push_back(p.c_str());
@@ -714,7 +750,6 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<bool> postgres_token_store::rep
 CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<token_store::store_lock> postgres_token_store::lock() {
   const auto id = lock_id();
   const auto deadline = std::chrono::steady_clock::now() + db_->lock_timeout_;
-  const auto wait_ms = std::to_string(db_->unfinished_refresh_wait_.count());
   const std::string marker = holder_id_ + "/" + std::to_string(++locks_taken_);
   auto pool = db_->pool_;
   auto failed = failed_under_lock_;
@@ -723,7 +758,10 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<token_store::store_lock> postgr
   auto held = co_await pool->exec_holding(detail::pg_try_lock, std::move(params), "taking a grant's lock");
   auto c = std::move(held.connection);
   asio::steady_timer wait(co_await asio::this_coro::executor);
-  bool unfinished = false;  // the lock was free, but the row named a holder that lost it mid-refresh
+  // Since when the lock was free but the row named another holder, one that
+  // lost the lock mid-refresh: the wait for it is timed from when this host
+  // found it (the holder may have taken the lock long before).
+  std::optional<std::chrono::steady_clock::time_point> unfinished;
   // (A holder that is gone is waited for at a gentler pace than a lock.)
   for (std::chrono::milliseconds delay{1};;
        delay = std::min(delay * 2, std::chrono::milliseconds(unfinished ? 250 : 50))) {
@@ -732,13 +770,15 @@ CONFLUENCE_OAUTH_POSTGRES_INLINE asio::awaitable<token_store::store_lock> postgr
       mark.push_back(grant_key_);
       mark.push_back(marker);
       mark.push_back(holder_id_ + "/");
-      mark.push_back(wait_ms);
+      const bool take_over =
+          unfinished && std::chrono::steady_clock::now() - *unfinished >= db_->unfinished_refresh_wait_;
+      mark.push_back(take_over ? "true" : "false");
       auto marked = co_await c->query(detail::pg_mark_holder, std::move(mark),
                                       std::chrono::steady_clock::now() + pool->query_timeout());
       detail::check_pg_result(marked, "naming a grant's holder");
       if (std::string_view(PQgetvalue(marked.get(), 0, 0)) == "t") break;
       // Let go, so that the holder named there can take the lock and save.
-      unfinished = true;
+      if (!unfinished) unfinished = std::chrono::steady_clock::now();
       std::vector<std::string> again;
       again.push_back(id);
       auto released = co_await c->query(detail::pg_unlock, std::move(again),
