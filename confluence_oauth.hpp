@@ -85,6 +85,7 @@
 #include <string>
 #include <string_view>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <system_error>
@@ -842,9 +843,13 @@ inline bool constant_time_equal(std::string_view a, std::string_view b) noexcept
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
-struct evp_cipher_ctx_deleter {
-  void operator()(EVP_CIPHER_CTX* p) const noexcept { EVP_CIPHER_CTX_free(p); }
+/// Owns an OpenSSL object of type T, which `Free` frees.
+template <class T, auto Free>
+struct openssl_free {
+  void operator()(T* p) const noexcept { Free(p); }
 };
+template <class T, auto Free>
+using openssl_ptr = std::unique_ptr<T, openssl_free<T, Free>>;
 
 /// AES-256-GCM: returns nonce (12) || ciphertext || tag (16).
 inline std::string aes256gcm_seal(std::string_view key, std::string_view plaintext, std::string_view aad = {}) {
@@ -852,7 +857,7 @@ inline std::string aes256gcm_seal(std::string_view key, std::string_view plainte
   std::string out(12 + plaintext.size() + 16, '\0');
   auto* o = reinterpret_cast<unsigned char*>(out.data());
   random_bytes(o, 12);
-  std::unique_ptr<EVP_CIPHER_CTX, evp_cipher_ctx_deleter> ctx(EVP_CIPHER_CTX_new());
+  openssl_ptr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free> ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   const auto* k = reinterpret_cast<const unsigned char*>(key.data());
   if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, k, o) != 1 ||
@@ -874,7 +879,7 @@ inline std::optional<std::string> aes256gcm_open(std::string_view key, std::stri
   const auto* in = reinterpret_cast<const unsigned char*>(sealed.data());
   const std::size_t n = sealed.size() - 28;
   std::string out(n, '\0');
-  std::unique_ptr<EVP_CIPHER_CTX, evp_cipher_ctx_deleter> ctx(EVP_CIPHER_CTX_new());
+  openssl_ptr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free> ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   std::array<unsigned char, 16> tag{};
   std::memcpy(tag.data(), in + 12 + n, 16);
@@ -2099,11 +2104,61 @@ class tls_sessions {
 
  private:
   static constexpr std::size_t max_authorities = 64;  // a session talks to two or three
-  struct session_free {
-    void operator()(SSL_SESSION* s) const noexcept { SSL_SESSION_free(s); }
-  };
   mutable std::mutex mutex_;
-  std::unordered_map<std::string, std::unique_ptr<SSL_SESSION, session_free>> by_authority_;
+  std::unordered_map<std::string, openssl_ptr<SSL_SESSION, SSL_SESSION_free>> by_authority_;
+};
+
+/// OpenSSL's I/O on a connection's own socket: recv and send on the
+/// descriptor, with MSG_NOSIGNAL (OpenSSL's socket BIO writes with write(2),
+/// which raises SIGPIPE in the program when the server has gone). Asio's
+/// ssl::stream puts a BIO pair and two vectors, 68 KB, between OpenSSL and
+/// the socket, kept for the connection's life; over this BIO a connection
+/// waiting in the pool holds only its SSL object, whose record buffers are
+/// released (SSL_MODE_RELEASE_BUFFERS).
+class socket_bio {
+ public:
+  /// A BIO on `fd`, which it never closes; null when out of memory.
+  static BIO* make(int fd) {
+    BIO_METHOD* m = method();
+    BIO* b = m ? BIO_new(m) : nullptr;
+    if (b) BIO_set_data(b, reinterpret_cast<void*>(static_cast<std::intptr_t>(fd)));
+    return b;
+  }
+
+ private:
+  static BIO_METHOD* method() {
+    static BIO_METHOD* const m = [] {
+      BIO_METHOD* made = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "confluence_oauth socket");
+      if (made && (BIO_meth_set_read(made, &read) != 1 || BIO_meth_set_write(made, &write) != 1 ||
+                   BIO_meth_set_ctrl(made, &ctrl) != 1 || BIO_meth_set_create(made, &create) != 1)) {
+        BIO_meth_free(made);
+        made = nullptr;
+      }
+      return made;
+    }();
+    return m;
+  }
+  static int fd(BIO* b) { return static_cast<int>(reinterpret_cast<std::intptr_t>(BIO_get_data(b))); }
+  static int create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+  }
+  // Not ready yet: OpenSSL reports WANT_READ or WANT_WRITE, and the
+  // connection waits for the socket with Asio.
+  static bool again(ssize_t n) { return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR); }
+  static int read(BIO* b, char* data, int size) {
+    const ssize_t n = ::recv(fd(b), data, static_cast<std::size_t>(size), MSG_NOSIGNAL);
+    BIO_clear_retry_flags(b);
+    if (again(n)) BIO_set_retry_read(b);
+    return static_cast<int>(n);
+  }
+  static int write(BIO* b, const char* data, int size) {
+    const ssize_t n = ::send(fd(b), data, static_cast<std::size_t>(size), MSG_NOSIGNAL);
+    BIO_clear_retry_flags(b);
+    if (again(n)) BIO_set_retry_write(b);
+    return static_cast<int>(n);
+  }
+  static long ctrl(BIO*, int cmd, long, void*) { return cmd == BIO_CTRL_FLUSH ? 1 : 0; }
 };
 
 class connection : public std::enable_shared_from_this<connection> {
@@ -2120,7 +2175,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
   connection(const asio::any_io_executor& ex, const std::shared_ptr<asio::ssl::context>& tls,
              const std::shared_ptr<tls_sessions>& sessions, bool use_tls)
-      : strand_(asio::make_strand(ex)), tls_ctx_(tls), sessions_(sessions), stream_(ex, *tls), deadline_(strand_),
+      : strand_(asio::make_strand(ex)), tls_ctx_(tls), sessions_(sessions), socket_(ex), deadline_(strand_),
         resolved_(strand_), resolver_(strand_), use_tls_(use_tls) {}
 
   /// Has OpenSSL hand the sessions servers grant to the connection that
@@ -2163,12 +2218,12 @@ class connection : public std::enable_shared_from_this<connection> {
 
   void close() noexcept {
     std::error_code ignored;
-    stream_.next_layer().close(ignored);
+    socket_.close(ignored);
     connected_ = false;
   }
 
  private:
-  // Where an SSL keeps its connection (Asio's verify callback has the app data).
+  // Where an SSL keeps its connection.
   static int connection_index() {
     static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
     return index;
@@ -2193,6 +2248,45 @@ class connection : public std::enable_shared_from_this<connection> {
 
   /// The completion token of the steps: each resumes the exchange on the strand.
   auto on_strand_tuple() const { return asio::bind_executor(strand_, use_tuple); }
+
+  enum class tls_step { handshake, read, write };
+
+  /// One TLS step on the non-blocking socket: OpenSSL reads and writes it
+  /// (socket_bio) and the step waits with Asio for what OpenSSL asks of it,
+  /// so a deadline or a cancellation ends the wait. A read may need to write
+  /// (a TLS 1.3 key update), a write to read.
+  asio::awaitable<std::tuple<std::error_code, std::size_t>> tls(tls_step step, void* data, std::size_t size) {
+    for (;;) {
+      ERR_clear_error();
+      errno = 0;
+      std::size_t done = 0;
+      int ret = 0;
+      switch (step) {
+        case tls_step::handshake: ret = SSL_do_handshake(ssl_.get()); break;
+        case tls_step::read: ret = SSL_read_ex(ssl_.get(), data, size, &done); break;
+        case tls_step::write: ret = SSL_write_ex(ssl_.get(), data, size, &done); break;
+      }
+      const int sys = errno;
+      if (ret == 1) co_return std::tuple(std::error_code(), done);
+      const int why = SSL_get_error(ssl_.get(), ret);
+      if (why != SSL_ERROR_WANT_READ && why != SSL_ERROR_WANT_WRITE) co_return std::tuple(tls_failure(why, sys), done);
+      const auto wait = why == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write;
+      auto [ec] = co_await socket_.async_wait(wait, on_strand_tuple());
+      if (ec) co_return std::tuple(ec, done);
+    }
+  }
+
+  /// The codes Asio's ssl::stream gives, so that run() tells a clean close
+  /// (eof: close_notify) from a cut one (stream_truncated).
+  static std::error_code tls_failure(int why, int sys) {
+    if (why == SSL_ERROR_ZERO_RETURN) return asio::error::eof;
+    const unsigned long e = ERR_get_error();
+    ERR_clear_error();
+    if (why == SSL_ERROR_SYSCALL && e == 0)
+      return sys ? std::error_code(sys, std::system_category()) : make_error_code(asio::ssl::error::stream_truncated);
+    if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) return asio::ssl::error::stream_truncated;
+    return std::error_code(static_cast<int>(e), asio::error::get_ssl_category());
+  }
 
   static result failure(std::error_code ec, std::string text, bool response_started = false) {
     result r;
@@ -2233,16 +2327,29 @@ class connection : public std::enable_shared_from_this<connection> {
                                  [](const auto& e) { return !e.endpoint().address().is_loopback(); }))
       co_return failure(make_error_code(errc::insecure_transport),
                         "refusing plain http to " + u.authority() + ": it resolves to an address that is not loopback");
-    auto [cec, ep] = co_await asio::async_connect(stream_.next_layer(), endpoints, on_strand_tuple());
+    auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, on_strand_tuple());
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (cec == asio::error::operation_aborted) co_return failure(cec, "cancelled");
     if (cec)
       co_return failure(make_error_code(errc::connect_failed), "cannot connect to " + u.authority() + ": " + cec.message());
-    set_cloexec(stream_.next_layer().native_handle());
+    set_cloexec(socket_.native_handle());
     std::error_code ignored;
-    stream_.next_layer().set_option(asio::ip::tcp::no_delay(true), ignored);
+    socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
     if (use_tls_) {
-      SSL* ssl = stream_.native_handle();
+      // A new SSL for each connection of this object: the socket may be a new one.
+      ssl_.reset(SSL_new(tls_ctx_->native_handle()));
+      BIO* bio = ssl_ ? socket_bio::make(socket_.native_handle()) : nullptr;
+      std::error_code nbec;
+      socket_.native_non_blocking(true, nbec);
+      if (!bio || nbec) {
+        ssl_.reset();
+        co_return failure(make_error_code(errc::tls_handshake_failed), "cannot set up TLS with " + u.authority());
+      }
+      SSL* ssl = ssl_.get();
+      SSL_set_bio(ssl, bio, bio);
+      SSL_set_connect_state(ssl);
+      // Whole TLS records in one recv, not a 5-byte header and then the rest.
+      SSL_set_read_ahead(ssl, 1);
       std::error_code aec;
       asio::ip::make_address(u.host, aec);
       // Without the name or address to check, any trusted certificate would do: fail instead.
@@ -2254,7 +2361,7 @@ class connection : public std::enable_shared_from_this<connection> {
       authority_ = u.authority();
       SSL_set_ex_data(ssl, connection_index(), this);
       sessions_->offer(authority_, ssl);
-      auto [hec] = co_await stream_.async_handshake(asio::ssl::stream_base::client, on_strand_tuple());
+      auto [hec, hn] = co_await tls(tls_step::handshake, nullptr, 0);
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (hec == asio::error::operation_aborted) co_return failure(hec, "cancelled");
       if (hec) {
@@ -2279,10 +2386,12 @@ class connection : public std::enable_shared_from_this<connection> {
     std::array<asio::const_buffer, 2> out{asio::buffer(head), asio::buffer(body)};
     // if/else, not ?: — GCC 12 destroys the result of a co_await in a conditional twice.
     std::error_code wec;
-    if (use_tls_)
-      std::tie(wec, std::ignore) = co_await asio::async_write(stream_, out, on_strand_tuple());
-    else
-      std::tie(wec, std::ignore) = co_await asio::async_write(stream_.next_layer(), out, on_strand_tuple());
+    if (use_tls_) {
+      for (std::size_t i = 0; i < out.size() && !wec; ++i)
+        if (out[i].size() > 0) std::tie(wec, std::ignore) = co_await tls(tls_step::write, const_cast<void*>(out[i].data()), out[i].size());
+    } else {
+      std::tie(wec, std::ignore) = co_await asio::async_write(socket_, out, on_strand_tuple());
+    }
     if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
     if (wec == asio::error::operation_aborted) co_return failure(wec, "cancelled");
     if (wec) co_return failure(make_error_code(errc::network_error), "write failed: " + wec.message());
@@ -2300,9 +2409,9 @@ class connection : public std::enable_shared_from_this<connection> {
       std::error_code rec;
       std::size_t n = 0;
       if (use_tls_)
-        std::tie(rec, n) = co_await stream_.async_read_some(into, on_strand_tuple());
+        std::tie(rec, n) = co_await tls(tls_step::read, into.data(), into.size());
       else
-        std::tie(rec, n) = co_await stream_.next_layer().async_read_some(into, on_strand_tuple());
+        std::tie(rec, n) = co_await socket_.async_read_some(into, on_strand_tuple());
       r.response_started = parser.started() || n > 0;
       if (timed_out_) co_return failure(make_error_code(errc::timeout), "deadline");
       if (rec == asio::error::operation_aborted) co_return failure(rec, "cancelled");
@@ -2331,10 +2440,11 @@ class connection : public std::enable_shared_from_this<connection> {
   }
 
   asio::strand<asio::any_io_executor> strand_;
-  std::shared_ptr<asio::ssl::context> tls_ctx_;  // outlives stream_
+  std::shared_ptr<asio::ssl::context> tls_ctx_;  // outlives ssl_
   std::shared_ptr<tls_sessions> sessions_;
   std::string authority_;  // whose sessions this connection's TLS gets
-  asio::ssl::stream<asio::ip::tcp::socket> stream_;
+  asio::ip::tcp::socket socket_;
+  openssl_ptr<SSL, SSL_free> ssl_;  // TLS over socket_, a new one for each connect()
   asio::steady_timer deadline_;
   asio::steady_timer resolved_;
   asio::ip::tcp::resolver resolver_;

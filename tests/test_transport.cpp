@@ -19,6 +19,11 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <openssl/bio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 // Its own namespace, so that the unity build can put test files together.
 namespace test_transport {
 
@@ -782,6 +787,22 @@ TEST_CASE("one client shared by threads of a thread pool") {
   }
   pool.join();
   CHECK(srv.stats().requests == 16);
+}
+
+TEST_CASE("TLS writes to a socket whose peer has gone fail with EPIPE, without SIGPIPE") {
+  // SIGPIPE's default action ends the program: a write that raised it would end this test run.
+  int fds[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+  ::close(fds[1]);
+  BIO* bio = cfo::detail::socket_bio::make(fds[0]);
+  REQUIRE(bio != nullptr);
+  errno = 0;
+  CHECK(BIO_write(bio, "x", 1) == -1);
+  CHECK(errno == EPIPE);
+  CHECK_FALSE(BIO_should_retry(bio));
+  BIO_free(bio);
+  CHECK(::fcntl(fds[0], F_GETFD) != -1);  // the BIO leaves the socket to its owner
+  ::close(fds[0]);
 }
 
 // ---------------------------------------------------------------------------
