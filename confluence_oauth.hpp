@@ -2147,7 +2147,7 @@ class socket_bio {
   // connection waits for the socket with Asio.
   static bool again(ssize_t n) { return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR); }
   static int read(BIO* b, char* data, int size) {
-    const ssize_t n = ::recv(fd(b), data, static_cast<std::size_t>(size), MSG_NOSIGNAL);
+    const ssize_t n = ::recv(fd(b), data, static_cast<std::size_t>(size), 0);
     BIO_clear_retry_flags(b);
     if (again(n)) BIO_set_retry_read(b);
     return static_cast<int>(n);
@@ -2254,7 +2254,8 @@ class connection : public std::enable_shared_from_this<connection> {
   /// One TLS step on the non-blocking socket: OpenSSL reads and writes it
   /// (socket_bio) and the step waits with Asio for what OpenSSL asks of it,
   /// so a deadline or a cancellation ends the wait. A read may need to write
-  /// (a TLS 1.3 key update), a write to read.
+  /// (a TLS 1.3 key update), a write to read. `data` is where a read puts
+  /// its bytes or what a write sends (which it only reads).
   asio::awaitable<std::tuple<std::error_code, std::size_t>> tls(tls_step step, void* data, std::size_t size) {
     for (;;) {
       ERR_clear_error();
@@ -2285,6 +2286,8 @@ class connection : public std::enable_shared_from_this<connection> {
     if (why == SSL_ERROR_SYSCALL && e == 0)
       return sys ? std::error_code(sys, std::system_category()) : make_error_code(asio::ssl::error::stream_truncated);
     if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) return asio::ssl::error::stream_truncated;
+    // Never "no error" (an error code of 0), which would read as success.
+    if (e == 0) return std::make_error_code(std::errc::protocol_error);
     return std::error_code(static_cast<int>(e), asio::error::get_ssl_category());
   }
 
@@ -2387,8 +2390,10 @@ class connection : public std::enable_shared_from_this<connection> {
     // if/else, not ?: — GCC 12 destroys the result of a co_await in a conditional twice.
     std::error_code wec;
     if (use_tls_) {
-      for (std::size_t i = 0; i < out.size() && !wec; ++i)
-        if (out[i].size() > 0) std::tie(wec, std::ignore) = co_await tls(tls_step::write, const_cast<void*>(out[i].data()), out[i].size());
+      for (const asio::const_buffer& part : out) {
+        if (wec || part.size() == 0) continue;
+        std::tie(wec, std::ignore) = co_await tls(tls_step::write, const_cast<void*>(part.data()), part.size());
+      }
     } else {
       std::tie(wec, std::ignore) = co_await asio::async_write(socket_, out, on_strand_tuple());
     }
