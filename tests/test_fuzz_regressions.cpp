@@ -65,4 +65,22 @@ TEST_CASE("fuzz regression: a bracket in a host outside an IPv6 literal is inval
   CHECK(cfo::detail::parse_url(v6.str()).authority() == "[::1]:8765");
 }
 
+TEST_CASE("fuzz regression: a NUL in a JSON answer is invalid JSON, not the end of it") {
+  using namespace std::string_literals;
+  using cfo::detail::parse_json;
+  // fuzz/regressions/token_response/nul_ends_nlohmann_text: nlohmann::json
+  // stops reading at a NUL and accepts what came before.
+  const auto number_then_nesting = "1844854775808\0{{{{"s;
+  REQUIRE_FALSE(nlohmann::json::parse(number_then_nesting, nullptr, false).is_discarded());
+  CHECK(parse_json(number_then_nesting).is_discarded());
+  CHECK(parse_json("[\"a\0b\"]"s).is_discarded());  // raw, inside a string: nlohmann's own refusal
+  CHECK(parse_json(R"(["a\u0000b"])")[0] == "a\0b"s);  // escaped, it is text
+
+  cfo::http_response res;
+  res.status = 200;
+  res.body = R"({"access_token":"a","token_type":"Bearer"})"s + "\0<html>"s;
+  CHECK(test_util::thrown_code([&] { cfo::detail::parse_token_response(res, {}); }) ==
+        cfo::errc::invalid_token_response);
+}
+
 }  // namespace test_fuzz_regressions
