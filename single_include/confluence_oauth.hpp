@@ -2438,6 +2438,9 @@ class connection : public std::enable_shared_from_this<connection> {
       if (parser.error()) co_return failure(parser.error(), parser.error_text(), r.response_started);
       if (parser.done()) break;
     }
+    // Bytes after the response may also wait decrypted in OpenSSL: a body read
+    // straight into the response leaves the rest of its TLS record there.
+    if (use_tls_ && SSL_pending(ssl_.get()) > 0) leftover = true;
     r.keep_alive = parser.keep_alive() && !leftover;
     r.response = parser.take_response();
     if (!r.keep_alive) close();

@@ -6,6 +6,7 @@
 
 #include "confluence_oauth.hpp"
 #include "fake_atlassian.hpp"
+#include "hostile_server.hpp"
 #include "test_util.hpp"
 
 #include <asio/experimental/awaitable_operators.hpp>
@@ -644,6 +645,35 @@ TEST_CASE("requests queued for a connection end at their deadline or when cancel
   CHECK(r.cancelled_after < 1500ms);  // at once, not when a connection came back
   CHECK(r.all_after < 10s);
   CHECK(r.after == 401);
+}
+
+TEST_CASE("bytes after a response that OpenSSL holds decrypted keep its connection out of the pool") {
+  // The 5,000-byte body and a smuggled second answer travel in one TLS record.
+  // The body is read straight into the response, so the smuggled bytes stay
+  // inside OpenSSL, not in the connection's buffer: the next request must not
+  // take them for its answer.
+  hostile::server srv;
+  const std::string body(5000, 'x');
+  hostile::plan smuggling;
+  smuggling.response = "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + body +
+                       "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"smuggled\":1}";
+  srv.push(smuggling);
+  cfo::client_config::tls_options tls;
+  tls.ca_pem = srv.ca_pem();
+  auto bodies = test_util::run(
+      [&](asio::any_io_executor ex) -> asio::awaitable<std::vector<std::string>> {
+        cfo::detail::http_client client(ex, tls, cfo::client_config::http_timeouts{5s, 30s});
+        std::vector<std::string> seen;
+        seen.push_back((co_await get(client, srv.base_url() + "/first")).body);
+        CHECK(client.idle_connections() == 0);
+        seen.push_back((co_await get(client, srv.base_url() + "/second")).body);
+        co_return seen;
+      },
+      30s);
+  REQUIRE(bodies.size() == 2);
+  CHECK(bodies[0] == body);
+  CHECK(bodies[1] == R"({"ok":true})");
+  CHECK(srv.connections() == 2);
 }
 
 TEST_CASE("a pooled connection the server closed is retried transparently on a new connection") {
