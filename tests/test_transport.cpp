@@ -37,7 +37,9 @@ using steady = std::chrono::steady_clock;
 
 constexpr const char* resources_path = "/oauth/token/accessible-resources";
 
-cfo::client_config::tls_options trusting(const fake_atlassian::server& srv) {
+// Trusts the CA of a fake_atlassian::server or a hostile::server.
+template <class Server>
+cfo::client_config::tls_options trusting(const Server& srv) {
   cfo::client_config::tls_options tls;
   tls.ca_pem = srv.ca_pem();
   return tls;
@@ -658,8 +660,7 @@ TEST_CASE("bytes after a response that OpenSSL holds decrypted keep its connecti
   smuggling.response = "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + body +
                        "HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"smuggled\":1}";
   srv.push(smuggling);
-  cfo::client_config::tls_options tls;
-  tls.ca_pem = srv.ca_pem();
+  const auto tls = trusting(srv);
   auto bodies = test_util::run(
       [&](asio::any_io_executor ex) -> asio::awaitable<std::vector<std::string>> {
         cfo::detail::http_client client(ex, tls, cfo::client_config::http_timeouts{5s, 30s});
